@@ -1,0 +1,38 @@
+# ReadingRoom: two set-up commands.
+#   make run   installs (once) and starts the workstation with demo data
+#   make test  installs (once) and runs the tests
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+APT_PACKAGES := dcmtk
+
+.PHONY: run test install system-deps bench clean
+
+run: install
+	$(BIN)/readingroom run --demo
+
+test: install
+	$(BIN)/python -m pytest
+
+install: system-deps $(STAMP)
+
+# Debian packages the tests and the demo use (dcmtk's storescu/echoscu/findscu).
+system-deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "Installing Debian packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+bench: install
+	$(BIN)/python bench/intake.py
+
+clean:
+	rm -rf $(VENV) var build *.egg-info

@@ -1,0 +1,233 @@
+"""``readingroom``: one command line with subcommands. A thin boundary over the cores.
+
+Heavy imports (gradio, torch) happen inside the subcommands that need them, so that
+``readingroom worklist`` answers in a moment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from readingroom import NOT_FOR_CLINICAL_USE, __version__
+from readingroom.errors import ReadingRoomError
+
+log = logging.getLogger(__name__)
+
+
+class Context:
+    """What every subcommand needs: settings (loaded once), logging, a migrated database."""
+
+    def __init__(self, overrides: dict[str, Any] | None = None, log_to_file: bool = False) -> None:
+        from readingroom import logs
+        from readingroom.db import Database, sync_sites
+        from readingroom.settings import load_settings
+
+        self.settings = load_settings(overrides=overrides)
+        logs.configure(self.settings.log_level, self.settings.home / "logs" / "readingroom.log" if log_to_file else None)
+        self.db = Database(self.settings)
+        self.db.upgrade()
+        sync_sites(self.db, [site.name for site in self.settings.sites])
+
+
+def _dicom_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    dicom: dict[str, Any] = {}
+    if getattr(args, "port", None) is not None:
+        dicom["port"] = args.port
+    if getattr(args, "ae_title", None):
+        dicom["ae_title"] = args.ae_title
+    return {"dicom": dicom} if dicom else {}
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import app
+
+    overrides = _dicom_overrides(args)
+    if args.web_port is not None:
+        overrides["web"] = {"port": args.web_port}
+    ctx = Context(overrides, log_to_file=True)
+    return app.serve(ctx.settings, ctx.db, demo=args.demo)
+
+
+def cmd_receive(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from readingroom.jobs import DatabaseJobQueue
+    from triage.service import IntakeService
+
+    ctx = Context(_dicom_overrides(args), log_to_file=True)
+    service = IntakeService(ctx.settings, ctx.db, DatabaseJobQueue(ctx.db, ctx.settings.jobs))
+    service.start()
+    print(f"DICOM listener {ctx.settings.dicom.ae_title} on {ctx.settings.dicom.host}:{service.listener.port}; "
+          "Ctrl-C to stop", flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        service.stop()
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from readingroom.jobs import DatabaseJobQueue, WorkerPool
+    from triage.pipeline import TriagePipeline
+    from triage.studies import TRIAGE_JOB
+
+    ctx = Context(log_to_file=True)
+    pool = WorkerPool(DatabaseJobQueue(ctx.db, ctx.settings.jobs), ctx.settings.jobs)
+    pool.register(TRIAGE_JOB, TriagePipeline(ctx.db))
+    if args.once:
+        ran = 0
+        while pool.run_once():
+            ran += 1
+        print(f"ran {ran} job(s)")
+        return 0
+    pool.start()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        pool.stop()
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from readingroom.jobs import DatabaseJobQueue
+    from triage.importer import import_path
+    from triage.intake import Intake
+    from triage.studies import complete_due_studies
+
+    ctx = Context()
+    intake = Intake(ctx.settings, ctx.db)
+    summary = import_path(Path(args.path), intake, progress=not args.quiet)
+    # A folder is complete once read: no quiet period to wait for.
+    complete_due_studies(ctx.db, DatabaseJobQueue(ctx.db, ctx.settings.jobs), ctx.settings,
+                         only=summary.study_uids, ignore_quiet_period=True)
+    print(summary.format())
+    return 2 if summary.rejected else 0
+
+
+def cmd_worklist(args: argparse.Namespace) -> int:
+    from triage.worklist import format_table, open_studies
+
+    ctx = Context()
+    items = open_studies(ctx.db, limit=args.limit)
+    if args.json:
+        print(json.dumps(items, indent=2))
+    else:
+        print(format_table(items))
+    return 0
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    from readingroom.jobs import DatabaseJobQueue
+
+    ctx = Context()
+    queue = DatabaseJobQueue(ctx.db, ctx.settings.jobs)
+    if args.jobs_command == "retry":
+        if not queue.retry_dead(args.id):
+            print(f"job {args.id} is not in the dead-letter state; see `readingroom jobs list --status dead`",
+                  file=sys.stderr)
+            return 1
+        print(f"job {args.id} queued again")
+        return 0
+    jobs = queue.list(status=args.status, limit=args.limit)
+    rows = [{"id": j.id, "kind": j.kind, "status": j.status, "attempts": j.attempts, "payload": j.payload,
+             "created_at": j.created_at.isoformat(timespec="seconds"),
+             "last_error": (j.last_error or "").strip().splitlines()[-1:] or [""]} for j in jobs]
+    for row in rows:
+        row["last_error"] = row["last_error"][0]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for row in rows:
+            print(f"{row['id']:>6} {row['status']:<8} {row['kind']:<16} tries {row['attempts']}  "
+                  f"{json.dumps(row['payload'])}  {row['last_error']}")
+        if not rows:
+            print("(no jobs)")
+    return 0
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    ctx = Context()
+    print(f"database at the newest schema: {ctx.settings.database_url}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="readingroom",
+        description=f"ReadingRoom {__version__}: teleradiology reading assistant. {NOT_FOR_CLINICAL_USE}",
+    )
+    parser.add_argument("--version", action="version", version=f"readingroom {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="start the workstation: DICOM listener, workers and the web page")
+    p.add_argument("--demo", action="store_true", help="seed the demo worklist on first start")
+    p.add_argument("--port", type=int, help="DICOM port (default: dicom.port)")
+    p.add_argument("--ae-title", help="our DICOM AE title (default: dicom.ae_title)")
+    p.add_argument("--web-port", type=int, help="web page port (default: web.port)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("receive", help="run the DICOM listener alone")
+    p.add_argument("--port", type=int, help="DICOM port (default: dicom.port)")
+    p.add_argument("--ae-title", help="our DICOM AE title (default: dicom.ae_title)")
+    p.set_defaults(func=cmd_receive)
+
+    p = sub.add_parser("worker", help="run the job workers alone (triage and delivery jobs)")
+    p.add_argument("--once", action="store_true", help="run the jobs that are due, then exit")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("import", help="import a DICOM file or folder through the listener's code path")
+    p.add_argument("path")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("worklist", help="print the open studies in reading order")
+    p.add_argument("--json", action="store_true", help="a JSON list, one object per study")
+    p.add_argument("--limit", type=int, default=None)
+    p.set_defaults(func=cmd_worklist)
+
+    p = sub.add_parser("jobs", help="list queued, running, done and dead jobs; retry a dead one")
+    jobs_sub = p.add_subparsers(dest="jobs_command", required=True, metavar="ACTION")
+    q = jobs_sub.add_parser("list", help="list jobs, newest first")
+    q.add_argument("--status", choices=["queued", "running", "done", "dead"])
+    q.add_argument("--limit", type=int, default=50)
+    q.add_argument("--json", action="store_true")
+    q = jobs_sub.add_parser("retry", help="queue a dead job again")
+    q.add_argument("id", type=int)
+    p.set_defaults(func=cmd_jobs)
+
+    p = sub.add_parser("db", help="create or upgrade the database schema")
+    p.add_argument("action", choices=["upgrade"])
+    p.set_defaults(func=cmd_db)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ReadingRoomError as exc:
+        print(f"readingroom: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

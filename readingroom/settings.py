@@ -1,0 +1,219 @@
+"""Typed settings, loaded once from YAML, overridden by READINGROOM_* environment variables.
+
+``load_settings()`` is pure (it takes the environment as an argument) so that tests can build
+settings without touching the process; ``get_settings()`` caches the process-wide instance for
+the CLI and the app. Components receive a ``Settings`` object: they never read the environment.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from readingroom.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "default.yaml"
+ENV_PREFIX = "READINGROOM_"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DatabaseSettings(_Section):
+    url: str = ""
+    sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
+    busy_timeout_s: float = Field(30, gt=0)
+
+
+class DicomSettings(_Section):
+    ae_title: str = "READINGROOM"
+    host: str = "127.0.0.1"
+    port: int = Field(11112, ge=1, le=65535)
+    max_associations: int = Field(16, ge=1, le=1000)
+    max_pdu_bytes: int = Field(1048576, ge=0)
+    network_timeout_s: float = Field(60, gt=0)
+    verify_pixel_data: bool = True
+
+    @field_validator("ae_title")
+    @classmethod
+    def _check_ae_title(cls, value: str) -> str:
+        return validate_ae_title(value)
+
+
+class IntakeSettings(_Section):
+    quiet_period_s: float = Field(5, ge=0)
+    rescan_interval_s: float = Field(2, gt=0)
+
+
+class JobSettings(_Section):
+    workers: int = Field(2, ge=0, le=64)
+    poll_interval_s: float = Field(0.5, gt=0)
+    max_attempts: int = Field(5, ge=1)
+    backoff_base_s: float = Field(2, ge=0)
+    backoff_max_s: float = Field(300, ge=0)
+    lease_s: float = Field(120, gt=0)
+
+
+class WebSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(7860, ge=1, le=65535)
+
+
+class DemoSettings(_Section):
+    seed: bool = True
+    username: str = "demo"
+    password: str = "demo"
+
+
+class Site(_Section):
+    """A hospital that sends studies to the reading service."""
+
+    name: str = Field(min_length=1)
+    ae_titles: list[str] = Field(default_factory=list)
+    quiet_period_s: float | None = Field(None, ge=0)
+
+    @field_validator("ae_titles")
+    @classmethod
+    def _check_titles(cls, values: list[str]) -> list[str]:
+        return [validate_ae_title(v) for v in values]
+
+
+class Settings(_Section):
+    home: Path = Path("var")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    sites_file: str = "sites.yaml"
+    sites: list[Site] = Field(default_factory=list)
+    database: DatabaseSettings = DatabaseSettings()
+    dicom: DicomSettings = DicomSettings()
+    intake: IntakeSettings = IntakeSettings()
+    jobs: JobSettings = JobSettings()
+    web: WebSettings = WebSettings()
+    demo: DemoSettings = DemoSettings()
+
+    # Derived paths -----------------------------------------------------------------------
+    @property
+    def dicom_dir(self) -> Path:
+        return self.home / "dicom"
+
+    @property
+    def database_url(self) -> str:
+        return self.database.url or f"sqlite:///{(self.home / 'readingroom.db').resolve()}"
+
+    def site_for_ae(self, calling_ae: str) -> Site | None:
+        """The site whose ae_titles list this calling AE title, or None."""
+        calling_ae = calling_ae.strip()
+        for site in self.sites:
+            if calling_ae in site.ae_titles:
+                return site
+        return None
+
+    @property
+    def allowed_calling_ae_titles(self) -> list[str]:
+        """Every AE title a site lists; empty means any caller is accepted."""
+        return [title for site in self.sites for title in site.ae_titles]
+
+    def quiet_period_for(self, site_name: str | None) -> float:
+        for site in self.sites:
+            if site.name == site_name and site.quiet_period_s is not None:
+                return site.quiet_period_s
+        return self.intake.quiet_period_s
+
+
+def validate_ae_title(value: str) -> str:
+    value = value.strip()
+    if not 1 <= len(value) <= 16 or "\\" in value or not value.isprintable():
+        raise ValueError("an AE title is 1 to 16 printable characters without a backslash")
+    return value
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """READINGROOM_DICOM__PORT=11113 -> {"dicom": {"port": 11113}} (values parsed as YAML)."""
+    tree: dict[str, Any] = {}
+    for key, raw in environ.items():
+        if not key.startswith(ENV_PREFIX) or key in (ENV_PREFIX + "CONFIG",):
+            continue
+        path = key[len(ENV_PREFIX):].lower().split("__")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        if isinstance(value, bool) and raw.strip().lower() not in ("true", "false"):
+            value = raw  # YAML 1.1 reads OFF/yes/no as booleans; a setting wants the word
+        node = tree
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = raw if path[-1] == "home" else value
+    return tree
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"Settings file {path} does not exist; set READINGROOM_CONFIG to a YAML file") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"Settings file {path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"Settings file {path} must hold a mapping of settings, not {type(data).__name__}")
+    return data
+
+
+def _describe(error: dict[str, Any], sources: str) -> str:
+    name = ".".join(str(part) for part in error["loc"])
+    value = error.get("input")
+    message = error["msg"]
+    if error["type"] == "extra_forbidden":
+        return f"unknown setting '{name}' (in {sources}); see configs/default.yaml for the valid settings"
+    return f"setting '{name}' = {value!r} is invalid: {message} (in {sources})"
+
+
+def load_settings(
+    config_path: Path | str | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Build settings from the YAML file, then the environment, then explicit overrides."""
+    environ = os.environ if environ is None else environ
+    path = Path(config_path or environ.get(ENV_PREFIX + "CONFIG") or DEFAULT_CONFIG)
+    data = _read_yaml(path)
+    data = _merge(data, _env_overrides(environ))
+    if overrides:
+        data = _merge(data, overrides)
+    if "sites" not in data and data.get("sites_file"):
+        sites_path = path.parent / str(data["sites_file"])
+        data["sites"] = _read_yaml(sites_path).get("sites", [])
+    sources = f"{path}, READINGROOM_* variables"
+    try:
+        settings = Settings.model_validate(data)
+    except ValidationError as exc:
+        lines = [_describe(err, sources) for err in exc.errors()]
+        raise ConfigError("Invalid settings:\n  " + "\n  ".join(lines)) from None
+    if not settings.home.is_absolute():
+        settings.home = (Path.cwd() / settings.home).resolve()
+    return settings
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, loaded once (CLI and app only)."""
+    return load_settings()

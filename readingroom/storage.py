@@ -1,0 +1,93 @@
+"""Crash-safe file storage for received DICOM instances.
+
+Every file is written atomically: to a temporary file in the destination folder, flushed and
+fsynced, renamed over the final name, and the folder fsynced. A crash at any point leaves
+either the old file, the new file, or a stray ``*.tmp`` that ``remove_stale_temp_files`` cleans
+at start-up; never a half-written ``.dcm``.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import re
+import uuid
+from pathlib import Path
+
+from readingroom.errors import StorageError
+
+log = logging.getLogger(__name__)
+
+TEMP_SUFFIX = ".tmp"
+# A DICOM UID: digits and dots, at most 64 characters. Checked before a UID becomes a path.
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+def is_valid_uid(value: str) -> bool:
+    return bool(value) and len(value) <= 64 and bool(_UID.match(value))
+
+
+def instance_relpath(study_uid: str, series_uid: str, sop_uid: str) -> Path:
+    """dicom/<study>/<series>/<sop>.dcm, relative to the data folder. UIDs must be valid."""
+    for name, uid in (("StudyInstanceUID", study_uid), ("SeriesInstanceUID", series_uid), ("SOPInstanceUID", sop_uid)):
+        if not is_valid_uid(uid):
+            raise ValueError(f"{name} {uid!r} is not a valid DICOM UID (digits and dots, at most 64 characters)")
+    return Path("dicom") / study_uid / series_uid / f"{sop_uid}.dcm"
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes, *, durable: bool = True) -> None:
+    """Write ``data`` to ``path`` so that ``path`` never holds a partial file.
+
+    Raises StorageError (with ``errno`` of the cause) when the disk is full or unwritable.
+    """
+    created: list[Path] = []
+    try:
+        folder = path.parent
+        missing = [p for p in [folder, *folder.parents] if not p.exists()]
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}{TEMP_SUFFIX}"
+        created.append(tmp)
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            if durable:
+                os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        created.clear()
+        if durable:
+            _fsync_dir(folder)
+            for parent in reversed(missing[1:] if missing else []):
+                _fsync_dir(parent)
+    except OSError as exc:
+        for leftover in created:
+            try:
+                leftover.unlink()
+            except OSError:
+                pass
+        reason = "the disk is full" if exc.errno == errno.ENOSPC else exc.strerror or str(exc)
+        raise StorageError(f"cannot write {path}: {reason}") from exc
+
+
+def remove_stale_temp_files(root: Path) -> int:
+    """Delete temporary files left by a crash in the middle of a write. Returns how many."""
+    count = 0
+    if not root.exists():
+        return 0
+    for tmp in root.rglob(f".*{TEMP_SUFFIX}"):
+        try:
+            tmp.unlink()
+            count += 1
+        except OSError as exc:
+            log.warning("could not remove stale temporary file %s: %s", tmp, exc)
+    if count:
+        log.info("removed %d temporary file(s) left by an interrupted write under %s", count, root)
+    return count

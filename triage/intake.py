@@ -1,0 +1,243 @@
+"""Intake: validate, store and index one DICOM instance. The listener and the importer share it.
+
+``Intake.store()`` is the one code path by which an image enters ReadingRoom. It returns the
+DICOM status to send back; it never raises. An instance is on disk (atomically) *and* in the
+database before the status is Success, so an acknowledged image is never lost. A failure leaves
+no file and no row behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import threading
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Callable
+
+from pydicom import Dataset, dcmwrite
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+
+from readingroom.db import Database
+from readingroom.errors import StorageError
+from readingroom.schema import Instance, Series, Site, Study, utcnow
+from readingroom.settings import Settings
+from readingroom.storage import atomic_write, instance_relpath, is_valid_uid
+
+log = logging.getLogger(__name__)
+
+# C-STORE statuses we return (PS3.4 B.2.3). 0xA7xx: out of resources (the sender may retry
+# later); 0xC2xx: cannot understand (retrying the same data will not help).
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700          # disk full, unwritable storage
+OUT_OF_RESOURCES_DATABASE = 0xA701  # the index could not be written
+CANNOT_UNDERSTAND = 0xC210         # the dataset could not be parsed at all
+MISSING_UID = 0xC211               # a required UID is missing or malformed
+UNDECODABLE_PIXELS = 0xC212        # pixel data present but cannot be decoded
+UID_CONFLICT = 0xC213              # this SOP Instance UID is already stored in another study/series
+
+# Site for callers that no site lists (only when no site restricts AE titles).
+UNKNOWN_SITE = "Unknown site"
+
+
+@dataclass(frozen=True)
+class StoreResult:
+    status: int
+    outcome: str  # "stored", "duplicate" or "rejected"
+    reason: str = ""
+    study_uid: str = ""
+    sop_uid: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status == SUCCESS
+
+
+def _text(ds: Dataset, keyword: str, limit: int = 200) -> str:
+    value = ds.get(keyword, "")
+    return str(value if value is not None else "").strip()[:limit]
+
+
+def _int(ds: Dataset, keyword: str) -> int | None:
+    try:
+        value = ds.get(keyword)
+        return int(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def encode_file(ds: Dataset) -> bytes:
+    """The dataset in the DICOM file format (preamble, file meta, dataset)."""
+    meta = getattr(ds, "file_meta", None) or FileMetaDataset()
+    if "TransferSyntaxUID" not in meta:
+        raise ValueError("no transfer syntax: the dataset has no File Meta Information")
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.setdefault("ImplementationClassUID", PYDICOM_IMPLEMENTATION_UID)
+    ds.file_meta = meta
+    buffer = io.BytesIO()
+    dcmwrite(buffer, ds, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+class Intake:
+    """Stores instances and tells a listener (the study monitor) about each new one."""
+
+    def __init__(self, settings: Settings, db: Database,
+                 on_instance: Callable[[str, str | None, datetime], None] | None = None) -> None:
+        self.settings = settings
+        self.db = db
+        self.on_instance = on_instance
+        self._site_ids: dict[str, int] = {}
+        # SQLite has one writer at a time anyway; serialising here avoids lock churn.
+        self._write_lock = threading.Lock()
+
+    # -- the public entry point -----------------------------------------------------------
+    def store(self, ds: Dataset, encoded: bytes | None = None, calling_ae: str = "",
+              source: str = "network") -> StoreResult:
+        """Validate, write and index one instance. ``encoded`` is the file as received, if any."""
+        try:
+            return self._store(ds, encoded, calling_ae.strip(), source)
+        except Exception as exc:  # noqa: BLE001 - a handler must answer, never raise
+            log.exception("unexpected error storing an instance from %s (%s)", calling_ae or "?", source)
+            return self._reject(OUT_OF_RESOURCES, f"unexpected error: {exc}", calling_ae, source)
+
+    # -- steps ----------------------------------------------------------------------------
+    def _reject(self, status: int, reason: str, calling_ae: str, source: str,
+                study_uid: str = "", sop_uid: str = "") -> StoreResult:
+        log.warning("rejected instance %s from %s (%s), status 0x%04X: %s",
+                    sop_uid or "?", calling_ae or "?", source, status, reason)
+        return StoreResult(status, "rejected", reason, study_uid, sop_uid)
+
+    def _store(self, ds: Dataset, encoded: bytes | None, calling_ae: str, source: str) -> StoreResult:
+        uids = {}
+        for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
+            try:
+                value = _text(ds, keyword, 100)
+            except Exception as exc:  # noqa: BLE001 - a malformed element fails on access
+                return self._reject(CANNOT_UNDERSTAND, f"cannot parse the dataset: {exc}", calling_ae, source)
+            if not value:
+                return self._reject(MISSING_UID, f"{keyword} is missing", calling_ae, source,
+                                    uids.get("StudyInstanceUID", ""), uids.get("SOPInstanceUID", ""))
+            if keyword != "SOPClassUID" and not is_valid_uid(value):
+                return self._reject(MISSING_UID, f"{keyword} {value!r} is not a valid UID", calling_ae, source)
+            uids[keyword] = value
+        study_uid, series_uid, sop_uid = uids["StudyInstanceUID"], uids["SeriesInstanceUID"], uids["SOPInstanceUID"]
+
+        if self.settings.dicom.verify_pixel_data and "PixelData" in ds:
+            try:
+                ds.pixel_array  # noqa: B018 - decoding is the check
+            except Exception as exc:  # noqa: BLE001
+                return self._reject(UNDECODABLE_PIXELS, f"pixel data cannot be decoded: {exc}",
+                                    calling_ae, source, study_uid, sop_uid)
+
+        existing = self._existing(sop_uid)
+        if existing is not None:
+            if existing != (study_uid, series_uid):
+                return self._reject(UID_CONFLICT, f"SOP Instance UID already stored in study {existing[0]}, "
+                                    f"series {existing[1]}", calling_ae, source, study_uid, sop_uid)
+            log.info("duplicate instance %s from %s: already stored", sop_uid, calling_ae or "?")
+            return StoreResult(SUCCESS, "duplicate", "already stored", study_uid, sop_uid)
+
+        try:
+            data = encoded if encoded is not None else encode_file(ds)
+        except Exception as exc:  # noqa: BLE001
+            return self._reject(CANNOT_UNDERSTAND, f"cannot encode the dataset: {exc}", calling_ae, source,
+                                study_uid, sop_uid)
+
+        relpath = instance_relpath(study_uid, series_uid, sop_uid)
+        path = self.settings.home / relpath
+        try:
+            atomic_write(path, data)
+        except StorageError as exc:
+            return self._reject(OUT_OF_RESOURCES, str(exc), calling_ae, source, study_uid, sop_uid)
+
+        try:
+            site_name, received_at = self._index(ds, uids, relpath.as_posix(), data, calling_ae)
+        except IntegrityError:
+            # Another association stored the same instance a moment ago: the row exists, keep the file.
+            if self._existing(sop_uid) == (study_uid, series_uid):
+                return StoreResult(SUCCESS, "duplicate", "stored concurrently", study_uid, sop_uid)
+            path.unlink(missing_ok=True)
+            return self._reject(UID_CONFLICT, "UID conflict while indexing", calling_ae, source, study_uid, sop_uid)
+        except (OperationalError, SQLAlchemyError) as exc:
+            path.unlink(missing_ok=True)  # no row points at it: take it back
+            return self._reject(OUT_OF_RESOURCES_DATABASE, f"database error, try again later: {exc}",
+                                calling_ae, source, study_uid, sop_uid)
+
+        log.debug("stored %s (%d bytes) from %s", relpath, len(data), calling_ae or "?")
+        if self.on_instance is not None:
+            self.on_instance(study_uid, site_name, received_at)
+        return StoreResult(SUCCESS, "stored", "", study_uid, sop_uid)
+
+    def _existing(self, sop_uid: str) -> tuple[str, str] | None:
+        with self.db.sessions() as session:
+            row = session.execute(
+                select(Study.study_uid, Series.series_uid)
+                .join(Series, Series.study_id == Study.id)
+                .join(Instance, Instance.series_id == Series.id)
+                .where(Instance.sop_uid == sop_uid)
+            ).first()
+            return (row[0], row[1]) if row else None
+
+    def _site(self, session, calling_ae: str) -> tuple[int, str]:  # noqa: ANN001
+        site = self.settings.site_for_ae(calling_ae)
+        name = site.name if site else UNKNOWN_SITE
+        if name not in self._site_ids:
+            row = session.scalar(select(Site).where(Site.name == name))
+            if row is None:  # not cached: this transaction may still roll back
+                row = Site(name=name)
+                session.add(row)
+                session.flush()
+                return row.id, name
+            self._site_ids[name] = row.id
+        return self._site_ids[name], name
+
+    def _index(self, ds: Dataset, uids: dict[str, str], relpath: str, data: bytes,
+               calling_ae: str) -> tuple[str, datetime]:
+        now = utcnow()
+        with self._write_lock, self.db.session() as session:
+            site_id, site_name = self._site(session, calling_ae)
+            study = session.scalar(select(Study).where(Study.study_uid == uids["StudyInstanceUID"]))
+            if study is None:
+                study = Study(
+                    study_uid=uids["StudyInstanceUID"], site_id=site_id, calling_ae=calling_ae,
+                    patient_id=_text(ds, "PatientID", 64), patient_name=_text(ds, "PatientName"),
+                    patient_birth_date=_text(ds, "PatientBirthDate", 8), patient_sex=_text(ds, "PatientSex", 16),
+                    accession=_text(ds, "AccessionNumber", 64), study_date=_text(ds, "StudyDate", 8),
+                    study_time=_text(ds, "StudyTime", 32), description=_text(ds, "StudyDescription"),
+                    referring_physician=_text(ds, "ReferringPhysicianName"),
+                    status="receiving", received_at=now, last_received_at=now,
+                )
+                session.add(study)
+                session.flush()
+            else:
+                study.last_received_at = now
+                study.completed_at = None
+                if study.status in ("new", "triaged"):
+                    log.info("late instance for study %s: reopened, will be triaged again", study.study_uid)
+                    study.status = "receiving"
+                elif study.status != "receiving":
+                    log.warning("instance arrived for study %s which is already %s", study.study_uid, study.status)
+            series = session.scalar(select(Series).where(Series.series_uid == uids["SeriesInstanceUID"]))
+            if series is None:
+                series = Series(
+                    series_uid=uids["SeriesInstanceUID"], study_id=study.id, modality=_text(ds, "Modality", 16),
+                    series_number=_int(ds, "SeriesNumber"), description=_text(ds, "SeriesDescription"),
+                    body_part=_text(ds, "BodyPartExamined", 64),
+                )
+                session.add(series)
+                session.flush()
+            meta = getattr(ds, "file_meta", None)
+            session.add(Instance(
+                sop_uid=uids["SOPInstanceUID"], series_id=series.id, sop_class_uid=uids["SOPClassUID"],
+                transfer_syntax_uid=str(meta.get("TransferSyntaxUID", "")) if meta else "",
+                instance_number=_int(ds, "InstanceNumber"), rows=_int(ds, "Rows"), columns=_int(ds, "Columns"),
+                number_of_frames=_int(ds, "NumberOfFrames") or 1, path=relpath, size_bytes=len(data),
+                sha256=hashlib.sha256(data).hexdigest(), calling_ae=calling_ae, received_at=now,
+            ))
+        return site_name, now
