@@ -20,19 +20,27 @@ from readingroom.errors import StorageError
 log = logging.getLogger(__name__)
 
 TEMP_SUFFIX = ".tmp"
-# A DICOM UID: digits and dots, at most 64 characters. Checked before a UID becomes a path.
+# A conformant DICOM UID: digits and dots, at most 64 characters.
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+# What we accept as a path component. Real senders emit non-conformant UIDs (hex hashes, for
+# example); they are still unique, so they are stored. Nothing that could leave the folder is.
+_SAFE_UID = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]{0,63}$")
+
+
+def is_conformant_uid(value: str) -> bool:
+    return bool(value) and len(value) <= 64 and bool(_UID.match(value))
 
 
 def is_valid_uid(value: str) -> bool:
-    return bool(value) and len(value) <= 64 and bool(_UID.match(value))
+    """True when ``value`` can safely name a file or folder (and so can be stored)."""
+    return bool(_SAFE_UID.match(value or "")) and ".." not in value
 
 
 def instance_relpath(study_uid: str, series_uid: str, sop_uid: str) -> Path:
     """dicom/<study>/<series>/<sop>.dcm, relative to the data folder. UIDs must be valid."""
     for name, uid in (("StudyInstanceUID", study_uid), ("SeriesInstanceUID", series_uid), ("SOPInstanceUID", sop_uid)):
         if not is_valid_uid(uid):
-            raise ValueError(f"{name} {uid!r} is not a valid DICOM UID (digits and dots, at most 64 characters)")
+            raise ValueError(f"{name} {uid!r} is not a usable UID (letters, digits, dots, at most 64 characters)")
     return Path("dicom") / study_uid / series_uid / f"{sop_uid}.dcm"
 
 

@@ -26,7 +26,7 @@ from readingroom.db import Database
 from readingroom.errors import StorageError
 from readingroom.schema import Instance, Series, Site, Study, utcnow
 from readingroom.settings import Settings
-from readingroom.storage import atomic_write, instance_relpath, is_valid_uid
+from readingroom.storage import atomic_write, instance_relpath, is_conformant_uid, is_valid_uid
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +125,9 @@ class Intake:
                                     uids.get("StudyInstanceUID", ""), uids.get("SOPInstanceUID", ""))
             if keyword != "SOPClassUID" and not is_valid_uid(value):
                 return self._reject(MISSING_UID, f"{keyword} {value!r} is not a valid UID", calling_ae, source)
+            if not is_conformant_uid(value):
+                log.warning("%s %r from %s is not a conformant DICOM UID; stored anyway", keyword, value,
+                            calling_ae or "?")
             uids[keyword] = value
         study_uid, series_uid, sop_uid = uids["StudyInstanceUID"], uids["SeriesInstanceUID"], uids["SOPInstanceUID"]
 

@@ -7,11 +7,12 @@ keeps its arrival order: AI never hides a study, it can only move one up.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
 
-from models.registry import models_for
+from models.registry import WEIGHTS_DIR, models_for
 from readingroom.db import Database
 from readingroom.schema import Series, Study, utcnow
 
@@ -19,8 +20,9 @@ log = logging.getLogger(__name__)
 
 
 class TriagePipeline:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, weights_dir: Path = WEIGHTS_DIR) -> None:
         self.db = db
+        self.weights_dir = weights_dir
 
     def __call__(self, payload: dict[str, Any]) -> None:
         """Job handler for ``triage_study``: payload ``{"study_uid": ...}``."""
@@ -30,7 +32,7 @@ class TriagePipeline:
             if study is None:
                 raise LookupError(f"study {study_uid} is not in the database")
             modalities = set(session.scalars(select(Series.modality).where(Series.study_id == study.id)))
-            cards = models_for(modalities)
+            cards = models_for(modalities, self.weights_dir)
             if not cards:
                 study.ai_status = "unavailable"
                 study.priority_label = "routine"

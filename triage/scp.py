@@ -9,13 +9,31 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, AllStoragePresentationContexts, evt
+from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, AllStoragePresentationContexts, evt, register_uid
+from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from readingroom.settings import Settings
 from triage.intake import CANNOT_UNDERSTAND, Intake
 
 log = logging.getLogger(__name__)
+
+# Retired image storage classes that old modalities and archives still send (PS3.6 Annex A).
+RETIRED_IMAGE_STORAGE = {
+    "1.2.840.10008.5.1.4.1.1.3": "UltrasoundMultiFrameImageStorageRetired",
+    "1.2.840.10008.5.1.4.1.1.5": "NuclearMedicineImageStorageRetired",
+    "1.2.840.10008.5.1.4.1.1.6": "UltrasoundImageStorageRetired",
+    "1.2.840.10008.5.1.4.1.1.12.3": "XRayAngiographicBiPlaneImageStorageRetired",
+}
+
+
+def _register_retired_classes() -> None:
+    """Teach pynetdicom that the retired classes are storage classes (it knows them by UID only)."""
+    import pynetdicom.sop_class as sop_class
+
+    for uid, keyword in RETIRED_IMAGE_STORAGE.items():
+        if not hasattr(sop_class, keyword):
+            register_uid(uid, keyword, StorageServiceClass)
 
 
 def handle_store(event: Any, intake: Intake) -> int:
@@ -43,6 +61,7 @@ def _log_event(event: Any) -> None:
 
 
 def build_ae(settings: Settings) -> AE:
+    _register_retired_classes()
     ae = AE(ae_title=settings.dicom.ae_title)
     ae.maximum_associations = settings.dicom.max_associations
     ae.maximum_pdu_size = settings.dicom.max_pdu_bytes
@@ -55,6 +74,8 @@ def build_ae(settings: Settings) -> AE:
     ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
     for context in AllStoragePresentationContexts:
         ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+    for sop_class in RETIRED_IMAGE_STORAGE:
+        ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)
     return ae
 
 

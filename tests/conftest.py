@@ -1,0 +1,77 @@
+"""Shared fixtures: settings in a temporary home, a migrated database, a running listener.
+
+Real parts only: the listener is pynetdicom on a free port, the clients are pynetdicom's SCU and
+dcmtk's storescu/echoscu (Debian; by absolute path, because the virtualenv has pynetdicom apps
+with the same names), the files are the real samples of pydicom-data.
+"""
+
+from __future__ import annotations
+
+import socket
+import warnings
+from pathlib import Path
+
+import pytest
+
+from readingroom.db import Database, sync_sites
+from readingroom.jobs import DatabaseJobQueue
+from readingroom.settings import Settings, load_settings
+
+DCMTK = Path("/usr/bin")
+TEST_SITES = [
+    {"name": "Test Hospital", "ae_titles": ["TEST_SCU", "STORESCU", "ECHOSCU"], "quiet_period_s": 0.5},
+    {"name": "Other Hospital", "ae_titles": ["OTHER_PACS"]},
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_settings(home: Path, **overrides) -> Settings:
+    base = {
+        "home": str(home),
+        "sites": TEST_SITES,
+        "dicom": {"port": free_port()},
+        "intake": {"quiet_period_s": 0.5, "rescan_interval_s": 0.5},
+        "jobs": {"poll_interval_s": 0.1, "backoff_base_s": 0.1, "backoff_max_s": 1, "max_attempts": 3},
+        "web": {"port": free_port()},
+    }
+    for key, value in overrides.items():
+        base[key] = {**base.get(key, {}), **value} if isinstance(value, dict) else value
+    return load_settings(environ={}, overrides=base)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return make_settings(tmp_path / "home")
+
+
+@pytest.fixture
+def db(settings: Settings):
+    database = Database(settings)
+    database.upgrade()
+    sync_sites(database, [s.name for s in settings.sites])
+    yield database
+    database.dispose()
+
+
+@pytest.fixture
+def queue(db: Database, settings: Settings) -> DatabaseJobQueue:
+    return DatabaseJobQueue(db, settings.jobs)
+
+
+@pytest.fixture(scope="session")
+def samples() -> Path:
+    from triage.demo import sample_dir
+
+    return sample_dir()
+
+
+@pytest.fixture(autouse=True)
+def _quiet_pydicom_warnings():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        yield
