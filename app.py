@@ -75,7 +75,7 @@ def build_web_app(settings: Settings, db: Database):  # noqa: ANN201
 
         from readingroom.schema import Study
 
-        with db.sessions() as session:
+        with db.reader() as session:
             studies = session.scalar(select(func.count(Study.id)))
         return {"status": "ok", "studies": studies, "notice": NOT_FOR_CLINICAL_USE}
 

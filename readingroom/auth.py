@@ -50,7 +50,7 @@ def ensure_user(db: Database, username: str, password: str, role: str = "radiolo
 
 
 def authenticate(db: Database, username: str, password: str) -> User | None:
-    with db.sessions() as session:
+    with db.reader() as session:
         user = session.scalar(select(User).where(User.username == username))
     if user is not None and verify_password(password, user.password_hash):
         return user

@@ -28,7 +28,7 @@ def _files(settings):
 
 
 def _count(db, model):
-    with db.sessions() as s:
+    with db.reader() as s:
         return s.scalar(select(func.count(model.id)))
 
 
@@ -37,7 +37,7 @@ def test_store_writes_the_file_and_indexes_it(intake, settings, db, ct):
     assert (result.status, result.outcome) == (0x0000, "stored")
     path = settings.home / "dicom" / ct.StudyInstanceUID / ct.SeriesInstanceUID / f"{ct.SOPInstanceUID}.dcm"
     assert dcmread(path).SOPInstanceUID == ct.SOPInstanceUID
-    with db.sessions() as s:
+    with db.reader() as s:
         study = s.scalar(select(Study))
         assert study.patient_id == ct.PatientID and study.status == "receiving"
         assert study.site.name == "Test Hospital"
@@ -113,7 +113,7 @@ def test_unknown_caller_lands_in_unknown_site_when_allowed(tmp_path, ct):
     db = Database(settings)
     db.upgrade()
     assert Intake(settings, db).store(ct, calling_ae="ANYONE").ok
-    with db.sessions() as s:
+    with db.reader() as s:
         assert s.scalar(select(Study)).site.name == intake_mod.UNKNOWN_SITE
     db.dispose()
 

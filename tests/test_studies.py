@@ -11,12 +11,12 @@ from triage.synthetic import ct_series, head_phantom
 
 
 def _study(db):
-    with db.sessions() as s:
+    with db.reader() as s:
         return s.scalar(select(Study))
 
 
 def _jobs(db):
-    with db.sessions() as s:
+    with db.reader() as s:
         return list(s.scalars(select(Job).where(Job.kind == TRIAGE_JOB)))
 
 

@@ -18,8 +18,9 @@ from typing import Callable
 
 from pydicom import Dataset, dcmwrite
 from pydicom.dataset import FileMetaDataset
+from pydicom.pixels.utils import get_expected_length
 from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID
-from sqlalchemy import select
+from sqlalchemy import Connection, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
 from readingroom.db import Database
@@ -29,6 +30,23 @@ from readingroom.settings import Settings
 from readingroom.storage import atomic_write, instance_relpath, is_conformant_uid, is_valid_uid
 
 log = logging.getLogger(__name__)
+
+# Statements built once; each call only binds parameters (this runs for every image).
+_FIND_STUDY = select(Study.id, Study.status).where(Study.study_uid == bindparam("uid"))
+_FIND_SERIES = select(Series.id).where(Series.series_uid == bindparam("uid"))
+_FIND_SITE = select(Site.id).where(Site.name == bindparam("name"))
+_TOUCH_STUDY = (update(Study).where(Study.id == bindparam("study_id"))
+                .values(last_received_at=bindparam("now"), completed_at=None, status=bindparam("new_status")))
+_INSERT_STUDY = insert(Study)
+_INSERT_SERIES = insert(Series)
+_INSERT_INSTANCE = insert(Instance)
+_EXISTING = (
+    select(Study.study_uid, Series.series_uid)
+    .select_from(Instance)
+    .join(Series, Instance.series_id == Series.id)
+    .join(Study, Series.study_id == Study.id)
+    .where(Instance.sop_uid == bindparam("sop_uid"))
+)
 
 # C-STORE statuses we return (PS3.4 B.2.3). 0xA7xx: out of resources (the sender may retry
 # later); 0xC2xx: cannot understand (retrying the same data will not help).
@@ -68,6 +86,27 @@ def _int(ds: Dataset, keyword: str) -> int | None:
         return int(value) if value not in (None, "") else None
     except (TypeError, ValueError):
         return None
+
+
+def pixel_data_problem(ds: Dataset) -> str:
+    """Why the pixel data cannot be decoded, or "" when it can.
+
+    Compressed data is decoded (JPEG, JPEG-LS, JPEG 2000, RLE: pylibjpeg and its plugins).
+    Native data needs no decoder: its length must match what the image attributes describe,
+    which is what decoding would check, without copying the pixels.
+    """
+    try:
+        syntax = ds.file_meta.TransferSyntaxUID
+        if syntax.is_compressed:
+            ds.pixel_array  # noqa: B018 - decoding is the check
+            return ""
+        expected = get_expected_length(ds, "bytes")
+        actual = len(ds.PixelData)
+        if actual < expected or actual > expected + 1:  # one byte of padding to an even length
+            return f"{actual} bytes of pixel data, but the image attributes need {expected}"
+        return ""
+    except Exception as exc:  # noqa: BLE001 - any failure here means nobody can display it
+        return str(exc) or type(exc).__name__
 
 
 def encode_file(ds: Dataset) -> bytes:
@@ -132,10 +171,9 @@ class Intake:
         study_uid, series_uid, sop_uid = uids["StudyInstanceUID"], uids["SeriesInstanceUID"], uids["SOPInstanceUID"]
 
         if self.settings.dicom.verify_pixel_data and "PixelData" in ds:
-            try:
-                ds.pixel_array  # noqa: B018 - decoding is the check
-            except Exception as exc:  # noqa: BLE001
-                return self._reject(UNDECODABLE_PIXELS, f"pixel data cannot be decoded: {exc}",
+            problem = pixel_data_problem(ds)
+            if problem:
+                return self._reject(UNDECODABLE_PIXELS, f"pixel data cannot be decoded: {problem}",
                                     calling_ae, source, study_uid, sop_uid)
 
         existing = self._existing(sop_uid)
@@ -178,69 +216,68 @@ class Intake:
         return StoreResult(SUCCESS, "stored", "", study_uid, sop_uid)
 
     def _existing(self, sop_uid: str) -> tuple[str, str] | None:
-        with self.db.sessions() as session:
-            row = session.execute(
-                select(Study.study_uid, Series.series_uid)
-                .join(Series, Series.study_id == Study.id)
-                .join(Instance, Instance.series_id == Series.id)
-                .where(Instance.sop_uid == sop_uid)
-            ).first()
+        """(study UID, series UID) of an instance already stored under this SOP Instance UID."""
+        with self.db.read_engine.connect() as conn:
+            row = conn.execute(_EXISTING, {"sop_uid": sop_uid}).first()
             return (row[0], row[1]) if row else None
 
-    def _site(self, session, calling_ae: str) -> tuple[int, str]:  # noqa: ANN001
+    def _site_id(self, conn: Connection, calling_ae: str) -> tuple[int, str]:
         site = self.settings.site_for_ae(calling_ae)
         name = site.name if site else UNKNOWN_SITE
         if name not in self._site_ids:
-            row = session.scalar(select(Site).where(Site.name == name))
-            if row is None:  # not cached: this transaction may still roll back
-                row = Site(name=name)
-                session.add(row)
-                session.flush()
-                return row.id, name
-            self._site_ids[name] = row.id
+            site_id = conn.scalar(_FIND_SITE, {"name": name})
+            if site_id is None:  # not cached: this transaction may still roll back
+                return conn.execute(insert(Site), {"name": name, "created_at": utcnow()}).inserted_primary_key[0], name
+            self._site_ids[name] = site_id
         return self._site_ids[name], name
 
     def _index(self, ds: Dataset, uids: dict[str, str], relpath: str, data: bytes,
                calling_ae: str) -> tuple[str, datetime]:
+        """Insert the instance, and its study and series when new, in one transaction.
+
+        Prebuilt statements on a plain connection (no ORM session): this runs for every image.
+        """
         now = utcnow()
-        with self._write_lock, self.db.session() as session:
-            site_id, site_name = self._site(session, calling_ae)
-            study = session.scalar(select(Study).where(Study.study_uid == uids["StudyInstanceUID"]))
+        study_uid, series_uid = uids["StudyInstanceUID"], uids["SeriesInstanceUID"]
+        digest = hashlib.sha256(data).hexdigest()
+        meta = getattr(ds, "file_meta", None)
+        with self._write_lock, self.db.engine.begin() as conn:
+            site_id, site_name = self._site_id(conn, calling_ae)
+            study = conn.execute(_FIND_STUDY, {"uid": study_uid}).first()
             if study is None:
-                study = Study(
-                    study_uid=uids["StudyInstanceUID"], site_id=site_id, calling_ae=calling_ae,
-                    patient_id=_text(ds, "PatientID", 64), patient_name=_text(ds, "PatientName"),
-                    patient_birth_date=_text(ds, "PatientBirthDate", 8), patient_sex=_text(ds, "PatientSex", 16),
-                    accession=_text(ds, "AccessionNumber", 64), study_date=_text(ds, "StudyDate", 8),
-                    study_time=_text(ds, "StudyTime", 32), description=_text(ds, "StudyDescription"),
-                    referring_physician=_text(ds, "ReferringPhysicianName"),
-                    status="receiving", received_at=now, last_received_at=now,
-                )
-                session.add(study)
-                session.flush()
+                study_id = conn.execute(_INSERT_STUDY, {
+                    "study_uid": study_uid, "site_id": site_id, "calling_ae": calling_ae,
+                    "patient_id": _text(ds, "PatientID", 64), "patient_name": _text(ds, "PatientName"),
+                    "patient_birth_date": _text(ds, "PatientBirthDate", 8),
+                    "patient_sex": _text(ds, "PatientSex", 16), "accession": _text(ds, "AccessionNumber", 64),
+                    "study_date": _text(ds, "StudyDate", 8), "study_time": _text(ds, "StudyTime", 32),
+                    "description": _text(ds, "StudyDescription"),
+                    "referring_physician": _text(ds, "ReferringPhysicianName"),
+                    "status": "receiving", "received_at": now, "last_received_at": now, "ai_status": "pending",
+                    "priority_label": "routine", "priority_score": 0.0,
+                    "priority_reason": "arrival order (not yet triaged)",
+                }).inserted_primary_key[0]
             else:
-                study.last_received_at = now
-                study.completed_at = None
-                if study.status in ("new", "triaged"):
-                    log.info("late instance for study %s: reopened, will be triaged again", study.study_uid)
-                    study.status = "receiving"
-                elif study.status != "receiving":
-                    log.warning("instance arrived for study %s which is already %s", study.study_uid, study.status)
-            series = session.scalar(select(Series).where(Series.series_uid == uids["SeriesInstanceUID"]))
-            if series is None:
-                series = Series(
-                    series_uid=uids["SeriesInstanceUID"], study_id=study.id, modality=_text(ds, "Modality", 16),
-                    series_number=_int(ds, "SeriesNumber"), description=_text(ds, "SeriesDescription"),
-                    body_part=_text(ds, "BodyPartExamined", 64),
-                )
-                session.add(series)
-                session.flush()
-            meta = getattr(ds, "file_meta", None)
-            session.add(Instance(
-                sop_uid=uids["SOPInstanceUID"], series_id=series.id, sop_class_uid=uids["SOPClassUID"],
-                transfer_syntax_uid=str(meta.get("TransferSyntaxUID", "")) if meta else "",
-                instance_number=_int(ds, "InstanceNumber"), rows=_int(ds, "Rows"), columns=_int(ds, "Columns"),
-                number_of_frames=_int(ds, "NumberOfFrames") or 1, path=relpath, size_bytes=len(data),
-                sha256=hashlib.sha256(data).hexdigest(), calling_ae=calling_ae, received_at=now,
-            ))
+                study_id, status = study.id, study.status
+                if status in ("new", "triaged"):
+                    log.info("late instance for study %s: reopened, will be triaged again", study_uid)
+                    status = "receiving"
+                elif status != "receiving":
+                    log.warning("instance arrived for study %s which is already %s", study_uid, status)
+                conn.execute(_TOUCH_STUDY, {"study_id": study_id, "now": now, "new_status": status})
+            series_id = conn.scalar(_FIND_SERIES, {"uid": series_uid})
+            if series_id is None:
+                series_id = conn.execute(_INSERT_SERIES, {
+                    "series_uid": series_uid, "study_id": study_id, "modality": _text(ds, "Modality", 16),
+                    "series_number": _int(ds, "SeriesNumber"), "description": _text(ds, "SeriesDescription"),
+                    "body_part": _text(ds, "BodyPartExamined", 64),
+                }).inserted_primary_key[0]
+            conn.execute(_INSERT_INSTANCE, {
+                "sop_uid": uids["SOPInstanceUID"], "series_id": series_id, "sop_class_uid": uids["SOPClassUID"],
+                "transfer_syntax_uid": str(meta.get("TransferSyntaxUID", "")) if meta else "",
+                "instance_number": _int(ds, "InstanceNumber"), "rows": _int(ds, "Rows"),
+                "columns": _int(ds, "Columns"), "number_of_frames": _int(ds, "NumberOfFrames") or 1,
+                "path": relpath, "size_bytes": len(data), "sha256": digest, "calling_ae": calling_ae,
+                "received_at": now,
+            })
         return site_name, now

@@ -25,7 +25,7 @@ def _iso(value) -> str | None:  # noqa: ANN001
 
 def open_studies(db: Database, limit: int | None = None) -> list[dict[str, Any]]:
     """Open studies in reading order, each with the fields of ``readingroom worklist --json``."""
-    with db.sessions() as session:
+    with db.reader() as session:
         counts = (
             select(Series.study_id, func.count(Instance.id).label("n"))
             .join(Instance, Instance.series_id == Series.id)

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.integration
 
 
 def _indexed(db) -> set[str]:
-    with db.sessions() as s:
+    with db.reader() as s:
         return set(s.scalars(select(Instance.sop_uid)))
 
 
@@ -86,7 +86,7 @@ def test_every_sample_file_is_stored_or_refused_cleanly(listener, settings, db, 
     # Every file on disk is indexed, decodes, and no temporary file is left.
     paths = _on_disk(settings)
     assert not [p for p in paths if p.suffix != ".dcm"]
-    with db.sessions() as s:
+    with db.reader() as s:
         rows = set(s.scalars(select(Instance.path)))
         assert {p.relative_to(settings.home).as_posix() for p in paths} == rows
         assert s.scalar(select(func.count(Instance.id))) == len(indexed)
@@ -102,7 +102,7 @@ def test_compressed_transfer_syntaxes_arrive_as_sent(listener, settings, db, sam
     assert len({dcmread(samples / n).SOPInstanceUID for n in names}) == len(names)  # no duplicates
     statuses = scu.send([samples / n for n in names], "127.0.0.1", listener.listener.port, calling_ae="TEST_SCU")
     assert statuses == [0] * len(names)
-    with db.sessions() as s:
+    with db.reader() as s:
         for name in names:
             original = dcmread(samples / name)
             row = s.scalar(select(Instance).where(Instance.sop_uid == original.SOPInstanceUID))
@@ -131,7 +131,7 @@ def test_dcmtk_storescu_sends_compressed_files(listener, db, samples, settings):
                              capture_output=True, text=True, timeout=60)
         assert run.returncode == 0 and "Failed" not in run.stderr, f"{name}: {run.stderr}"
         original = dcmread(samples / name)
-        with db.sessions() as s:
+        with db.reader() as s:
             row = s.scalar(select(Instance).where(Instance.sop_uid == original.SOPInstanceUID))
         assert row is not None, f"{name} was not stored: {run.stderr}"
         assert row.transfer_syntax_uid == original.file_meta.TransferSyntaxUID
