@@ -55,9 +55,15 @@ def build_blocks(settings: Settings, db: Database):  # noqa: ANN201
         with gr.Tab("Dead-letter jobs"):
             dead = gr.Dataframe(headers=["Job", "Kind", "Payload", "Attempts", "Last error"],
                                 value=lambda: dead_job_rows(db, settings), interactive=False)
-        timer = gr.Timer(5)
-        timer.tick(lambda: worklist_rows(db), outputs=table)
-        refresh.click(lambda: (worklist_rows(db), dead_job_rows(db, settings)), outputs=[table, dead])
+
+        def refresh_worklist() -> list[list[Any]]:
+            return worklist_rows(db)
+
+        def refresh_all() -> tuple[list[list[Any]], list[list[Any]]]:
+            return worklist_rows(db), dead_job_rows(db, settings)
+
+        gr.Timer(5).tick(refresh_worklist, outputs=table, api_name="worklist")
+        refresh.click(refresh_all, outputs=[table, dead], api_name="refresh")
     return blocks
 
 
@@ -133,7 +139,10 @@ def serve(settings: Settings, db: Database, demo: bool = False) -> int:
               + f"\n  DICOM listener: AE {settings.dicom.ae_title} on {settings.dicom.host}:{intake.listener.port}"
               + f"\n  Data folder:    {settings.home}"
               + "\n  Stop:           Ctrl-C\n" + "=" * 72 + "\n", flush=True)
-        server.run()
+        try:
+            server.run()   # returns on Ctrl-C or SIGTERM, after closing connections
+        except KeyboardInterrupt:  # uvicorn re-raises the signal once it has shut down
+            pass
     finally:
         log.info("shutting down")
         intake.stop()

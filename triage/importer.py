@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +14,9 @@ from tqdm import tqdm
 from triage.intake import CANNOT_UNDERSTAND, Intake, StoreResult
 
 log = logging.getLogger(__name__)
+
+# Recorded as the "calling AE title" of imported instances.
+IMPORT_AE = "IMPORT"
 
 
 @dataclass
@@ -73,6 +75,6 @@ def import_path(path: Path, intake: Intake, progress: bool = True) -> ImportSumm
             result = StoreResult(CANNOT_UNDERSTAND, "rejected", reason)
             log.warning("rejected %s: %s", file, reason)
         else:
-            result = intake.store(ds, data, calling_ae=os.environ.get("USER", "")[:16] or "IMPORT", source=str(file))
+            result = intake.store(ds, data, calling_ae=IMPORT_AE, source=str(file))
         summary.add(file, result)
     return summary

@@ -52,8 +52,14 @@ def handle_store(event: Any, intake: Intake) -> int:
 def _log_event(event: Any) -> None:
     requestor = event.assoc.requestor
     if event.event.name == "EVT_REJECTED":
-        log.warning("association from %s (%s:%s) rejected: calling AE title not allowed; list it under "
-                    "a site's ae_titles in configs/sites.yaml", requestor.ae_title, requestor.address, requestor.port)
+        called = getattr(requestor.primitive, "called_ae_title", "") if requestor.primitive else ""
+        ours = event.assoc.acceptor.ae_title
+        if called and called.strip() != ours.strip():
+            reason = f"it called AE title {called.strip()!r}, ours is {ours!r}"
+        else:
+            reason = "its calling AE title is not listed under any site's ae_titles in configs/sites.yaml"
+        log.warning("association from %s (%s:%s) rejected: %s", requestor.ae_title, requestor.address,
+                    requestor.port, reason)
     elif event.event.name == "EVT_ACCEPTED":
         log.debug("association from %s (%s) accepted", requestor.ae_title, requestor.address)
     elif event.event.name == "EVT_ABORTED":
@@ -68,6 +74,7 @@ def build_ae(settings: Settings) -> AE:
     ae.network_timeout = settings.dicom.network_timeout_s
     ae.acse_timeout = settings.dicom.network_timeout_s
     ae.dimse_timeout = settings.dicom.network_timeout_s
+    ae.require_called_aet = True  # a sender that calls another AE title is misconfigured
     allowed = settings.allowed_calling_ae_titles
     if allowed:
         ae.require_calling_aet = allowed

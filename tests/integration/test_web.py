@@ -1,0 +1,93 @@
+"""`readingroom run --demo`: the demo is seeded through the listener, the page needs a login and
+lists the worklist, and Ctrl-C stops everything cleanly."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+import urllib.request
+
+import pytest
+
+from tests.conftest import free_port
+from tests.integration.helpers import readingroom, start, stop
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+DEMO_STUDIES = 9
+
+
+def _get_json(url: str):
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return json.loads(response.read())
+
+
+def _wait_for_studies(url: str, proc, n: int, timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "readingroom run exited"
+        try:
+            last = _get_json(url + "/healthz")
+            if last["studies"] >= n:
+                return last
+        except OSError:
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"the demo did not arrive: {last}")
+
+
+def test_run_demo_serves_the_worklist_behind_a_login_and_stops_on_ctrl_c(tmp_path):
+    from gradio_client import Client
+
+    home, dicom_port, web_port = tmp_path / "home", free_port(), free_port()
+    args = ("run", "--demo", "--port", str(dicom_port), "--web-port", str(web_port))
+    url = f"http://127.0.0.1:{web_port}"
+    proc = start(*args, home=home, log=tmp_path / "run.log", READINGROOM_SITES="")  # the demo sites
+    try:
+        health = _wait_for_studies(url, proc, DEMO_STUDIES)
+        assert "NOT FOR CLINICAL USE" in health["notice"]
+
+        # Without a login the worklist is not served.
+        with pytest.raises(Exception):
+            Client(url, verbose=False).predict(api_name="/refresh")
+        with pytest.raises(Exception):
+            Client(url, auth=("demo", "wrong"), verbose=False)
+
+        client = Client(url, auth=("demo", "demo"), verbose=False)
+        deadline = time.monotonic() + 30
+        while True:   # the demo studies complete after their quiet period
+            worklist, _dead = client.predict(api_name="/refresh")
+            rows = worklist["data"]
+            if len(rows) == DEMO_STUDIES and all(r[2] == "new" for r in rows) or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        assert len(rows) == DEMO_STUDIES
+        patients = [row[5] for row in rows]
+        assert patients[0] == "DOE^JOHN" and "SYNTHETIC^HEAD" in patients   # arrival order
+        modalities = {row[3] for row in rows}
+        assert {"CT", "CR", "MR", "US", "NM"} <= modalities
+        assert all("AI unavailable" in row[11] for row in rows)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)        # what Ctrl-C sends
+        try:
+            proc.wait(30)
+        finally:
+            stop(proc)
+    log = (tmp_path / "run.log").read_text()
+    assert proc.returncode == 0, log[-2000:]
+    assert "ReadingRoom stopped." in log
+    assert "demo / demo" in log and f"http://127.0.0.1:{web_port}" in log
+
+    # The demo is seeded once: a second start does not send it again.
+    listed = json.loads(readingroom("worklist", "--json", home=home, READINGROOM_SITES="").stdout)
+    assert len(listed) == DEMO_STUDIES
+    proc = start(*args, home=home, log=tmp_path / "run2.log", READINGROOM_SITES="")
+    try:
+        _wait_for_studies(url, proc, DEMO_STUDIES)
+        time.sleep(3)
+        assert _get_json(url + "/healthz")["studies"] == DEMO_STUDIES
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(30)
