@@ -97,7 +97,7 @@ def test_database_error_takes_the_file_back(intake, settings, db, ct, monkeypatc
     def broken(*_a, **_k):
         raise OperationalError("INSERT", {}, Exception("database is locked"))
 
-    monkeypatch.setattr(intake, "_index", broken)
+    monkeypatch.setattr(intake, "_insert_rows", broken)
     result = intake.store(ct, calling_ae="TEST_SCU")
     assert result.status == 0xA701 and "try again later" in result.reason
     assert _files(settings) == []

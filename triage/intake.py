@@ -14,6 +14,7 @@ import logging
 import threading
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Callable
 
 from pydicom import Dataset, dcmwrite
@@ -21,7 +22,7 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.pixels.utils import get_expected_length
 from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID
 from sqlalchemy import Connection, bindparam, insert, select, update
-from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from readingroom.db import Database
 from readingroom.errors import StorageError
@@ -176,14 +177,6 @@ class Intake:
                 return self._reject(UNDECODABLE_PIXELS, f"pixel data cannot be decoded: {problem}",
                                     calling_ae, source, study_uid, sop_uid)
 
-        existing = self._existing(sop_uid)
-        if existing is not None:
-            if existing != (study_uid, series_uid):
-                return self._reject(UID_CONFLICT, f"SOP Instance UID already stored in study {existing[0]}, "
-                                    f"series {existing[1]}", calling_ae, source, study_uid, sop_uid)
-            log.info("duplicate instance %s from %s: already stored", sop_uid, calling_ae or "?")
-            return StoreResult(SUCCESS, "duplicate", "already stored", study_uid, sop_uid)
-
         try:
             data = encoded if encoded is not None else encode_file(ds)
         except Exception as exc:  # noqa: BLE001
@@ -193,33 +186,24 @@ class Intake:
         relpath = instance_relpath(study_uid, series_uid, sop_uid)
         path = self.settings.home / relpath
         try:
-            atomic_write(path, data)
+            outcome, detail = self._write_and_index(ds, uids, path, relpath.as_posix(), data, calling_ae)
         except StorageError as exc:
             return self._reject(OUT_OF_RESOURCES, str(exc), calling_ae, source, study_uid, sop_uid)
-
-        try:
-            site_name, received_at = self._index(ds, uids, relpath.as_posix(), data, calling_ae)
-        except IntegrityError:
-            # Another association stored the same instance a moment ago: the row exists, keep the file.
-            if self._existing(sop_uid) == (study_uid, series_uid):
-                return StoreResult(SUCCESS, "duplicate", "stored concurrently", study_uid, sop_uid)
-            path.unlink(missing_ok=True)
-            return self._reject(UID_CONFLICT, "UID conflict while indexing", calling_ae, source, study_uid, sop_uid)
-        except (OperationalError, SQLAlchemyError) as exc:
-            path.unlink(missing_ok=True)  # no row points at it: take it back
+        except SQLAlchemyError as exc:
             return self._reject(OUT_OF_RESOURCES_DATABASE, f"database error, try again later: {exc}",
                                 calling_ae, source, study_uid, sop_uid)
+        if outcome == "conflict":
+            return self._reject(UID_CONFLICT, f"SOP Instance UID already stored in study {detail[0]}, "
+                                f"series {detail[1]}", calling_ae, source, study_uid, sop_uid)
+        if outcome == "duplicate":
+            log.info("duplicate instance %s from %s: already stored", sop_uid, calling_ae or "?")
+            return StoreResult(SUCCESS, "duplicate", "already stored", study_uid, sop_uid)
+        site_name, received_at = detail
 
         log.debug("stored %s (%d bytes) from %s", relpath, len(data), calling_ae or "?")
         if self.on_instance is not None:
             self.on_instance(study_uid, site_name, received_at)
         return StoreResult(SUCCESS, "stored", "", study_uid, sop_uid)
-
-    def _existing(self, sop_uid: str) -> tuple[str, str] | None:
-        """(study UID, series UID) of an instance already stored under this SOP Instance UID."""
-        with self.db.read_engine.connect() as conn:
-            row = conn.execute(_EXISTING, {"sop_uid": sop_uid}).first()
-            return (row[0], row[1]) if row else None
 
     def _site_id(self, conn: Connection, calling_ae: str) -> tuple[int, str]:
         site = self.settings.site_for_ae(calling_ae)
@@ -231,53 +215,83 @@ class Intake:
             self._site_ids[name] = site_id
         return self._site_ids[name], name
 
-    def _index(self, ds: Dataset, uids: dict[str, str], relpath: str, data: bytes,
-               calling_ae: str) -> tuple[str, datetime]:
-        """Insert the instance, and its study and series when new, in one transaction.
+    def _write_and_index(self, ds: Dataset, uids: dict[str, str], path: Path, relpath: str, data: bytes,
+                         calling_ae: str) -> tuple[str, tuple]:
+        """In one database transaction: check for a duplicate, write the file, insert the rows.
 
-        Prebuilt statements on a plain connection (no ORM session): this runs for every image.
+        Returns ("stored", (site name, received at)), ("duplicate", ()) or ("conflict", (study, series)).
+        If the transaction fails after the file was written, the file is removed again: no row, no file.
         """
-        now = utcnow()
         study_uid, series_uid = uids["StudyInstanceUID"], uids["SeriesInstanceUID"]
         digest = hashlib.sha256(data).hexdigest()
+        written = False
+        try:
+            with self._write_lock, self.db.engine.begin() as conn:
+                existing = conn.execute(_EXISTING, {"sop_uid": uids["SOPInstanceUID"]}).first()
+                if existing is not None:
+                    if tuple(existing) != (study_uid, series_uid):
+                        return "conflict", tuple(existing)
+                    return "duplicate", ()
+                atomic_write(path, data)
+                written = True
+                return "stored", self._insert_rows(conn, ds, uids, relpath, len(data), digest, calling_ae)
+        except IntegrityError:
+            # Another process indexed the same instance in between (possible on PostgreSQL):
+            # its row points at this very path, so the file stays.
+            with self.db.read_engine.connect() as conn:
+                existing = conn.execute(_EXISTING, {"sop_uid": uids["SOPInstanceUID"]}).first()
+            if existing is not None and tuple(existing) == (study_uid, series_uid):
+                return "duplicate", ()
+            if written:
+                path.unlink(missing_ok=True)
+            raise
+        except BaseException:
+            if written:
+                path.unlink(missing_ok=True)  # the transaction did not commit: no row points at it
+            raise
+
+    def _insert_rows(self, conn: Connection, ds: Dataset, uids: dict[str, str], relpath: str, size: int,
+                     digest: str, calling_ae: str) -> tuple[str, datetime]:
+        """Insert the instance, and its study and series when new (inside the caller's transaction)."""
+        now = utcnow()
+        study_uid, series_uid = uids["StudyInstanceUID"], uids["SeriesInstanceUID"]
         meta = getattr(ds, "file_meta", None)
-        with self._write_lock, self.db.engine.begin() as conn:
-            site_id, site_name = self._site_id(conn, calling_ae)
-            study = conn.execute(_FIND_STUDY, {"uid": study_uid}).first()
-            if study is None:
-                study_id = conn.execute(_INSERT_STUDY, {
-                    "study_uid": study_uid, "site_id": site_id, "calling_ae": calling_ae,
-                    "patient_id": _text(ds, "PatientID", 64), "patient_name": _text(ds, "PatientName"),
-                    "patient_birth_date": _text(ds, "PatientBirthDate", 8),
-                    "patient_sex": _text(ds, "PatientSex", 16), "accession": _text(ds, "AccessionNumber", 64),
-                    "study_date": _text(ds, "StudyDate", 8), "study_time": _text(ds, "StudyTime", 32),
-                    "description": _text(ds, "StudyDescription"),
-                    "referring_physician": _text(ds, "ReferringPhysicianName"),
-                    "status": "receiving", "received_at": now, "last_received_at": now, "ai_status": "pending",
-                    "priority_label": "routine", "priority_score": 0.0,
-                    "priority_reason": "arrival order (not yet triaged)",
-                }).inserted_primary_key[0]
-            else:
-                study_id, status = study.id, study.status
-                if status in ("new", "triaged"):
-                    log.info("late instance for study %s: reopened, will be triaged again", study_uid)
-                    status = "receiving"
-                elif status != "receiving":
-                    log.warning("instance arrived for study %s which is already %s", study_uid, status)
-                conn.execute(_TOUCH_STUDY, {"study_id": study_id, "now": now, "new_status": status})
-            series_id = conn.scalar(_FIND_SERIES, {"uid": series_uid})
-            if series_id is None:
-                series_id = conn.execute(_INSERT_SERIES, {
-                    "series_uid": series_uid, "study_id": study_id, "modality": _text(ds, "Modality", 16),
-                    "series_number": _int(ds, "SeriesNumber"), "description": _text(ds, "SeriesDescription"),
-                    "body_part": _text(ds, "BodyPartExamined", 64),
-                }).inserted_primary_key[0]
-            conn.execute(_INSERT_INSTANCE, {
-                "sop_uid": uids["SOPInstanceUID"], "series_id": series_id, "sop_class_uid": uids["SOPClassUID"],
-                "transfer_syntax_uid": str(meta.get("TransferSyntaxUID", "")) if meta else "",
-                "instance_number": _int(ds, "InstanceNumber"), "rows": _int(ds, "Rows"),
-                "columns": _int(ds, "Columns"), "number_of_frames": _int(ds, "NumberOfFrames") or 1,
-                "path": relpath, "size_bytes": len(data), "sha256": digest, "calling_ae": calling_ae,
-                "received_at": now,
-            })
+        site_id, site_name = self._site_id(conn, calling_ae)
+        study = conn.execute(_FIND_STUDY, {"uid": study_uid}).first()
+        if study is None:
+            study_id = conn.execute(_INSERT_STUDY, {
+                "study_uid": study_uid, "site_id": site_id, "calling_ae": calling_ae,
+                "patient_id": _text(ds, "PatientID", 64), "patient_name": _text(ds, "PatientName"),
+                "patient_birth_date": _text(ds, "PatientBirthDate", 8),
+                "patient_sex": _text(ds, "PatientSex", 16), "accession": _text(ds, "AccessionNumber", 64),
+                "study_date": _text(ds, "StudyDate", 8), "study_time": _text(ds, "StudyTime", 32),
+                "description": _text(ds, "StudyDescription"),
+                "referring_physician": _text(ds, "ReferringPhysicianName"),
+                "status": "receiving", "received_at": now, "last_received_at": now, "ai_status": "pending",
+                "priority_label": "routine", "priority_score": 0.0,
+                "priority_reason": "arrival order (not yet triaged)",
+            }).inserted_primary_key[0]
+        else:
+            study_id, status = study.id, study.status
+            if status in ("new", "triaged"):
+                log.info("late instance for study %s: reopened, will be triaged again", study_uid)
+                status = "receiving"
+            elif status != "receiving":
+                log.warning("instance arrived for study %s which is already %s", study_uid, status)
+            conn.execute(_TOUCH_STUDY, {"study_id": study_id, "now": now, "new_status": status})
+        series_id = conn.scalar(_FIND_SERIES, {"uid": series_uid})
+        if series_id is None:
+            series_id = conn.execute(_INSERT_SERIES, {
+                "series_uid": series_uid, "study_id": study_id, "modality": _text(ds, "Modality", 16),
+                "series_number": _int(ds, "SeriesNumber"), "description": _text(ds, "SeriesDescription"),
+                "body_part": _text(ds, "BodyPartExamined", 64),
+            }).inserted_primary_key[0]
+        conn.execute(_INSERT_INSTANCE, {
+            "sop_uid": uids["SOPInstanceUID"], "series_id": series_id, "sop_class_uid": uids["SOPClassUID"],
+            "transfer_syntax_uid": str(meta.get("TransferSyntaxUID", "")) if meta else "",
+            "instance_number": _int(ds, "InstanceNumber"), "rows": _int(ds, "Rows"),
+            "columns": _int(ds, "Columns"), "number_of_frames": _int(ds, "NumberOfFrames") or 1,
+            "path": relpath, "size_bytes": size, "sha256": digest, "calling_ae": calling_ae,
+            "received_at": now,
+        })
         return site_name, now

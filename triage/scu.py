@@ -7,10 +7,14 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from pydicom import Dataset
-from pynetdicom import AE
+from pynetdicom import AE, _config
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 log = logging.getLogger(__name__)
+
+# Send files as they are on disk, in chunks, without decoding and re-encoding them (pynetdicom's
+# default reads each file into a Dataset first). Datasets passed in memory are encoded as usual.
+_config.STORE_SEND_CHUNKED_DATASET = True
 
 
 def _context_key(item: Dataset | Path) -> tuple[str, str]:
