@@ -23,15 +23,16 @@ WORKLIST_COLUMNS = ["#", "Priority", "Status", "Modality", "Site", "Patient", "A
 DEMO_SEEDED_KEY = "demo_seeded"
 
 
-def worklist_rows(db: Database) -> list[list[Any]]:
+def worklist_rows(db: Database, settings: Settings) -> list[list[Any]]:
     from triage.worklist import open_studies
 
     rows = []
-    for n, item in enumerate(open_studies(db), 1):
-        ai = "; ".join(f"{f['finding']} {f['probability']:.2f} (UNVERIFIED)" for f in item["ai"]) or item["ai_status"]
-        rows.append([n, item["priority"]["label"], item["status"], item["modality"], item["site"],
+    for item in open_studies(db, settings):
+        ai = "; ".join(f"{f['finding']} {f['probability']:.2f} (UNVERIFIED)" for f in item["ai"] if f["positive"])
+        rows.append([item["position"], item["priority"]["label"], item["status"], item["modality"], item["site"],
                      item["patient_name"], item["accession"], item["description"], item["num_instances"],
-                     (item["received_at"] or "")[:19].replace("T", " "), ai, item["priority"]["reason"]])
+                     (item["received_at"] or "")[:19].replace("T", " "), ai or item["ai_status"],
+                     item["priority"]["reason"]])
     return rows
 
 
@@ -46,10 +47,12 @@ def dead_job_rows(db: Database, settings: Settings) -> list[list[Any]]:
 def build_blocks(settings: Settings, db: Database):  # noqa: ANN201
     import gradio as gr
 
+    from triage.notify import events_since
+
     with gr.Blocks(title="ReadingRoom", analytics_enabled=False) as blocks:
         gr.Markdown(f"## ReadingRoom worklist\n**{NOT_FOR_CLINICAL_USE}**", elem_id="banner")
         with gr.Tab("Worklist"):
-            table = gr.Dataframe(headers=WORKLIST_COLUMNS, value=lambda: worklist_rows(db), interactive=False,
+            table = gr.Dataframe(headers=WORKLIST_COLUMNS, value=lambda: worklist_rows(db, settings), interactive=False,
                                  elem_id="worklist", wrap=True)
             refresh = gr.Button("Refresh", size="sm")
         with gr.Tab("Dead-letter jobs"):
@@ -57,12 +60,30 @@ def build_blocks(settings: Settings, db: Database):  # noqa: ANN201
                                 value=lambda: dead_job_rows(db, settings), interactive=False)
 
         def refresh_worklist() -> list[list[Any]]:
-            return worklist_rows(db)
+            return worklist_rows(db, settings)
 
         def refresh_all() -> tuple[list[list[Any]], list[list[Any]]]:
-            return worklist_rows(db), dead_job_rows(db, settings)
+            return worklist_rows(db, settings), dead_job_rows(db, settings)
 
         gr.Timer(5).tick(refresh_worklist, outputs=table, api_name="worklist")
+
+        # Critical AI findings: a toast within a second, and the worklist reordered.
+        last_event = gr.State(0)
+
+        def latest_event() -> int:
+            events = events_since(db, 0, limit=1_000_000)
+            return events[-1].id if events else 0
+
+        def poll_events(last_id: int):  # noqa: ANN202 - a Gradio callback
+            events = events_since(db, last_id)
+            if not events:
+                return last_id, gr.skip()
+            for event in events:
+                gr.Warning(f"CRITICAL: {event.payload.get('summary', event.study_uid)}", duration=None)
+            return events[-1].id, worklist_rows(db, settings)
+
+        blocks.load(latest_event, outputs=last_event)
+        gr.Timer(1).tick(poll_events, inputs=last_event, outputs=[last_event, table], api_name="events")
         refresh.click(refresh_all, outputs=[table, dead], api_name="refresh")
     return blocks
 
@@ -116,7 +137,9 @@ def serve(settings: Settings, db: Database, demo: bool = False) -> int:
 
     queue = DatabaseJobQueue(db, settings.jobs)
     workers = WorkerPool(queue, settings.jobs)
-    workers.register(TRIAGE_JOB, TriagePipeline(db))
+    from triage.notify import Notifier
+
+    workers.register(TRIAGE_JOB, TriagePipeline(db, settings, Notifier(db, settings)))
     intake = IntakeService(settings, db, queue, on_complete=lambda _uids: workers.wake())
     ensure_user(db, settings.demo.username, settings.demo.password, role="radiologist")
 
@@ -130,7 +153,7 @@ def serve(settings: Settings, db: Database, demo: bool = False) -> int:
     try:
         web = build_web_app(settings, db)
         server = uvicorn.Server(uvicorn.Config(web, host=settings.web.host, port=settings.web.port,
-                                               log_level="warning", lifespan="on"))
+                                               log_level="warning", lifespan="on", timeout_graceful_shutdown=5))
         url = f"http://{settings.web.host}:{settings.web.port}"
         print("\n" + "=" * 72
               + f"\nReadingRoom is running. {NOT_FOR_CLINICAL_USE}"

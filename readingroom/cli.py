@@ -86,7 +86,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     ctx = Context(log_to_file=True)
     pool = WorkerPool(DatabaseJobQueue(ctx.db, ctx.settings.jobs), ctx.settings.jobs)
-    pool.register(TRIAGE_JOB, TriagePipeline(ctx.db))
+    from triage.notify import Notifier
+
+    pool.register(TRIAGE_JOB, TriagePipeline(ctx.db, ctx.settings, Notifier(ctx.db, ctx.settings)))
     if args.once:
         ran = 0
         while pool.run_once():
@@ -122,15 +124,37 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_worklist(args: argparse.Namespace) -> int:
-    from triage.worklist import format_table, open_studies
+    from triage.worklist import Filters, format_table, open_studies
 
     ctx = Context()
-    items = open_studies(ctx.db, limit=args.limit)
+    filters = Filters(site=args.site, modality=args.modality, status=args.status, priority=args.priority)
+    items = open_studies(ctx.db, ctx.settings, user=args.user, filters=filters, limit=args.limit)
     if args.json:
         print(json.dumps(items, indent=2))
     else:
         print(format_table(items))
     return 0
+
+
+def cmd_claim(args: argparse.Namespace) -> int:
+    from triage.worklist import claim, release
+
+    ctx = Context()
+    if args.release:
+        if not release(ctx.db, args.study_uid, args.user):
+            print(f"{args.user} did not hold study {args.study_uid}", file=sys.stderr)
+            return 1
+        print(f"released {args.study_uid}")
+        return 0
+    until = claim(ctx.db, ctx.settings, args.study_uid, args.user)
+    print(f"{args.user} holds {args.study_uid} until {until.isoformat(timespec='seconds')}Z")
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from triage import simulate
+
+    return simulate.main(args.simulate_args)
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
@@ -197,10 +221,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_import)
 
-    p = sub.add_parser("worklist", help="print the open studies in reading order")
+    p = sub.add_parser("worklist", help="print the open studies in reading order, with the policy's reasons")
     p.add_argument("--json", action="store_true", help="a JSON list, one object per study")
+    p.add_argument("--user", help="only the sites this radiologist is credentialed for")
+    p.add_argument("--site", help="only this site")
+    p.add_argument("--modality", help="only studies with this modality (CT, CR, MR...)")
+    p.add_argument("--status", choices=["receiving", "new", "triaged", "in_progress", "preliminary"])
+    p.add_argument("--priority", help="only this class (critical, urgent, routine)")
     p.add_argument("--limit", type=int, default=None)
     p.set_defaults(func=cmd_worklist)
+
+    p = sub.add_parser("claim", help="lock a study for a radiologist (or --release it)")
+    p.add_argument("study_uid")
+    p.add_argument("--user", required=True)
+    p.add_argument("--release", action="store_true", help="give the study back")
+    p.set_defaults(func=cmd_claim)
+
+    p = sub.add_parser("simulate", help="night-shift simulator: RTAT under FIFO and AI ordering",
+                       add_help=False)
+    p.add_argument("simulate_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("jobs", help="list queued, running, done and dead jobs; retry a dead one")
     jobs_sub = p.add_subparsers(dest="jobs_command", required=True, metavar="ACTION")

@@ -60,9 +60,11 @@ class Study(Base):
     completed_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True, index=True)
     ai_status: Mapped[str] = mapped_column(String(16), default="pending")
     triaged_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
-    priority_label: Mapped[str] = mapped_column(String(16), default="routine")
-    priority_score: Mapped[float] = mapped_column(Float, default=0.0)
-    priority_reason: Mapped[str] = mapped_column(Text, default="arrival order (not yet triaged)")
+    # STAT, URGENT, ROUTINE... from the order or DICOM Requested Procedure Priority (0040,1003).
+    order_priority: Mapped[str] = mapped_column(String(16), default="")
+    # A radiologist's claim: nobody else opens the study until it is released or expires.
+    claimed_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    claimed_until: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
 
     site: Mapped[Site | None] = relationship()
     series: Mapped[list["Series"]] = relationship(back_populates="study", order_by="Series.series_number")
@@ -148,7 +150,20 @@ class User(Base):
     username: Mapped[str] = mapped_column(String(64), unique=True)
     password_hash: Mapped[str] = mapped_column(String(255))
     role: Mapped[str] = mapped_column(String(16), default="radiologist")
+    # Names of the sites this radiologist is credentialed for; ["*"] means every site.
+    sites: Mapped[list[str]] = mapped_column(JSON, default=lambda: ["*"])
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Notification(Base):
+    """An event for the UI and the webhook, e.g. a critical AI finding (UNVERIFIED)."""
+
+    __tablename__ = "notifications"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    study_uid: Mapped[str] = mapped_column(String(64), index=True)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
 
 
 class KeyValue(Base):

@@ -75,12 +75,23 @@ class DemoSettings(_Section):
     password: str = "demo"
 
 
+class WorklistSettings(_Section):
+    claim_ttl_min: float = Field(30, gt=0)
+
+
+class NotificationSettings(_Section):
+    webhook_url: str = ""
+    webhook_timeout_s: float = Field(5, gt=0)
+
+
 class Site(_Section):
     """A hospital that sends studies to the reading service."""
 
     name: str = Field(min_length=1)
     ae_titles: list[str] = Field(default_factory=list)
     quiet_period_s: float | None = Field(None, ge=0)
+    sla_min: dict[str, float] = Field(default_factory=dict)
+    max_wait_min: float | None = Field(None, gt=0)
 
     @field_validator("ae_titles")
     @classmethod
@@ -92,6 +103,8 @@ class Settings(_Section):
     home: Path = Path("var")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     sites_file: str = "sites.yaml"
+    findings_file: str = "findings.yaml"
+    config_dir: Path = PROJECT_ROOT / "configs"
     sites: list[Site] = Field(default_factory=list)
     database: DatabaseSettings = DatabaseSettings()
     dicom: DicomSettings = DicomSettings()
@@ -99,6 +112,8 @@ class Settings(_Section):
     jobs: JobSettings = JobSettings()
     web: WebSettings = WebSettings()
     demo: DemoSettings = DemoSettings()
+    worklist: WorklistSettings = WorklistSettings()
+    notifications: NotificationSettings = NotificationSettings()
 
     # Derived paths -----------------------------------------------------------------------
     @property
@@ -121,6 +136,14 @@ class Settings(_Section):
     def allowed_calling_ae_titles(self) -> list[str]:
         """Every AE title a site lists; empty means any caller is accepted."""
         return [title for site in self.sites for title in site.ae_titles]
+
+    @property
+    def findings_path(self) -> Path:
+        """The priority policy file (configs/findings.yaml by default)."""
+        return self.config_dir / self.findings_file
+
+    def site(self, name: str | None) -> Site | None:
+        return next((site for site in self.sites if site.name == name), None)
 
     def quiet_period_for(self, site_name: str | None) -> float:
         for site in self.sites:
@@ -199,6 +222,7 @@ def load_settings(
     data = _merge(data, _env_overrides(environ))
     if overrides:
         data = _merge(data, overrides)
+    data.setdefault("config_dir", str(path.parent))
     if "sites" not in data and data.get("sites_file"):
         sites_path = path.parent / str(data["sites_file"])
         data["sites"] = _read_yaml(sites_path).get("sites", [])

@@ -1,7 +1,9 @@
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import text
+from alembic.script import ScriptDirectory
+from sqlalchemy import create_engine, text
 
+from readingroom.db import alembic_config, upgrade
 from readingroom.schema import Base
 
 
@@ -17,7 +19,27 @@ def test_sqlite_runs_in_wal_mode_with_full_sync(db):
         assert conn.execute(text("PRAGMA synchronous")).scalar() == 2  # FULL
 
 
-def test_upgrade_is_idempotent(db):
+def test_upgrade_is_idempotent_and_reaches_head(db):
     db.upgrade()
+    head = ScriptDirectory.from_config(alembic_config(db.engine)).get_current_head()
     with db.engine.connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0001"
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == head
+
+
+def test_upgrade_keeps_the_data_of_an_older_installation(tmp_path):
+    engine = create_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    upgrade(engine, "0001")
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO studies (study_uid, calling_ae, patient_id, patient_name, "
+                          "patient_birth_date, patient_sex, accession, study_date, study_time, description, "
+                          "referring_physician, status, received_at, last_received_at, ai_status, priority_label, "
+                          "priority_score, priority_reason) VALUES ('1.2.3', 'X', 'P1', 'DOE^J', '', '', 'A1', '', "
+                          "'', 'CT HEAD', '', 'new', '2026-11-29 01:00:00', '2026-11-29 01:00:00', 'pending', "
+                          "'routine', 0, '')"))
+        conn.execute(text("INSERT INTO users (username, password_hash, role, created_at) "
+                          "VALUES ('old', 'x', 'radiologist', '2026-11-29 01:00:00')"))
+    upgrade(engine)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT accession, order_priority FROM studies")).one() == ("A1", "")
+        assert conn.execute(text("SELECT sites FROM users")).scalar() == '["*"]'
+    engine.dispose()

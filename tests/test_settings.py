@@ -15,7 +15,7 @@ def test_shipped_defaults_load_and_document_every_setting():
     assert settings.home.is_absolute() and settings.home.name == "var"
     assert [s.name for s in settings.sites]  # sites.yaml is read
     text = DEFAULT_CONFIG.read_text()
-    for section in ("database", "dicom", "intake", "jobs", "web", "demo"):
+    for section in ("database", "dicom", "intake", "jobs", "web", "demo", "worklist", "notifications"):
         for key in type(getattr(settings, section)).model_fields:
             assert f"  {key}:" in text, f"{section}.{key} is not documented in default.yaml"
 

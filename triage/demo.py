@@ -40,11 +40,12 @@ class DemoStudy:
     accession: str
     description: str
     files: tuple[str, ...]
+    priority: str = "ROUTINE"   # Requested Procedure Priority, as the modality worklist gave it
 
 
 DEMO_STUDIES = (
     DemoStudy("ct-head", "STMARY_CT", "DOE^JOHN", "SM100231", "M", "19480312", "SM24001",
-              "CT HEAD WITHOUT CONTRAST", ("693_J2KR.dcm",)),
+              "CT HEAD WITHOUT CONTRAST", ("693_J2KR.dcm",), "STAT"),
     DemoStudy("cxr", "STMARY_CR", "RIVERA^ANA", "SM100877", "F", "19710630", "SM24002",
               "XR CHEST 1 VIEW", ("RG1_J2KR.dcm",)),
     DemoStudy("ct-abdomen", "STMARY_PACS", "NGUYEN^PAUL", "SM101554", "M", "19660204", "SM24003",
@@ -54,7 +55,7 @@ DEMO_STUDIES = (
     DemoStudy("mr-shoulder", "NORTHSIDE_MR", "KOWALSKI^ADAM", "NS55012", "M", "19790122", "NS8801",
               "MR SHOULDER LEFT WITHOUT CONTRAST", ("MR2_J2KR.dcm",)),
     DemoStudy("mr-brain", "NORTHSIDE_MR", "OKAFOR^GRACE", "NS55340", "F", "19550809", "NS8802",
-              "MR BRAIN WITHOUT CONTRAST", ("emri_small_jpeg_ls_lossless.dcm",)),
+              "MR BRAIN WITHOUT CONTRAST", ("emri_small_jpeg_ls_lossless.dcm",), "HIGH"),
     DemoStudy("us-abdomen", "NORTHSIDE_US", "MEYER^EVA", "NS55871", "F", "19920411", "NS8803",
               "US ABDOMEN COMPLETE", ("US1_J2KR.dcm", "OBXXXX1A_rle_2frame.dcm")),
     DemoStudy("nm-bone", "NORTHSIDE_PACS", "BROWN^OLIVER", "NS56002", "M", "19500101", "NS8804",
@@ -73,6 +74,7 @@ def _rewrite(ds: Dataset, study: DemoStudy, series_index: int, image_index: int,
     ds.StudyDate = when.strftime("%Y%m%d")
     ds.StudyTime = when.strftime("%H%M%S")
     ds.ReferringPhysicianName = "DEMO^REFERRER"
+    ds.RequestedProcedurePriority = study.priority
     ds.SeriesNumber = series_index + 1
     ds.InstanceNumber = image_index + 1
     return ds

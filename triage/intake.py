@@ -89,6 +89,18 @@ def _int(ds: Dataset, keyword: str) -> int | None:
         return None
 
 
+def order_priority(ds: Dataset) -> str:
+    """Requested Procedure Priority (0040,1003), at the top level or in the Request Attributes
+    Sequence: STAT, HIGH, ROUTINE, MEDIUM or LOW. "" when the modality did not send it."""
+    try:
+        value = ds.get("RequestedProcedurePriority")
+        if not value and "RequestAttributesSequence" in ds and len(ds.RequestAttributesSequence):
+            value = ds.RequestAttributesSequence[0].get("RequestedProcedurePriority")
+        return str(value or "").strip().upper()[:16]
+    except Exception:  # noqa: BLE001 - a malformed optional tag is no reason to refuse an image
+        return ""
+
+
 def pixel_data_problem(ds: Dataset) -> str:
     """Why the pixel data cannot be decoded, or "" when it can.
 
@@ -268,8 +280,7 @@ class Intake:
                 "description": _text(ds, "StudyDescription"),
                 "referring_physician": _text(ds, "ReferringPhysicianName"),
                 "status": "receiving", "received_at": now, "last_received_at": now, "ai_status": "pending",
-                "priority_label": "routine", "priority_score": 0.0,
-                "priority_reason": "arrival order (not yet triaged)",
+                "order_priority": order_priority(ds),
             }).inserted_primary_key[0]
         else:
             study_id, status = study.id, study.status

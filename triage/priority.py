@@ -1,0 +1,172 @@
+"""The priority policy: where a study belongs on the worklist, and why. Pure functions.
+
+The live worklist and the night-shift simulator both call ``place()``; there is no second copy.
+
+A study's class is the highest of:
+  * its order priority (STAT, urgent, routine; from the order or the DICOM tags);
+  * the urgency of each positive AI finding (probability >= the finding's threshold), unless the
+    policy ignores AI or the AI result is not available;
+  * the top class, once the study has waited ``max_wait_min`` (the upper limit), when the policy
+    ages studies.
+Within a class, the study that arrived first is read first.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from readingroom.errors import ConfigError
+from readingroom.settings import PROJECT_ROOT
+
+log = logging.getLogger(__name__)
+
+FINDINGS_CONFIG = PROJECT_ROOT / "configs" / "findings.yaml"
+
+
+class Policy(str, Enum):
+    """The orderings the simulator compares. The live worklist uses AI_AGING."""
+
+    FIFO = "fifo"                 # arrival order only
+    ORDER = "order"               # order priority, then arrival
+    AI = "ai"                     # order priority raised by AI findings, then arrival
+    AI_AGING = "ai_aging"         # AI, plus promotion to the top class after max_wait_min
+
+
+class FindingRule(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    label: str = ""
+    urgency: str
+    threshold: float = Field(0.5, ge=0, le=1)
+
+
+class PolicyConfig(BaseModel):
+    """configs/findings.yaml, typed."""
+
+    model_config = ConfigDict(extra="forbid")
+    classes: list[str] = ["critical", "urgent", "routine"]
+    findings: dict[str, FindingRule] = {}
+    order_priorities: dict[str, str] = {"STAT": "critical", "URGENT": "urgent", "ROUTINE": "routine"}
+    max_wait_min: float = Field(120, gt=0)
+    sla_min: dict[str, float] = {}
+
+    @model_validator(mode="after")
+    def _known_classes(self) -> "PolicyConfig":
+        known = set(self.classes)
+        bad = [f"findings.{k}.urgency={r.urgency!r}" for k, r in self.findings.items() if r.urgency not in known]
+        bad += [f"order_priorities.{k}={v!r}" for k, v in self.order_priorities.items() if v not in known]
+        bad += [f"sla_min.{k}" for k in self.sla_min if k not in known]
+        if bad:
+            raise ValueError(f"{', '.join(bad)}: use one of the classes {', '.join(self.classes)}")
+        return self
+
+    def rank(self, label: str) -> int:
+        """0 for the lowest class, len(classes)-1 for the top one."""
+        return len(self.classes) - 1 - self.classes.index(label)
+
+    @property
+    def top(self) -> str:
+        return self.classes[0]
+
+    @property
+    def lowest(self) -> str:
+        return self.classes[-1]
+
+
+def load_policy_config(path: Path = FINDINGS_CONFIG) -> PolicyConfig:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        return PolicyConfig.model_validate(data)
+    except FileNotFoundError:
+        raise ConfigError(f"{path} is missing: it holds the priority policy (see configs/findings.yaml)") from None
+    except (yaml.YAMLError, ValidationError, ValueError) as exc:
+        raise ConfigError(f"{path} is invalid: {exc}") from None
+
+
+@dataclass(frozen=True)
+class AIResult:
+    finding: str
+    probability: float
+    threshold: float | None = None   # the model's own operating threshold, if it has one
+
+
+@dataclass(frozen=True)
+class StudyFacts:
+    """What the policy needs to know about one study."""
+
+    waited_min: float
+    order_priority: str = ""
+    ai: Sequence[AIResult] = ()
+    ai_available: bool = True        # False: AI failed, timed out, or no model covers the study
+    max_wait_min: float | None = None  # the site's upper limit, if it sets one
+
+
+@dataclass(frozen=True)
+class Placement:
+    label: str
+    rank: int
+    promoted: bool
+    positive: tuple[str, ...] = field(default=())
+    reason: str = ""
+
+
+def _order_class(order_priority: str, config: PolicyConfig) -> str:
+    return config.order_priorities.get((order_priority or "").strip().upper(), config.lowest)
+
+
+def place(facts: StudyFacts, config: PolicyConfig, policy: Policy = Policy.AI_AGING) -> Placement:
+    """The study's class under ``policy``, with the reason in words."""
+    reasons: list[str] = []
+    best = config.lowest
+    if policy is not Policy.FIFO:
+        best = _order_class(facts.order_priority, config)
+        reasons.append(f"{(facts.order_priority or 'no').strip().upper() or 'no'} order → {best}"
+                       if facts.order_priority else f"no order priority → {best}")
+    positive: list[str] = []
+    if policy in (Policy.AI, Policy.AI_AGING):
+        if not facts.ai_available:
+            reasons.append("AI unavailable")
+        for result in facts.ai:
+            rule = config.findings.get(result.finding)
+            if rule is None:
+                continue
+            threshold = result.threshold if result.threshold is not None else rule.threshold
+            if result.probability >= threshold:
+                positive.append(result.finding)
+                reasons.append(f"{result.finding} {result.probability:.2f} ≥ {threshold:.2f} → {rule.urgency} (AI, UNVERIFIED)")
+                if config.rank(rule.urgency) > config.rank(best):
+                    best = rule.urgency
+    promoted = False
+    if policy is Policy.AI_AGING:
+        limit = facts.max_wait_min if facts.max_wait_min is not None else config.max_wait_min
+        if facts.waited_min >= limit and best != config.top:
+            promoted = True
+            reasons.append(f"waited {facts.waited_min:.0f} min ≥ {limit:.0f} → promoted to {config.top}")
+            best = config.top
+    if not promoted:
+        reasons.append(f"waited {facts.waited_min:.0f} min")
+    return Placement(best, config.rank(best), promoted, tuple(positive), "; ".join(reasons))
+
+
+def reading_order(items: Iterable[tuple[float, int, StudyFacts]], config: PolicyConfig,
+                  policy: Policy = Policy.AI_AGING) -> list[tuple[int, Placement]]:
+    """Sort ``(arrival, id, facts)`` into reading order: class, then arrival, then id.
+
+    Returns ``(id, placement)`` pairs, first to read first.
+    """
+    placed = [(arrival, ident, place(facts, config, policy)) for arrival, ident, facts in items]
+    placed.sort(key=lambda item: (-item[2].rank, item[0], item[1]))
+    return [(ident, placement) for _arrival, ident, placement in placed]
+
+
+def sla_min(label: str, config: PolicyConfig, site_sla: Mapping[str, float] | None = None) -> float | None:
+    """The turnaround target for a class: the site's, else the default."""
+    if site_sla and label in site_sla:
+        return site_sla[label]
+    return config.sla_min.get(label)
