@@ -130,16 +130,11 @@ def serve(settings: Settings, db: Database, demo: bool = False) -> int:
     import uvicorn
 
     from readingroom.auth import ensure_user
-    from readingroom.jobs import DatabaseJobQueue, WorkerPool
-    from triage.pipeline import TriagePipeline
-    from triage.service import IntakeService
-    from triage.studies import TRIAGE_JOB
+    from readingroom.jobs import DatabaseJobQueue
+    from triage.service import IntakeService, build_workers
 
     queue = DatabaseJobQueue(db, settings.jobs)
-    workers = WorkerPool(queue, settings.jobs)
-    from triage.notify import Notifier
-
-    workers.register(TRIAGE_JOB, TriagePipeline(db, settings, Notifier(db, settings)))
+    workers = build_workers(db, settings, queue)
     intake = IntakeService(settings, db, queue, on_complete=lambda _uids: workers.wake())
     ensure_user(db, settings.demo.username, settings.demo.password, role="radiologist")
 

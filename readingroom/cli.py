@@ -53,10 +53,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     return app.serve(ctx.settings, ctx.db, demo=args.demo)
 
 
-def cmd_receive(args: argparse.Namespace) -> int:
+def _wait_for_stop() -> None:
+    """Block until Ctrl-C or SIGTERM."""
     import signal
     import threading
 
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+
+
+def cmd_receive(args: argparse.Namespace) -> int:
     from readingroom.jobs import DatabaseJobQueue
     from triage.service import IntakeService
 
@@ -65,30 +75,19 @@ def cmd_receive(args: argparse.Namespace) -> int:
     service.start()
     print(f"DICOM listener {ctx.settings.dicom.ae_title} on {ctx.settings.dicom.host}:{service.listener.port}; "
           "Ctrl-C to stop", flush=True)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        stop.wait()
-    except KeyboardInterrupt:
-        pass
+        _wait_for_stop()
     finally:
         service.stop()
     return 0
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    import signal
-    import threading
-
-    from readingroom.jobs import DatabaseJobQueue, WorkerPool
-    from triage.pipeline import TriagePipeline
-    from triage.studies import TRIAGE_JOB
+    from readingroom.jobs import DatabaseJobQueue
+    from triage.service import build_workers
 
     ctx = Context(log_to_file=True)
-    pool = WorkerPool(DatabaseJobQueue(ctx.db, ctx.settings.jobs), ctx.settings.jobs)
-    from triage.notify import Notifier
-
-    pool.register(TRIAGE_JOB, TriagePipeline(ctx.db, ctx.settings, Notifier(ctx.db, ctx.settings)))
+    pool = build_workers(ctx.db, ctx.settings, DatabaseJobQueue(ctx.db, ctx.settings.jobs))
     if args.once:
         ran = 0
         while pool.run_once():
@@ -96,12 +95,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         print(f"ran {ran} job(s)")
         return 0
     pool.start()
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        stop.wait()
-    except KeyboardInterrupt:
-        pass
+        _wait_for_stop()
     finally:
         pool.stop()
     return 0

@@ -68,7 +68,15 @@ class PolicyConfig(BaseModel):
 
     def rank(self, label: str) -> int:
         """0 for the lowest class, len(classes)-1 for the top one."""
-        return len(self.classes) - 1 - self.classes.index(label)
+        return self.ranks[label]
+
+    @property
+    def ranks(self) -> dict[str, int]:
+        cached = self.__dict__.get("_ranks")
+        if cached is None:
+            cached = {label: len(self.classes) - 1 - n for n, label in enumerate(self.classes)}
+            self.__dict__["_ranks"] = cached
+        return cached
 
     @property
     def top(self) -> str:
@@ -120,49 +128,65 @@ def _order_class(order_priority: str, config: PolicyConfig) -> str:
     return config.order_priorities.get((order_priority or "").strip().upper(), config.lowest)
 
 
-def place(facts: StudyFacts, config: PolicyConfig, policy: Policy = Policy.AI_AGING) -> Placement:
-    """The study's class under ``policy``, with the reason in words."""
-    reasons: list[str] = []
-    best = config.lowest
-    if policy is not Policy.FIFO:
-        best = _order_class(facts.order_priority, config)
-        reasons.append(f"{(facts.order_priority or 'no').strip().upper() or 'no'} order → {best}"
-                       if facts.order_priority else f"no order priority → {best}")
-    positive: list[str] = []
-    if policy in (Policy.AI, Policy.AI_AGING):
-        if not facts.ai_available:
-            reasons.append("AI unavailable")
+def classify(facts: StudyFacts, config: PolicyConfig,
+             policy: Policy = Policy.AI_AGING) -> tuple[str, bool, list[tuple[AIResult, float, str]]]:
+    """The decision alone, without words: (class, promoted, positive findings with their
+    threshold and urgency). ``place()`` explains it; ``reading_order()`` sorts by it."""
+    ranks = config.ranks
+    best = config.lowest if policy is Policy.FIFO else _order_class(facts.order_priority, config)
+    positive: list[tuple[AIResult, float, str]] = []
+    if policy is Policy.AI or policy is Policy.AI_AGING:
         for result in facts.ai:
             rule = config.findings.get(result.finding)
             if rule is None:
                 continue
             threshold = result.threshold if result.threshold is not None else rule.threshold
             if result.probability >= threshold:
-                positive.append(result.finding)
-                reasons.append(f"{result.finding} {result.probability:.2f} ≥ {threshold:.2f} → {rule.urgency} (AI, UNVERIFIED)")
-                if config.rank(rule.urgency) > config.rank(best):
+                positive.append((result, threshold, rule.urgency))
+                if ranks[rule.urgency] > ranks[best]:
                     best = rule.urgency
     promoted = False
-    if policy is Policy.AI_AGING:
+    if policy is Policy.AI_AGING and best != config.top:
         limit = facts.max_wait_min if facts.max_wait_min is not None else config.max_wait_min
-        if facts.waited_min >= limit and best != config.top:
-            promoted = True
-            reasons.append(f"waited {facts.waited_min:.0f} min ≥ {limit:.0f} → promoted to {config.top}")
-            best = config.top
-    if not promoted:
+        if facts.waited_min >= limit:
+            best, promoted = config.top, True
+    return best, promoted, positive
+
+
+def place(facts: StudyFacts, config: PolicyConfig, policy: Policy = Policy.AI_AGING) -> Placement:
+    """The study's class under ``policy``, with the reason in words."""
+    label, promoted, positive = classify(facts, config, policy)
+    reasons: list[str] = []
+    if policy is not Policy.FIFO:
+        order = (facts.order_priority or "").strip().upper()
+        reasons.append(f"{order} order → {_order_class(order, config)}" if order
+                       else f"no order priority → {config.lowest}")
+    if policy in (Policy.AI, Policy.AI_AGING):
+        if not facts.ai_available:
+            reasons.append("AI unavailable")
+        for result, threshold, urgency in positive:
+            reasons.append(f"{result.finding} {result.probability:.2f} ≥ {threshold:.2f} → {urgency} (AI, UNVERIFIED)")
+    if promoted:
+        limit = facts.max_wait_min if facts.max_wait_min is not None else config.max_wait_min
+        reasons.append(f"waited {facts.waited_min:.0f} min ≥ {limit:.0f} → promoted to {config.top}")
+    else:
         reasons.append(f"waited {facts.waited_min:.0f} min")
-    return Placement(best, config.rank(best), promoted, tuple(positive), "; ".join(reasons))
+    return Placement(label, config.ranks[label], promoted, tuple(r.finding for r, _, _ in positive), "; ".join(reasons))
 
 
 def reading_order(items: Iterable[tuple[float, int, StudyFacts]], config: PolicyConfig,
-                  policy: Policy = Policy.AI_AGING) -> list[tuple[int, Placement]]:
+                  policy: Policy = Policy.AI_AGING, explain: bool = True) -> list[tuple[int, Placement | None]]:
     """Sort ``(arrival, id, facts)`` into reading order: class, then arrival, then id.
 
-    Returns ``(id, placement)`` pairs, first to read first.
+    Returns ``(id, placement)`` pairs, first to read first. With ``explain=False`` the placements
+    are None and only the order is computed (the simulator's and the benchmark's fast path).
     """
-    placed = [(arrival, ident, place(facts, config, policy)) for arrival, ident, facts in items]
-    placed.sort(key=lambda item: (-item[2].rank, item[0], item[1]))
-    return [(ident, placement) for _arrival, ident, placement in placed]
+    ranks = config.ranks
+    keyed = [(-ranks[classify(facts, config, policy)[0]], arrival, ident, facts) for arrival, ident, facts in items]
+    keyed.sort(key=lambda item: item[:3])
+    if not explain:
+        return [(ident, None) for _r, _a, ident, _f in keyed]
+    return [(ident, place(facts, config, policy)) for _r, _a, ident, facts in keyed]
 
 
 def sla_min(label: str, config: PolicyConfig, site_sla: Mapping[str, float] | None = None) -> float | None:

@@ -6,7 +6,7 @@ import logging
 from typing import Callable
 
 from readingroom.db import Database
-from readingroom.jobs import JobQueue
+from readingroom.jobs import JobQueue, WorkerPool
 from readingroom.settings import Settings
 from readingroom.storage import remove_stale_temp_files
 from triage.intake import Intake
@@ -32,3 +32,14 @@ class IntakeService:
     def stop(self) -> None:
         self.listener.stop()
         self.monitor.stop()
+
+
+def build_workers(db: Database, settings: Settings, queue: JobQueue) -> WorkerPool:
+    """The worker pool with every job handler registered (triage now; delivery later)."""
+    from triage.notify import Notifier
+    from triage.pipeline import TriagePipeline
+    from triage.studies import TRIAGE_JOB
+
+    workers = WorkerPool(queue, settings.jobs)
+    workers.register(TRIAGE_JOB, TriagePipeline(db, settings, Notifier(db, settings)))
+    return workers
