@@ -5,7 +5,7 @@ PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-APT_PACKAGES := dcmtk
+APT_PACKAGES := dcmtk espeak-ng
 
 .PHONY: run test install system-deps bench clean
 

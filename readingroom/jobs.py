@@ -18,7 +18,7 @@ import threading
 import traceback
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any, Callable, Iterable
 
 from sqlalchemy import or_, select, update

@@ -10,7 +10,7 @@ import pytest
 from pydicom import dcmread
 
 from tests.conftest import DCMTK, free_port
-from tests.integration.helpers import readingroom, start, stop, wait_for_echo
+from tests.integration.helpers import readingroom, start, stop
 
 pytestmark = pytest.mark.integration
 
