@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 APT_PACKAGES := dcmtk espeak-ng
 
-.PHONY: run test install system-deps bench clean
+.PHONY: run test install system-deps bench bench-dictation clean
 
 run: install
 	$(BIN)/readingroom run --demo
@@ -29,10 +29,15 @@ $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/python -m dictation.install
 	touch $(STAMP)
 
 bench: install
 	$(BIN)/python bench/intake.py
+	$(BIN)/python bench/worklist.py
+
+bench-dictation: install
+	$(BIN)/python bench/dictation.py
 
 clean:
 	rm -rf $(VENV) var build *.egg-info

@@ -1,0 +1,26 @@
+"""Hands-free dictation: offline speech recognition (faster-whisper) into a structured report.
+
+Audio (16 kHz PCM, or wav/webm/opus/ogg decoded with PyAV) is endpointed with the Silero VAD,
+decoded per utterance with Whisper (tiny.en by default, int8 on CPU, one shared model), biased
+with a radiology lexicon, post-corrected, normalized ("nine millimeters" -> "9 mm", "L four L
+five" -> "L4-L5"), and routed into report sections and template fields; whole-utterance voice
+commands ("next field", "scratch that", "insert normal") edit the report. Not for clinical use.
+
+Modules: settings, models (install/load), audio, vad, transcribe (one utterance), stream
+(partials and finals), lexicon (bias and post-correction), normalize, commands, report,
+session (glue), cli (``readingroom transcribe``), install (``python -m dictation.install``).
+"""
+
+from dictation.commands import Command, CommandGrammar
+from dictation.lexicon import Lexicon
+from dictation.models import install_base, load_model, resolve_model
+from dictation.normalize import normalize_report_text
+from dictation.report import Report, Template, load_template, split_headers
+from dictation.session import DictationSession, Utterance
+from dictation.settings import DictationSettings
+
+__all__ = [
+    "Command", "CommandGrammar", "DictationSession", "DictationSettings", "Lexicon", "Report",
+    "Template", "Utterance", "install_base", "load_model", "load_template",
+    "normalize_report_text", "resolve_model", "split_headers",
+]

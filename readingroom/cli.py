@@ -146,6 +146,12 @@ def cmd_claim(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_transcribe(args: argparse.Namespace) -> int:
+    from dictation import cli
+
+    return cli.main(args.transcribe_args)
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     from triage import simulate
 
@@ -231,6 +237,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--user", required=True)
     p.add_argument("--release", action="store_true", help="give the study back")
     p.set_defaults(func=cmd_claim)
+
+    p = sub.add_parser("transcribe", help="transcribe a dictation into a structured report", add_help=False)
+    p.add_argument("transcribe_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_transcribe)
 
     p = sub.add_parser("simulate", help="night-shift simulator: RTAT under FIFO and AI ordering",
                        add_help=False)

@@ -114,6 +114,19 @@ class Settings(_Section):
     demo: DemoSettings = DemoSettings()
     worklist: WorklistSettings = WorklistSettings()
     notifications: NotificationSettings = NotificationSettings()
+    # Checked here, typed in dictation/settings.py (DictationSettings.from_mapping).
+    dictation: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("dictation")
+    @classmethod
+    def _check_dictation(cls, value: dict[str, Any]) -> dict[str, Any]:
+        from dictation.settings import DictationSettings
+
+        try:
+            DictationSettings.from_mapping(value)
+        except (ConfigError, TypeError) as exc:
+            raise ValueError(str(exc)) from None
+        return value
 
     # Derived paths -----------------------------------------------------------------------
     @property

@@ -1,0 +1,349 @@
+"""Dictation benchmark: plain faster-whisper vs the ReadingRoom pipeline, on the same audio.
+
+Corpus: the reference texts of bench/dictation_corpus.txt spoken by espeak-ng (several voices,
+130-190 wpm, with and without noise), cached as 16 kHz wav in var/bench/dictation/.
+Figures: WER (Whisper-style normalization, dictation/wer.py), medical-term error rate (errors on
+lexicon words of the reference), critical-word errors (negations, laterality, numbers, units),
+command recognition and false-command rates, real-time factor, partial-result latency (100-ms
+chunks, real time simulated: latency = when the partial is ready - when its last chunk arrived).
+
+    .venv/bin/python bench/dictation.py [--quick] [--model tiny.en|base|DIR] [--json-only]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import re
+import statistics
+import subprocess
+import sys
+import time
+import wave
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from dictation.audio import SAMPLE_RATE, decode_audio  # noqa: E402
+from dictation.commands import CommandGrammar  # noqa: E402
+from dictation.lexicon import STOPWORDS, load_terms  # noqa: E402
+from dictation.session import DictationSession  # noqa: E402
+from dictation.settings import DictationSettings  # noqa: E402
+from dictation.stream import Partial, StreamingTranscriber  # noqa: E402
+from dictation.transcribe import Engine  # noqa: E402
+from dictation.wer import align, is_critical, normalize_for_wer  # noqa: E402
+
+log = logging.getLogger("bench.dictation")
+
+CORPUS = ROOT / "bench" / "dictation_corpus.txt"
+CACHE = ROOT / "var" / "bench" / "dictation"
+# (voice, words per minute, SNR in dB or None for clean)
+CONDITIONS = [
+    ("en-us", 150, None), ("en-us+f3", 175, 20), ("en-gb", 135, None),
+    ("en-gb-x-rp", 190, 15), ("en-us+m3", 160, 10), ("en-us+f2", 130, None),
+]
+RENDERINGS = 3
+TEMPLATE_BY_KEYWORD = [("head", "ct_head"), ("intracranial", "ct_head"), ("chest radiograph", "chest_radiograph")]
+
+
+@dataclass
+class Clip:
+    text: str
+    voice: str
+    wpm: int
+    snr_db: float | None
+    path: Path
+    kind: str = "dictation"
+    action: str = ""
+
+    @property
+    def audio(self) -> np.ndarray:
+        return read_wav(self.path)
+
+
+def read_corpus(path: Path = CORPUS) -> tuple[list[str], list[tuple[str, str]]]:
+    dictations, commands, part = [], [], None
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        if line.strip() in ("[dictations]", "[commands]"):
+            part = line.strip()
+            continue
+        if part == "[dictations]":
+            dictations.append(line.strip())
+        elif part == "[commands]":
+            action, spoken = line.split("\t")
+            commands.append((action.strip(), spoken.strip()))
+    return dictations, commands
+
+
+def write_wav(path: Path, audio: np.ndarray) -> None:
+    pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2")
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(SAMPLE_RATE)
+        w.writeframes(pcm.tobytes())
+
+
+def read_wav(path: Path) -> np.ndarray:
+    with wave.open(str(path), "rb") as w:
+        return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.float32) / 32768.0
+
+
+def synthesize(text: str, voice: str, wpm: int, snr_db: float | None, seed: int) -> Path:
+    """espeak-ng -> 16 kHz, 0.5 s of silence around, optional noise at snr_db; cached."""
+    key = hashlib.sha256(f"{text}|{voice}|{wpm}|{snr_db}|{seed}".encode()).hexdigest()[:16]
+    path = CACHE / f"{key}.wav"
+    if path.exists():
+        return path
+    CACHE.mkdir(parents=True, exist_ok=True)
+    raw = CACHE / f"{key}.espeak.wav"
+    subprocess.run(["espeak-ng", "-v", voice, "-s", str(wpm), "-w", str(raw), text], check=True)
+    speech = decode_audio(raw)
+    raw.unlink()
+    silence = np.zeros(SAMPLE_RATE // 2, np.float32)
+    audio = np.concatenate([silence, speech, silence])
+    if snr_db is not None:
+        rng = np.random.default_rng(seed)
+        rms = float(np.sqrt(np.mean(speech**2))) or 1e-3
+        noise = rng.standard_normal(len(audio)).astype(np.float32)
+        noise = np.convolve(noise, np.ones(4) / 4, mode="same")          # a little low-passed
+        noise *= rms / (10 ** (snr_db / 20)) / float(np.sqrt(np.mean(noise**2)))
+        audio = audio + noise
+    write_wav(path, audio.astype(np.float32))
+    return path
+
+
+def build_corpus(quick: bool) -> tuple[list[Clip], list[Clip]]:
+    dictations, commands = read_corpus()
+    clips = []
+    for i, text in enumerate(dictations):
+        for r in range(RENDERINGS):
+            voice, wpm, snr = CONDITIONS[(i + 2 * r) % len(CONDITIONS)]
+            clips.append(Clip(text, voice, wpm, snr, synthesize(text, voice, wpm, snr, i * 10 + r)))
+    cmd_clips = []
+    for i, (action, spoken) in enumerate(commands):
+        voice, wpm, snr = CONDITIONS[i % len(CONDITIONS)]
+        cmd_clips.append(Clip(spoken, voice, wpm, snr, synthesize(spoken, voice, wpm, snr, 1000 + i), "command", action))
+    if quick:
+        clips = clips[::9][:8]
+        cmd_clips = cmd_clips[::3]
+    return clips, cmd_clips
+
+
+def medical_words(lexicon_path: Path) -> set[str]:
+    words = set()
+    for term in load_terms(lexicon_path):
+        for w in normalize_for_wer(term):
+            if len(w) >= 4 and w not in STOPWORDS and not is_critical(w) and not w.isdigit():
+                words.add(w)
+    return words
+
+
+class Scores:
+    def __init__(self, medical: set[str]) -> None:
+        self.medical = medical
+        self.errors = self.ref_words = 0
+        self.med_errors = self.med_words = 0
+        self.crit_errors = self.crit_words = 0
+
+    def add(self, ref_text: str, hyp_text: str) -> None:
+        a = align(normalize_for_wer(ref_text), normalize_for_wer(hyp_text))
+        self.errors += a.errors
+        self.ref_words += len(a.ref)
+        for word, wrong in zip(a.ref, a.ref_errors):
+            if word in self.medical:
+                self.med_words += 1
+                self.med_errors += wrong
+            if is_critical(word):
+                self.crit_words += 1
+                self.crit_errors += wrong
+
+    def as_dict(self) -> dict:
+        return {
+            "wer": round(self.errors / max(1, self.ref_words), 4),
+            "medical_term_error_rate": round(self.med_errors / max(1, self.med_words), 4),
+            "critical_word_error_rate": round(self.crit_errors / max(1, self.crit_words), 4),
+            "critical_word_errors": self.crit_errors,
+            "critical_words": self.crit_words,
+        }
+
+
+def template_for(text: str) -> str:
+    lowered = text.lower()
+    for keyword, name in TEMPLATE_BY_KEYWORD:
+        if keyword in lowered:
+            return name
+    return "ct_abdomen_pelvis" if re.search(r"liver|kidney|bowel|pancrea|appendi|pelvi|aort|colon", lowered) else "chest_radiograph"
+
+
+def sentences(text: str) -> list[str]:
+    return [s for s in re.split(r"(?<=[.?!])\s+", text.strip()) if s.strip()]
+
+
+def run_baseline(model, clips, cmd_clips, settings, medical, grammar) -> dict:
+    scores = Scores(medical)
+    audio_s = compute_s = 0.0
+    dictated = false_cmds = 0
+    for clip in clips:
+        audio = clip.audio
+        t = time.perf_counter()
+        segments, _ = model.transcribe(audio, beam_size=settings.beam_size, language=None if not model.model.is_multilingual else "en")
+        text = " ".join(s.text.strip() for s in segments)
+        compute_s += time.perf_counter() - t
+        audio_s += len(audio) / SAMPLE_RATE
+        scores.add(clip.text, text)
+        for sentence in sentences(text):
+            dictated += 1
+            false_cmds += grammar.parse(sentence) is not None
+    exact = CommandGrammar(grammar.phrases, grammar.punctuation, grammar.sections, [], 1.0, 0.0)
+    recognized = 0
+    for clip in cmd_clips:
+        segments, _ = model.transcribe(clip.audio, beam_size=settings.beam_size, language=None if not model.model.is_multilingual else "en")
+        text = " ".join(s.text.strip() for s in segments)
+        cmd = exact.parse(text, MACROS)
+        recognized += cmd is not None and cmd.action == clip.action
+    return {
+        **scores.as_dict(),
+        "rtf": round(compute_s / audio_s, 4),
+        "command_recognition_rate": round(recognized / max(1, len(cmd_clips)), 4),
+        "false_command_rate": round(false_cmds / max(1, dictated), 4),
+        "dictated_sentences": dictated,
+    }
+
+
+MACROS = ["no acute", "normal chest", "normal head", "normal abdomen", "lines ok", "small vessel"]
+
+
+def run_ours(engine, clips, cmd_clips, settings, medical) -> dict:
+    scores = Scores(medical)
+    audio_s = compute_s = 0.0
+    dictated = false_cmds = 0
+    for clip in clips:
+        session = DictationSession(settings, template=template_for(clip.text))
+        audio = clip.audio
+        timing = session.transcribe_audio(audio, engine)
+        compute_s += timing["processing_s"]
+        audio_s += timing["audio_s"]
+        scores.add(clip.text, session.transcript())
+        for u in session.utterances:
+            for sentence in sentences(u.raw) if not u.command else [u.raw]:
+                dictated += 1
+                false_cmds += session.grammar.parse(sentence, MACROS) is not None
+    recognized = 0
+    for clip in cmd_clips:
+        session = DictationSession(settings, template="chest_radiograph")
+        session.transcribe_audio(clip.audio, engine)
+        cmds = [u.command for u in session.utterances if u.command]
+        if not cmds:   # a command the template lacks (macro): parse against all macros
+            cmds = [c for u in session.utterances if (c := session.grammar.parse(u.raw, MACROS))]
+        recognized += len(cmds) == 1 and cmds[0].action == clip.action
+    return {
+        **scores.as_dict(),
+        "rtf": round(compute_s / audio_s, 4),
+        "command_recognition_rate": round(recognized / max(1, len(cmd_clips)), 4),
+        "false_command_rate": round(false_cmds / max(1, dictated), 4),
+        "dictated_sentences": dictated,
+    }
+
+
+def streaming_latency(engine, clips, settings, prompt: str | None, hotwords: str | None = None) -> dict:
+    """Feed the clips back to back as one session in 100-ms chunks on a simulated real-time clock."""
+    stream = StreamingTranscriber(engine, settings, prompt=prompt, hotwords=hotwords, partials=True)
+    step = SAMPLE_RATE // 10
+    latencies: list[tuple[float, float]] = []
+    gaps: list[float] = []
+    busy_until = 0.0
+    audio_time = 0.0
+    compute = 0.0
+    last_partial_at: float | None = None
+    max_buffer = 0.0
+    for clip in clips:
+        audio = clip.audio
+        for i in range(0, len(audio), step):
+            chunk = audio[i : i + step]
+            audio_time += len(chunk) / SAMPLE_RATE
+            start = max(busy_until, audio_time)             # the chunk arrives at audio_time
+            t = time.perf_counter()
+            events = stream.feed(chunk)
+            spent = time.perf_counter() - t
+            compute += spent
+            busy_until = start + spent
+            max_buffer = max(max_buffer, stream.buffered_s)
+            for event in events:
+                if isinstance(event, Partial):
+                    latencies.append((audio_time, busy_until - audio_time))
+                    if last_partial_at is not None and busy_until - last_partial_at < 3:
+                        gaps.append(busy_until - last_partial_at)
+                    last_partial_at = busy_until
+                else:
+                    last_partial_at = None
+    values = [v for _, v in latencies]
+    half = len(values) // 2
+    return {
+        "partial_latency_median_s": round(statistics.median(values), 3) if values else None,
+        "partial_latency_p95_s": round(float(np.percentile(values, 95)), 3) if values else None,
+        "partial_latency_first_half_median_s": round(statistics.median(values[:half]), 3) if half else None,
+        "partial_latency_second_half_median_s": round(statistics.median(values[half:]), 3) if half else None,
+        "partial_interval_median_s": round(statistics.median(gaps), 3) if gaps else None,
+        "partials": len(values),
+        "stream_session_s": round(audio_time, 1),
+        "stream_compute_rtf": round(compute / audio_time, 4) if audio_time else None,
+        "max_buffered_s": round(max_buffer, 2),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench/dictation.py", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a small subset (8 dictations, 17 commands)")
+    parser.add_argument("--model", default=DictationSettings().model, help="tiny.en, base, or a CTranslate2 directory")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--latency-clips", type=int, default=None, help="clips streamed for latency")
+    parser.add_argument("--no-prompt", action="store_true", help="ours without the prompt (ablation)")
+    parser.add_argument("--hotwords", action="store_true", help="ours with hotwords (ablation)")
+    parser.add_argument("--json-only", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    settings = DictationSettings(model=args.model, cpu_threads=args.threads, use_prompt=not args.no_prompt, use_hotwords=args.hotwords)
+
+    t0 = time.perf_counter()
+    clips, cmd_clips = build_corpus(args.quick)
+    total_audio = sum(len(c.audio) for c in clips) / SAMPLE_RATE
+    gen_s = time.perf_counter() - t0
+    engine = Engine(settings)
+    medical = medical_words(settings.lexicon_path)
+    session = DictationSession(settings)
+    baseline = run_baseline(engine.model, clips, cmd_clips, settings, medical, session.grammar)
+    ours = run_ours(engine, clips, cmd_clips, settings, medical)
+    n_lat = args.latency_clips or (3 if args.quick else 12)
+    lat_clips = clips[:: max(1, len(clips) // n_lat)][:n_lat]
+    baseline.update(streaming_latency(engine, lat_clips, settings.with_(max_no_speech_prob=1.0, min_avg_logprob=-99.0), None))
+    ours.update(streaming_latency(engine, lat_clips, settings, session.prompt(), session.hotwords()))
+    result = {
+        "model": args.model, "threads": args.threads, "quick": args.quick,
+        "utterances": len(clips), "audio_min": round(total_audio / 60, 2), "commands": len(cmd_clips),
+        "baseline": baseline, "ours": ours,
+        "wer_ratio": round(ours["wer"] / baseline["wer"], 3) if baseline["wer"] else None,
+        "medical_ratio": round(ours["medical_term_error_rate"] / baseline["medical_term_error_rate"], 3) if baseline["medical_term_error_rate"] else None,
+        "corpus_s": round(gen_s, 1), "bench_s": round(time.perf_counter() - t0, 1),
+    }
+    if not args.json_only:
+        print(f"model {args.model}, {args.threads} threads: {len(clips)} dictations ({total_audio/60:.1f} min), {len(cmd_clips)} commands")
+        print(f"{'figure':34} {'baseline':>10} {'ours':>10}")
+        for key in ours:
+            if key in baseline:
+                print(f"{key:34} {str(baseline[key]):>10} {str(ours[key]):>10}")
+        print(f"WER ratio ours/baseline {result['wer_ratio']}, medical-term ratio {result['medical_ratio']}, bench {result['bench_s']} s")
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

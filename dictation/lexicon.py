@@ -1,0 +1,211 @@
+"""The radiology lexicon: recognition bias (prompt, hotwords) and confident post-correction.
+
+Post-correction maps a near-miss ("new motor ax", "atelectisis") to a lexicon term only when it
+is close in spelling and in sound (a small phonetic key), and clearly closer than the runner-up.
+It never touches negations, laterality, numbers or units, never spans punctuation, and never
+rewrites a word that is a common English word on its own.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterable
+
+from readingroom.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+NEGATIONS = frozenset({
+    "no", "not", "without", "none", "negative", "absent", "neither", "nor", "never", "cannot",
+    "free", "resolved", "nothing", "non",
+})
+LATERALITY = frozenset({
+    "left", "right", "bilateral", "bilaterally", "ipsilateral", "contralateral", "unilateral",
+})
+NUMBER_WORDS = frozenset({
+    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
+    "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen",
+    "nineteen", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety",
+    "hundred", "point", "first", "second", "third", "fourth", "fifth", "sixth", "seventh",
+    "eighth", "ninth", "tenth", "eleventh", "twelfth", "half",
+})
+UNIT_WORDS = frozenset({
+    "mm", "cm", "ml", "hu", "millimeter", "millimeters", "centimeter", "centimeters", "percent",
+    "milliliters", "by", "x",
+})
+CRITICAL_WORDS = NEGATIONS | LATERALITY
+PROTECTED = NEGATIONS | LATERALITY | NUMBER_WORDS | UNIT_WORDS
+STOPWORDS = frozenset({
+    "the", "a", "an", "of", "and", "or", "in", "on", "at", "to", "with", "is", "are", "was",
+    "there", "this", "that", "for", "from", "as", "be", "by", "it", "its", "which", "has",
+})
+
+
+def load_terms(path: Path) -> list[str]:
+    """Terms in file order (the most common first), deduplicated, comments stripped."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise ConfigError(f"Lexicon {path} not found; restore configs/lexicon.txt.") from None
+    seen: dict[str, str] = {}
+    for line in lines:
+        term = line.split("#", 1)[0].strip()
+        if term and term.lower() not in seen:
+            seen[term.lower()] = term
+    if not seen:
+        raise ConfigError(f"Lexicon {path} has no terms; one term per line, '#' for comments.")
+    return list(seen.values())
+
+
+_PHONETIC_RULES = [
+    (r"^pn", "n"), (r"^ps", "s"), (r"^kn", "n"), (r"ph", "f"), (r"th", "t"), (r"ch", "k"),
+    (r"ck", "k"), (r"qu", "kw"), (r"x", "ks"), (r"c(?=[eiy])", "s"), (r"c", "k"), (r"q", "k"),
+    (r"z", "s"), (r"dg", "j"), (r"gh", "g"), (r"y", "i"), (r"w(?![aeiou])", ""), (r"h", ""),
+]
+
+
+def phonetic_key(text: str) -> str:
+    """A small sound-alike key: consonant skeleton with the first vowel sound kept."""
+    s = re.sub(r"[^a-z]", "", text.lower())
+    for pattern, repl in _PHONETIC_RULES:
+        s = re.sub(pattern, repl, s)
+    if not s:
+        return ""
+    head, tail = s[0], re.sub(r"[aeiou]", "", s[1:])
+    return re.sub(r"(.)\1+", r"\1", head + tail)
+
+
+def _compact(text: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", text.lower())
+
+
+@lru_cache(maxsize=4)
+def common_english_words(tokenizer_json: str) -> frozenset[str]:
+    """Words that are one token in Whisper's vocabulary (so: common English words)."""
+    try:
+        vocab = json.loads(Path(tokenizer_json).read_text(encoding="utf-8"))["model"]["vocab"]
+    except (OSError, KeyError, ValueError) as exc:
+        log.warning("No tokenizer vocabulary (%s); post-correction treats no word as common", exc)
+        return frozenset()
+    return frozenset(w[1:].lower() for w in vocab if w.startswith("\u0120") and w[1:].isalpha())
+
+
+@dataclass(frozen=True)
+class Correction:
+    original: str
+    term: str
+    score: float
+
+
+@dataclass
+class Lexicon:
+    terms: list[str]
+    common_words: frozenset[str] = frozenset()
+    min_similarity: float = 0.82
+    margin: float = 0.05
+    _index: list[tuple[str, str, str, int]] = field(default_factory=list, repr=False)
+    _words: frozenset[str] = field(default=frozenset(), repr=False)
+
+    def __post_init__(self) -> None:
+        self._words = frozenset(w for t in self.terms for w in re.findall(r"[a-z]+", t.lower()))
+        for term in self.terms:
+            words = re.findall(r"[a-z]+", term.lower())
+            if any(w in PROTECTED for w in words) or len(_compact(term)) < 5:
+                continue                      # never a correction target
+            self._index.append((term, _compact(term), phonetic_key(term), len(words)))
+
+    @classmethod
+    def load(cls, path: Path, *, tokenizer_json: Path | None = None, **kwargs) -> "Lexicon":
+        common = common_english_words(str(tokenizer_json)) if tokenizer_json else frozenset()
+        return cls(load_terms(path), common, **kwargs)
+
+    # Biasing -------------------------------------------------------------------------------
+    def prompt(self, template_terms: Iterable[str] = (), max_terms: int = 40) -> str:
+        """A short, relevant initial prompt: template terms, then the most common terms."""
+        chosen: list[str] = []
+        for term in [*template_terms, *self.terms]:
+            if term.lower() not in (c.lower() for c in chosen):
+                chosen.append(term)
+            if len(chosen) >= max_terms:
+                break
+        return "Radiology report. " + " ".join(t[:1].upper() + t[1:] + "." for t in chosen)
+
+    def hotwords(self, template_terms: Iterable[str] = (), max_terms: int = 20) -> str:
+        return " ".join(list(dict.fromkeys([*template_terms, *self.terms[:max_terms]]))[:max_terms])
+
+    # Post-correction -----------------------------------------------------------------------
+    def _best(self, span: str, n_words: int) -> tuple[str, float, float] | None:
+        compact, key = _compact(span), phonetic_key(span)
+        if len(compact) < 5:
+            return None
+        scored: dict[str, float] = {}
+        for term, t_compact, t_key, t_words in self._index:
+            if abs(len(t_compact) - len(compact)) > max(2, 0.3 * len(t_compact)):
+                continue
+            if t_key[:1] != key[:1] and t_compact[:1] != compact[:1]:
+                continue
+            char = difflib.SequenceMatcher(None, compact, t_compact).ratio()
+            if char < 0.6:
+                continue
+            sound = difflib.SequenceMatcher(None, key, t_key).ratio()
+            scored[term] = 0.5 * char + 0.5 * sound
+        if not scored:
+            return None
+        ranked = sorted(scored.items(), key=lambda kv: -kv[1])
+        second = ranked[1][1] if len(ranked) > 1 else 0.0
+        return ranked[0][0], ranked[0][1], second
+
+    def correct(self, text: str) -> tuple[str, list[Correction]]:
+        """Text with confident near-misses replaced by lexicon terms, and what was replaced."""
+        tokens = re.findall(r"[A-Za-z][A-Za-z'-]*|\d+(?:\.\d+)?|[^\sA-Za-z\d]+|\s+", text)
+        words = [(i, t) for i, t in enumerate(tokens) if re.match(r"[A-Za-z]", t)]
+        proposals: list[tuple[float, int, int, str, str]] = []
+        for a in range(len(words)):
+            for n in (1, 2, 3):
+                if a + n > len(words):
+                    break
+                span_items = words[a : a + n]
+                first, last = span_items[0][0], span_items[-1][0]
+                between = tokens[first : last + 1]
+                if any(not t.isspace() and not re.match(r"[A-Za-z]", t) for t in between):
+                    break                                  # never across punctuation
+                lowered = [w.lower() for _, w in span_items]
+                if any(w in PROTECTED for w in lowered):
+                    break
+                if lowered[0] in STOPWORDS or lowered[-1] in STOPWORDS:
+                    continue
+                if n == 1 and (lowered[0] in self._words or lowered[0] in self.common_words):
+                    continue
+                if n > 1 and all(w in self._words for w in lowered):
+                    continue
+                span = " ".join(w for _, w in span_items)
+                best = self._best(span, n)
+                if best is None:
+                    continue
+                term, score, second = best
+                if term.lower() == span.lower():
+                    continue
+                needed = self.min_similarity + 0.04 * (n - 1)
+                if score >= needed and score - second >= self.margin:
+                    proposals.append((score, first, last, span, term))
+        taken: set[int] = set()
+        chosen: list[tuple[int, int, str, str, float]] = []
+        for score, first, last, span, term in sorted(proposals, key=lambda p: -p[0]):
+            if taken & set(range(first, last + 1)):
+                continue
+            taken |= set(range(first, last + 1))
+            chosen.append((first, last, span, term, score))
+        corrections = []
+        for first, last, span, term, score in sorted(chosen, reverse=True):
+            replacement = term if not span[:1].isupper() or term[:1].isupper() else term[:1].upper() + term[1:]
+            tokens[first : last + 1] = [replacement]
+            corrections.append(Correction(span, term, round(score, 3)))
+        if corrections:
+            log.debug("post-correction: %s", corrections)
+        return "".join(tokens), corrections[::-1]

@@ -1,0 +1,76 @@
+"""Dictation settings: one typed dataclass with the defaults the benchmark chose.
+
+Not yet wired to configs/default.yaml; ``DictationSettings.from_mapping()`` takes the future
+``dictation:`` block (a plain mapping) so the wiring is one line.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+from readingroom.errors import ConfigError
+from readingroom.settings import PROJECT_ROOT
+
+log = logging.getLogger(__name__)
+
+CONFIG_DIR = PROJECT_ROOT / "configs"
+
+
+@dataclass(frozen=True)
+class DictationSettings:
+    # Model: "tiny.en", "base", or the path of any CTranslate2 Whisper directory.
+    model: str = "tiny.en"
+    device: str = "cpu"
+    compute_type: str = "int8"
+    cpu_threads: int = 2
+    beam_size: int = 1
+    language: str = "en"
+    # Biasing: hotwords/prompt from the lexicon and the active template.
+    use_prompt: bool = True
+    use_hotwords: bool = False
+    prompt_max_terms: int = 40
+    # Hallucination filter: drop a segment above/below these.
+    max_no_speech_prob: float = 0.6
+    min_avg_logprob: float = -1.0
+    # Streaming / endpointing (Silero VAD).
+    vad_threshold: float = 0.5
+    min_silence_duration_ms: int = 600
+    min_speech_duration_ms: int = 200
+    speech_pad_ms: int = 200
+    partial_interval_ms: int = 800
+    max_utterance_s: float = 25.0
+    # Post-correction: accept a lexicon term only if it is this close (0..1) and this much
+    # closer than the runner-up.
+    correction_min_similarity: float = 0.82
+    correction_margin: float = 0.05
+    # Files.
+    lexicon_path: Path = CONFIG_DIR / "lexicon.txt"
+    commands_path: Path = CONFIG_DIR / "commands.yaml"
+    templates_dir: Path = CONFIG_DIR / "templates"
+    template: str = "free"
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any] | None) -> "DictationSettings":
+        """Build from the ``dictation:`` YAML block; unknown keys are an error naming them."""
+        data = dict(data or {})
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise ConfigError(
+                f"Unknown dictation setting(s) {unknown}; valid keys are {sorted(known)}."
+            )
+        for key, value in list(data.items()):
+            if key.endswith("_path") or key.endswith("_dir"):
+                data[key] = Path(value)
+        settings = cls(**data)
+        if settings.cpu_threads < 1:
+            raise ConfigError("dictation.cpu_threads must be >= 1 (2 is the tested value).")
+        if settings.beam_size < 1:
+            raise ConfigError("dictation.beam_size must be >= 1.")
+        return settings
+
+    def with_(self, **changes: Any) -> "DictationSettings":
+        return replace(self, **changes)

@@ -1,0 +1,162 @@
+"""Streaming recognition: audio chunks in, partial text while speaking, final text per utterance.
+
+Endpointing with the Silero VAD (dictation.vad): an utterance starts at speech (with
+``speech_pad_ms`` of audio before it) and ends after ``min_silence_duration_ms`` of silence, or
+at ``max_utterance_s``. While speaking, the current utterance (and only it) is re-decoded every
+``partial_interval_ms`` for a partial result. Buffers are bounded: latency does not grow over a
+long session. No speech, no decoding: silence and noise produce no text.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from dictation.audio import SAMPLE_RATE
+from dictation.settings import DictationSettings
+from dictation.transcribe import Engine, Transcript
+from dictation.vad import FRAME_SAMPLES, StreamingVad
+
+log = logging.getLogger(__name__)
+
+FRAME_MS = FRAME_SAMPLES * 1000 / SAMPLE_RATE
+
+
+@dataclass(frozen=True)
+class Partial:
+    text: str
+    audio_end_s: float           # stream time of the last sample decoded
+    decode_s: float
+
+
+@dataclass(frozen=True)
+class Final:
+    text: str
+    start_s: float
+    end_s: float
+    transcript: Transcript
+
+
+class StreamingTranscriber:
+    def __init__(
+        self,
+        engine: Engine,
+        settings: DictationSettings | None = None,
+        *,
+        prompt: Callable[[], str | None] | str | None = None,
+        hotwords: str | None = None,
+        partials: bool = True,
+    ) -> None:
+        self.engine = engine
+        self.s = settings or engine.settings
+        self._prompt = prompt
+        self.hotwords = hotwords
+        self.partials = partials
+        self.vad = StreamingVad()
+        self._pending = np.zeros(0, np.float32)
+        pad_frames = max(1, int(self.s.speech_pad_ms / FRAME_MS))
+        self._preroll: deque[np.ndarray] = deque(maxlen=pad_frames)
+        self._utterance: list[np.ndarray] = []
+        self._in_speech = False
+        self._speech_frames = 0
+        self._silence_frames = 0
+        self._frames_seen = 0
+        self._start_frame = 0
+        self._last_partial_frame = 0
+        self._last_partial_text = ""
+
+    @property
+    def prompt(self) -> str | None:
+        return self._prompt() if callable(self._prompt) else self._prompt
+
+    @property
+    def buffered_s(self) -> float:
+        """Audio held for the current utterance (bounded by max_utterance_s)."""
+        return sum(len(a) for a in self._utterance) / SAMPLE_RATE
+
+    def feed(self, samples: np.ndarray) -> list[Partial | Final]:
+        """16 kHz float32 mono samples in; the events they complete out."""
+        self._pending = np.concatenate([self._pending, np.asarray(samples, np.float32).reshape(-1)])
+        usable = len(self._pending) // FRAME_SAMPLES * FRAME_SAMPLES
+        frames, self._pending = self._pending[:usable], self._pending[usable:]
+        events: list[Partial | Final] = []
+        if not usable:
+            return events
+        probs = self.vad.probabilities(frames)
+        for i, p in enumerate(probs):
+            events.extend(self._step(frames[i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES], float(p)))
+        if self._in_speech and self.partials:
+            due = (self._frames_seen - self._last_partial_frame) * FRAME_MS >= self.s.partial_interval_ms
+            if due and self._speech_frames * FRAME_MS >= self.s.min_speech_duration_ms:
+                events.append(self._partial())
+        return events
+
+    def flush(self) -> list[Partial | Final]:
+        """End of stream: finish the utterance in progress."""
+        events: list[Partial | Final] = []
+        if len(self._pending):
+            pad = np.zeros(FRAME_SAMPLES - len(self._pending) % FRAME_SAMPLES, np.float32)
+            events.extend(self.feed(pad))
+        if self._in_speech:
+            events.extend(self._final())
+        return events
+
+    # ----------------------------------------------------------------------------------------
+    def _step(self, frame: np.ndarray, prob: float) -> list[Final]:
+        s = self.s
+        self._frames_seen += 1
+        if not self._in_speech:
+            self._preroll.append(frame)
+            if prob >= s.vad_threshold:
+                self._in_speech = True
+                self._utterance = list(self._preroll)
+                self._preroll.clear()
+                self._start_frame = self._frames_seen - len(self._utterance)
+                self._speech_frames, self._silence_frames = 1, 0
+                self._last_partial_frame = self._frames_seen
+            return []
+        self._utterance.append(frame)
+        if prob >= s.vad_threshold - 0.15:
+            self._speech_frames += 1
+            self._silence_frames = 0
+        else:
+            self._silence_frames += 1
+        ended = self._silence_frames * FRAME_MS >= s.min_silence_duration_ms
+        too_long = len(self._utterance) * FRAME_MS >= s.max_utterance_s * 1000
+        if ended or too_long:
+            return self._final()
+        return []
+
+    def _audio(self) -> np.ndarray:
+        return np.concatenate(self._utterance) if self._utterance else np.zeros(0, np.float32)
+
+    def _partial(self) -> Partial:
+        self._last_partial_frame = self._frames_seen
+        result = self.engine.transcribe(self._audio(), prompt=self.prompt, hotwords=self.hotwords)
+        if result.text:
+            self._last_partial_text = result.text
+        return Partial(self._last_partial_text, self._frames_seen * FRAME_MS / 1000, result.decode_s)
+
+    def _final(self) -> list[Final]:
+        s = self.s
+        # keep speech_pad_ms of the trailing silence, drop the rest
+        keep_silence = int(s.speech_pad_ms / FRAME_MS)
+        drop = max(0, self._silence_frames - keep_silence)
+        frames = self._utterance[: len(self._utterance) - drop] if drop else self._utterance
+        start_s = self._start_frame * FRAME_MS / 1000
+        end_s = (self._start_frame + len(frames)) * FRAME_MS / 1000
+        speech_ms = self._speech_frames * FRAME_MS
+        self._in_speech = False
+        self._utterance, self._speech_frames, self._silence_frames = [], 0, 0
+        self._last_partial_text = ""
+        if speech_ms < s.min_speech_duration_ms:
+            return []
+        audio = np.concatenate(frames)
+        result = self.engine.transcribe(audio, prompt=self.prompt, hotwords=self.hotwords)
+        if not result.text:
+            return []
+        return [Final(result.text, start_s, end_s, result)]

@@ -1,0 +1,88 @@
+"""One utterance -> text, with faster-whisper; hallucinations in silence filtered out.
+
+``Engine`` wraps the shared WhisperModel (dictation.models.load_model) with our decoding options:
+no conditioning on earlier text (every utterance stands alone, so errors do not carry over),
+an optional initial prompt / hotwords, and a segment filter: a segment is dropped when its
+no_speech_prob is high or its avg_logprob is low (Whisper's invented text in noise).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from dictation.audio import SAMPLE_RATE
+from dictation.models import load_model
+from dictation.settings import DictationSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Segment:
+    text: str
+    start_s: float
+    end_s: float
+    avg_logprob: float
+    no_speech_prob: float
+
+
+@dataclass
+class Transcript:
+    text: str
+    segments: list[Segment] = field(default_factory=list)
+    dropped: list[Segment] = field(default_factory=list)
+    decode_s: float = 0.0
+
+
+class Engine:
+    def __init__(self, settings: DictationSettings, model=None) -> None:
+        self.settings = settings
+        self.model = model or load_model(
+            settings.model,
+            device=settings.device,
+            compute_type=settings.compute_type,
+            cpu_threads=settings.cpu_threads,
+        )
+
+    def transcribe(
+        self,
+        audio: np.ndarray,
+        *,
+        prompt: str | None = None,
+        hotwords: str | None = None,
+        beam_size: int | None = None,
+        filter_segments: bool = True,
+    ) -> Transcript:
+        s = self.settings
+        started = time.perf_counter()
+        segments, _info = self.model.transcribe(
+            audio.astype(np.float32),
+            language=s.language if not self._english_only else None,
+            beam_size=beam_size or s.beam_size,
+            initial_prompt=prompt,
+            hotwords=hotwords,
+            condition_on_previous_text=False,
+            temperature=0.0,
+            without_timestamps=True,
+            vad_filter=False,
+            no_speech_threshold=s.max_no_speech_prob,
+            log_prob_threshold=s.min_avg_logprob,
+        )
+        kept, dropped = [], []
+        for seg in segments:
+            item = Segment(seg.text.strip(), seg.start, seg.end, seg.avg_logprob, seg.no_speech_prob)
+            bad = item.no_speech_prob > s.max_no_speech_prob or item.avg_logprob < s.min_avg_logprob
+            (dropped if filter_segments and bad else kept).append(item)
+        text = " ".join(x.text for x in kept if x.text).strip()
+        return Transcript(text, kept, dropped, time.perf_counter() - started)
+
+    @property
+    def _english_only(self) -> bool:
+        return not getattr(self.model, "model", None) or not self.model.model.is_multilingual
+
+    def seconds(self, audio: np.ndarray) -> float:
+        return len(audio) / SAMPLE_RATE

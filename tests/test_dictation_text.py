@@ -1,0 +1,180 @@
+"""Pure tests of dictation: command grammar, normalization, post-correction, section routing."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from dictation.commands import CommandGrammar
+from dictation.lexicon import CRITICAL_WORDS, Lexicon
+from dictation.normalize import normalize_report_text
+from dictation.report import Report, load_template, split_headers
+from dictation.session import DictationSession
+from dictation.settings import CONFIG_DIR, DictationSettings
+
+MACROS = ["no acute", "normal chest"]
+
+
+@pytest.fixture(scope="module")
+def grammar() -> CommandGrammar:
+    return CommandGrammar.load(CONFIG_DIR / "commands.yaml")
+
+
+@pytest.fixture(scope="module")
+def lexicon() -> Lexicon:
+    from dictation.models import tiny_en_path
+
+    return Lexicon.load(CONFIG_DIR / "lexicon.txt", tokenizer_json=tiny_en_path() / "tokenizer.json")
+
+
+@pytest.mark.parametrize("said, action, argument", [
+    ("Next field.", "next_field", None),
+    ("Previous field", "previous_field", None),
+    ("Go to findings.", "goto_section", "findings"),
+    ("Go to the impression, please.", "goto_section", "impression"),
+    ("Scratch that.", "scratch_that", None),
+    ("Scratch dat", "scratch_that", None),
+    ("Delete last sentence.", "scratch_that", None),
+    ("Undo.", "undo", None),
+    ("New paragraph.", "new_paragraph", None),
+    ("Insert normal.", "insert_normal", None),
+    ("Insert macro no acute.", "insert_macro", "no acute"),
+    ("Period.", "punctuation", "."),
+    ("Comma", "punctuation", ","),
+    ("Colon.", "punctuation", ":"),
+    ("New line.", "punctuation", "\n"),
+    ("Stop dictating.", "stop_dictating", None),
+])
+def test_whole_utterance_commands(grammar, said, action, argument):
+    command = grammar.parse(said, MACROS)
+    assert command is not None and (command.action, command.argument) == (action, argument)
+
+
+@pytest.mark.parametrize("said", [
+    "There is no pneumothorax.", "Findings.", "Impression.", "Next to the aorta is a node.",
+    "Go to the emergency department for follow up.", "Normal.", "The period of observation.",
+    "Insert the catheter into the right atrium.", "Scratch marks on the skin.",
+])
+def test_text_is_not_a_command(grammar, said):
+    assert grammar.parse(said, MACROS) is None
+
+
+@pytest.mark.parametrize("spoken, written", [
+    ("there is a nine millimeter nodule", "There is a 9 mm nodule."),
+    ("two point three centimeters", "2.3 cm."),
+    ("fracture of C five", "Fracture of C5."),
+    ("disc bulge at L four L five", "Disc bulge at L4-L5."),
+    ("degenerative change at L5 S1", "Degenerative change at L5-S1."),
+    ("forty percent height loss at T twelve", "40% height loss at T12."),
+    ("no effusion comma no pneumothorax period", "No effusion, no pneumothorax."),
+    ("impression colon normal", "Impression: normal."),
+    ("the liver measures twenty one centimeters", "The liver measures 21 cm."),
+    ("follow up in three months", "Follow up in 3 months."),
+    ("one of the nodules", "One of the nodules."),
+    ("a period of observation", "A period of observation."),
+    ("9 millimeters", "9 mm."),
+])
+def test_normalization(spoken, written):
+    assert normalize_report_text(spoken) == written
+
+
+def test_new_line_word_in_text():
+    assert normalize_report_text("no effusion new line impression") == "No effusion.\nImpression."
+
+
+@pytest.mark.parametrize("wrong, right", [
+    ("There is no new motor ax on the left.", "There is no pneumothorax on the left."),
+    ("Bibasiler atelectisis.", "Bibasilar atelectasis."),
+    ("No plural effusion.", "No pleural effusion."),
+    ("No acute intracranial hemorage.", "No acute intracranial hemorrhage."),
+])
+def test_post_correction_fixes_near_misses(lexicon, wrong, right):
+    assert lexicon.correct(wrong)[0] == right
+
+
+def test_post_correction_leaves_plain_english(lexicon):
+    for text in ["The lungs are clear.", "Follow up with the patient.", "Correlate with MRI."]:
+        assert lexicon.correct(text) == (text, [])
+
+
+def _critical(text: str) -> list[str]:
+    return [w for w in re.findall(r"[a-z]+", text.lower()) if w in
+            {"no", "not", "without", "left", "right", "bilateral"}]
+
+
+WORDS = ["no", "not", "without", "left", "right", "bilateral", "effusion", "plural", "new",
+         "motor", "ax", "lobe", "nine", "millimeter", "point", "two", "L", "four", "five", "C",
+         "period", "comma", "there", "is", "a", "the", "hemorage", "kidney", "sub", "dural"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(WORDS), min_size=1, max_size=14))
+def test_negations_and_laterality_survive(lexicon, words):
+    text = " ".join(words)
+    corrected, _ = lexicon.correct(text)
+    assert _critical(corrected) == _critical(text)
+    assert _critical(normalize_report_text(corrected)) == _critical(text)
+
+
+def test_critical_words_are_never_targets(lexicon):
+    for term, *_ in lexicon._index:
+        assert not set(term.lower().split()) & CRITICAL_WORDS
+
+
+def test_spoken_headers_split_sections():
+    parts = split_headers("Clinical information. Headache. Findings, no bleed. Impression: normal.")
+    assert parts == [("clinical_information", ""), ("clinical_information", "Headache."),
+                     ("findings", ""), ("findings", "no bleed."), ("impression", ""),
+                     ("impression", "normal.")]
+
+
+def test_session_routes_text_and_commands():
+    session = DictationSession(DictationSettings(), template="ct_head")
+    session.process_text("Findings. There is no new motor ax. Small nodule.")
+    session.process_text("Scratch that.")
+    session.process_text("Go to impression.")
+    session.process_text("Insert macro no acute.")
+    session.process_text("Go to technique.")
+    session.process_text("Insert normal.")
+    sections = session.report.as_dict()
+    assert sections["findings"] == "There is no pneumothorax."
+    assert sections["impression"] == "No acute intracranial abnormality."
+    assert sections["technique"].startswith("Noncontrast axial CT of the head with coronal")
+    assert [u.command.action for u in session.utterances if u.command] == [
+        "scratch_that", "goto_section", "insert_macro", "goto_section", "insert_normal"]
+
+
+def test_fields_and_undo():
+    report = Report(load_template("chest_radiograph", CONFIG_DIR / "templates"))
+    from dictation.commands import Command
+
+    report.apply(Command("goto_section", "findings"))
+    report.apply(Command("next_field"))
+    assert report.active_field == "lines_tubes"
+    report.apply(Command("next_field"))
+    report.dictate("small left effusion.")
+    report.apply(Command("undo"))
+    assert report.fields["findings"]["lungs"] == ""
+    report.dictate("small left effusion.")
+    report.apply(Command("insert_normal"))          # the active field only
+    assert report.fields["findings"]["lungs"] == "The lungs are clear. No focal consolidation."
+    assert report.fields["findings"]["pleura"] == ""
+
+
+def test_templates_load():
+    for name in ("ct_head", "chest_radiograph", "ct_abdomen_pelvis"):
+        template = load_template(name, CONFIG_DIR / "templates")
+        assert template.macros and template.sections["findings"].fields
+
+
+def test_lexicon_size(lexicon):
+    assert len(lexicon.terms) >= 500
+
+
+def test_unknown_template_says_what_to_do():
+    from readingroom.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="choose one of"):
+        load_template("mri_knee", CONFIG_DIR / "templates")
