@@ -24,6 +24,13 @@ var/bench/, removed at the end unless --keep. Exit status: 0 target met; 1 TARGE
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+# Run as a script, bench/ comes first on sys.path, and bench/dictation.py would shadow the
+# dictation package: put the project folder first.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 import argparse
 import json
 import logging

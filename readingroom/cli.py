@@ -146,18 +146,6 @@ def cmd_claim(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_transcribe(args: argparse.Namespace) -> int:
-    from dictation import cli
-
-    return cli.main(args.transcribe_args)
-
-
-def cmd_simulate(args: argparse.Namespace) -> int:
-    from triage import simulate
-
-    return simulate.main(args.simulate_args)
-
-
 def cmd_jobs(args: argparse.Namespace) -> int:
     from readingroom.jobs import DatabaseJobQueue
 
@@ -238,14 +226,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--release", action="store_true", help="give the study back")
     p.set_defaults(func=cmd_claim)
 
-    p = sub.add_parser("transcribe", help="transcribe a dictation into a structured report", add_help=False)
-    p.add_argument("transcribe_args", nargs=argparse.REMAINDER)
-    p.set_defaults(func=cmd_transcribe)
-
-    p = sub.add_parser("simulate", help="night-shift simulator: RTAT under FIFO and AI ordering",
-                       add_help=False)
-    p.add_argument("simulate_args", nargs=argparse.REMAINDER)
-    p.set_defaults(func=cmd_simulate)
+    # Listed for --help; main() hands their arguments to their own parsers.
+    sub.add_parser("transcribe", help="transcribe a dictation into a structured report (see its --help)")
+    sub.add_parser("simulate", help="night-shift simulator: report turnaround under FIFO and AI ordering "
+                                    "(see its --help)")
 
     p = sub.add_parser("jobs", help="list queued, running, done and dead jobs; retry a dead one")
     jobs_sub = p.add_subparsers(dest="jobs_command", required=True, metavar="ACTION")
@@ -263,7 +247,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Subcommands with their own argument parser: everything after the name is theirs.
+PASSTHROUGH = {"simulate": ("triage.simulate", "main"), "transcribe": ("dictation.cli", "main")}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in PASSTHROUGH:
+        import importlib
+
+        module, function = PASSTHROUGH[argv[0]]
+        try:
+            return int(getattr(importlib.import_module(module), function)(argv[1:]) or 0)
+        except ReadingRoomError as exc:
+            print(f"readingroom: {exc}", file=sys.stderr)
+            return 2
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)

@@ -76,3 +76,9 @@ def test_classes_in_the_config_must_be_known():
 
     with pytest.raises(ValueError, match="use one of the classes"):
         PolicyConfig.model_validate({"findings": {"x": {"urgency": "apocalyptic"}}})
+
+
+def test_a_copy_with_other_classes_ranks_its_own_classes():
+    other = CONFIG.model_copy(update={"classes": ["immediate", *CONFIG.classes]})
+    assert other.ranks["immediate"] == len(CONFIG.classes) and CONFIG.top not in ("immediate",)
+    assert "immediate" not in CONFIG.ranks

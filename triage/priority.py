@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from enum import Enum
+from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
@@ -72,11 +73,8 @@ class PolicyConfig(BaseModel):
 
     @property
     def ranks(self) -> dict[str, int]:
-        cached = self.__dict__.get("_ranks")
-        if cached is None:
-            cached = {label: len(self.classes) - 1 - n for n, label in enumerate(self.classes)}
-            self.__dict__["_ranks"] = cached
-        return cached
+        """{class: rank}; cached per list of classes (a copy with other classes gets its own)."""
+        return _ranks(tuple(self.classes))
 
     @property
     def top(self) -> str:
@@ -85,6 +83,11 @@ class PolicyConfig(BaseModel):
     @property
     def lowest(self) -> str:
         return self.classes[-1]
+
+
+@lru_cache(maxsize=64)
+def _ranks(classes: tuple[str, ...]) -> dict[str, int]:
+    return {label: len(classes) - 1 - n for n, label in enumerate(classes)}
 
 
 def load_policy_config(path: Path = FINDINGS_CONFIG) -> PolicyConfig:
