@@ -1,5 +1,5 @@
 """The demo worklist: real sample images from pydicom-data, grouped into plausible studies,
-plus synthetic ones, sent through our own DICOM listener like a hospital would send them.
+plus two synthetic head CTs, sent through our own DICOM listener like a hospital would send them.
 
 Each sample file gets new UIDs, a demo patient and an accession number, so that the studies
 look like a night's work from two sites. The pixel data and transfer syntax stay as they are
@@ -88,9 +88,15 @@ def demo_datasets() -> list[tuple[str, list[Dataset]]]:
     for study in DEMO_STUDIES:
         datasets = [_rewrite(dcmread(folder / name), study, n, 0, now) for n, name in enumerate(study.files)]
         out.append((study.sender_ae, datasets))
-    synthetic = ct_series(head_phantom(24, seed=7), key="demo-synthetic-head", patient_name="SYNTHETIC^HEAD",
-                          patient_id="SM199999", accession="SM24099")
-    out.append(("STMARY_CT", synthetic))
+    for sender, key, seed, name, patient_id, accession, priority in (
+        ("STMARY_CT", "demo-synthetic-head", 7, "SYNTHETIC^HEAD", "SM199999", "SM24099", "ROUTINE"),
+        ("NORTHSIDE_PACS", "demo-synthetic-head-2", 11, "SYNTHETIC^HEAD^TWO", "NS59999", "NS8899", "HIGH"),
+    ):
+        series = ct_series(head_phantom(24, seed=seed), key=key, patient_name=name, patient_id=patient_id,
+                           accession=accession)
+        for ds in series:
+            ds.RequestedProcedurePriority = priority
+        out.append((sender, series))
     return out
 
 

@@ -14,7 +14,7 @@ from tests.conftest import free_port
 from tests.integration.helpers import readingroom, start, stop
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-DEMO_STUDIES = 9
+DEMO_STUDIES = 10
 
 
 def _get_json(url: str):
@@ -64,7 +64,12 @@ def test_run_demo_serves_the_worklist_behind_a_login_and_stops_on_ctrl_c(tmp_pat
             time.sleep(1)
         assert len(rows) == DEMO_STUDIES
         patients = [row[5] for row in rows]
-        assert patients[0] == "DOE^JOHN" and "SYNTHETIC^HEAD" in patients   # arrival order
+        labels = [row[1] for row in rows]
+        # The STAT head CT first, then the two HIGH-priority orders, then routine in arrival order.
+        assert patients[:3] == ["DOE^JOHN", "OKAFOR^GRACE", "SYNTHETIC^HEAD^TWO"]
+        assert labels == ["critical", "urgent", "urgent"] + ["routine"] * (DEMO_STUDIES - 3)
+        assert patients[3:] == ["RIVERA^ANA", "NGUYEN^PAUL", "SMITH^LUCY", "KOWALSKI^ADAM", "MEYER^EVA",
+                                "BROWN^OLIVER", "SYNTHETIC^HEAD"]
         modalities = {row[3] for row in rows}
         assert {"CT", "CR", "MR", "US", "NM"} <= modalities
         assert all("AI unavailable" in row[11] for row in rows)
