@@ -81,6 +81,7 @@ def open_studies(db: Database, settings: Settings, *, user: str | None = None, f
     now = now or utcnow()
     config = policy_config(settings)
     allowed = user_sites(db, user)
+    sites = {site.name: site for site in settings.sites}
     with db.reader() as session:
         counts = (
             select(Series.study_id, func.count(Instance.id).label("n"))
@@ -88,30 +89,31 @@ def open_studies(db: Database, settings: Settings, *, user: str | None = None, f
             .group_by(Series.study_id)
             .subquery()
         )
+        # Plain rows, not ORM objects: this runs every few seconds for every open study.
+        open_ids = select(Study.id).where(Study.status.in_(OPEN_STATUSES))
         rows = session.execute(
-            select(Study, Site.name, counts.c.n)
+            select(*Study.__table__.columns, Site.name.label("site_name"), counts.c.n)
             .outerjoin(Site, Study.site_id == Site.id)
             .outerjoin(counts, counts.c.study_id == Study.id)
             .where(Study.status.in_(OPEN_STATUSES))
         ).all()
-        if allowed is not None:
-            rows = [row for row in rows if row[1] in allowed]
-        ids = [row[0].id for row in rows]
-        findings: dict[int, list[AIFinding]] = {i: [] for i in ids}
-        modalities: dict[int, set[str]] = {i: set() for i in ids}
-        if ids:
-            for f in session.scalars(select(AIFinding).where(AIFinding.study_id.in_(ids)).order_by(AIFinding.id)):
+        rows = [(row, row.site_name, row.n) for row in rows if allowed is None or row.site_name in allowed]
+        findings: dict[int, list[Any]] = {row.id: [] for row, _s, _n in rows}
+        modalities: dict[int, set[str]] = {row.id: set() for row, _s, _n in rows}
+        for f in session.execute(select(*AIFinding.__table__.columns)
+                                 .where(AIFinding.study_id.in_(open_ids)).order_by(AIFinding.id)):
+            if f.study_id in findings:
                 findings[f.study_id].append(f)
-            for study_id, modality in session.execute(
-                select(Series.study_id, Series.modality).where(Series.study_id.in_(ids)).distinct()
-            ):
-                if modality:
-                    modalities[study_id].add(modality)
+        for study_id, modality in session.execute(
+            select(Series.study_id, Series.modality).where(Series.study_id.in_(open_ids)).distinct()
+        ):
+            if modality and study_id in modalities:
+                modalities[study_id].add(modality)
 
     by_id = {row[0].id: row for row in rows}
     facts = []
     for study, site_name, _n in rows:
-        site = settings.site(site_name)
+        site = sites.get(site_name)
         facts.append((study.received_at.timestamp(), study.id, StudyFacts(
             waited_min=(now - study.received_at).total_seconds() / 60,
             order_priority=study.order_priority,
@@ -122,7 +124,7 @@ def open_studies(db: Database, settings: Settings, *, user: str | None = None, f
     items = []
     for position, (study_id, placement) in enumerate(reading_order(facts, config, Policy.AI_AGING), 1):
         study, site_name, n_instances = by_id[study_id]
-        site = settings.site(site_name)
+        site = sites.get(site_name)
         target = sla_min(placement.label, config, site.sla_min if site else None)
         due = study.received_at + timedelta(minutes=target) if target is not None else None
         claimed = study.claimed_by is not None and study.claimed_until is not None and study.claimed_until > now
