@@ -5,7 +5,13 @@ Corpus: the reference texts of bench/dictation_corpus.txt spoken by espeak-ng (s
 Figures: WER (Whisper-style normalization, dictation/wer.py), medical-term error rate (errors on
 lexicon words of the reference), critical-word errors (negations, laterality, numbers, units),
 command recognition and false-command rates, real-time factor, partial-result latency (100-ms
-chunks, real time simulated: latency = when the partial is ready - when its last chunk arrived).
+chunks fed in real time: latency = when the partial is ready - when its last chunk arrived).
+
+Baseline (the reference of the targets): plain faster-whisper with the LIVE model (tiny.en by
+default) at the live beam size (1): no prompt, no VAD endpointing, no correction, no
+normalization, exact command match. A second line, "plain base", is plain faster-whisper with the
+FINAL model (base) at the final beam size (5), so the gain of the pipeline over the model alone
+is visible too. Ours: the pipeline (tiny.en partials, base finals, prompts, commands, correction).
 
     .venv/bin/python bench/dictation.py [--quick] [--model tiny.en|base|DIR] [--json-only]
 """
@@ -16,6 +22,7 @@ import argparse
 import hashlib
 import json
 import logging
+import os
 import re
 import statistics
 import subprocess
@@ -138,6 +145,22 @@ def build_corpus(quick: bool) -> tuple[list[Clip], list[Clip]]:
     return clips, cmd_clips
 
 
+def build_short_sentences(quick: bool) -> list[Clip]:
+    """Dictated sentences of at most 4 words, each spoken alone (a short utterance: the
+    command path's risk); for the false-command rate."""
+    dictations, _ = read_corpus()
+    seen: dict[str, None] = {}
+    for text in dictations:
+        for sentence in sentences(text):
+            if len(sentence.split()) <= 4:
+                seen.setdefault(sentence, None)
+    clips = []
+    for i, text in enumerate(seen):
+        voice, wpm, snr = CONDITIONS[i % len(CONDITIONS)]
+        clips.append(Clip(text, voice, wpm, snr, synthesize(text, voice, wpm, snr, 2000 + i), "short"))
+    return clips[::3] if quick else clips
+
+
 def medical_words(lexicon_path: Path) -> set[str]:
     words = set()
     for term in load_terms(lexicon_path):
@@ -158,6 +181,9 @@ class Scores:
         a = align(normalize_for_wer(ref_text), normalize_for_wer(hyp_text))
         self.errors += a.errors
         self.ref_words += len(a.ref)
+        crit_wrong = [w for w, wrong in zip(a.ref, a.ref_errors) if wrong and is_critical(w)]
+        if crit_wrong:
+            log.info("critical words wrong %s: %r -> %r", crit_wrong, ref_text[:80], hyp_text[:200])
         for word, wrong in zip(a.ref, a.ref_errors):
             if word in self.medical:
                 self.med_words += 1
@@ -188,14 +214,14 @@ def sentences(text: str) -> list[str]:
     return [s for s in re.split(r"(?<=[.?!])\s+", text.strip()) if s.strip()]
 
 
-def run_baseline(model, clips, cmd_clips, settings, medical, grammar) -> dict:
+def run_baseline(model, clips, cmd_clips, beam_size, medical, grammar, short_clips=()) -> dict:
     scores = Scores(medical)
     audio_s = compute_s = 0.0
     dictated = false_cmds = 0
     for clip in clips:
         audio = clip.audio
         t = time.perf_counter()
-        segments, _ = model.transcribe(audio, beam_size=settings.beam_size, language=None if not model.model.is_multilingual else "en")
+        segments, _ = model.transcribe(audio, beam_size=beam_size, language=None if not model.model.is_multilingual else "en")
         text = " ".join(s.text.strip() for s in segments)
         compute_s += time.perf_counter() - t
         audio_s += len(audio) / SAMPLE_RATE
@@ -204,9 +230,14 @@ def run_baseline(model, clips, cmd_clips, settings, medical, grammar) -> dict:
             dictated += 1
             false_cmds += grammar.parse(sentence) is not None
     exact = CommandGrammar(grammar.phrases, grammar.punctuation, grammar.sections, [], 1.0, 0.0)
+    short_false = 0
+    for clip in short_clips:
+        segments, _ = model.transcribe(clip.audio, beam_size=beam_size, language=None if not model.model.is_multilingual else "en")
+        text = " ".join(s.text.strip() for s in segments)
+        short_false += exact.parse(text, MACROS) is not None
     recognized = 0
     for clip in cmd_clips:
-        segments, _ = model.transcribe(clip.audio, beam_size=settings.beam_size, language=None if not model.model.is_multilingual else "en")
+        segments, _ = model.transcribe(clip.audio, beam_size=beam_size, language=None if not model.model.is_multilingual else "en")
         text = " ".join(s.text.strip() for s in segments)
         cmd = exact.parse(text, MACROS)
         recognized += cmd is not None and cmd.action == clip.action
@@ -216,13 +247,15 @@ def run_baseline(model, clips, cmd_clips, settings, medical, grammar) -> dict:
         "command_recognition_rate": round(recognized / max(1, len(cmd_clips)), 4),
         "false_command_rate": round(false_cmds / max(1, dictated), 4),
         "dictated_sentences": dictated,
+        "short_sentence_false_command_rate": round(short_false / max(1, len(short_clips)), 4),
+        "short_sentences": len(short_clips),
     }
 
 
 MACROS = ["no acute", "normal chest", "normal head", "normal abdomen", "lines ok", "small vessel"]
 
 
-def run_ours(engine, clips, cmd_clips, settings, medical) -> dict:
+def run_ours(engine, clips, cmd_clips, settings, medical, short_clips=()) -> dict:
     scores = Scores(medical)
     audio_s = compute_s = 0.0
     dictated = false_cmds = 0
@@ -236,7 +269,9 @@ def run_ours(engine, clips, cmd_clips, settings, medical) -> dict:
         for u in session.utterances:
             for sentence in sentences(u.raw) if not u.command else [u.raw]:
                 dictated += 1
-                false_cmds += session.grammar.parse(sentence, MACROS) is not None
+                if session.grammar.parse(sentence, MACROS) is not None:
+                    false_cmds += 1
+                    log.info("dictated sentence parses as a command: %r (of %r)", sentence, clip.text[:60])
     recognized = 0
     for clip in cmd_clips:
         session = DictationSession(settings, template="chest_radiograph")
@@ -245,31 +280,67 @@ def run_ours(engine, clips, cmd_clips, settings, medical) -> dict:
         if not cmds:   # a command the template lacks (macro): parse against all macros
             cmds = [c for u in session.utterances if (c := session.grammar.parse(u.raw, MACROS))]
         recognized += len(cmds) == 1 and cmds[0].action == clip.action
+        if not (len(cmds) == 1 and cmds[0].action == clip.action):
+            log.info("command missed: %r -> %r", clip.text, [u.raw for u in session.utterances])
+    short_false = 0
+    for clip in short_clips:
+        session = DictationSession(settings, template=template_for(clip.text))
+        session.transcribe_audio(clip.audio, engine)
+        taken = [u.raw for u in session.utterances if u.command]
+        short_false += bool(taken)
+        if taken:
+            log.info("short sentence taken as a command: %r -> %r", clip.text, taken)
     return {
         **scores.as_dict(),
         "rtf": round(compute_s / audio_s, 4),
         "command_recognition_rate": round(recognized / max(1, len(cmd_clips)), 4),
         "false_command_rate": round(false_cmds / max(1, dictated), 4),
         "dictated_sentences": dictated,
+        "short_sentence_false_command_rate": round(short_false / max(1, len(short_clips)), 4),
+        "short_sentences": len(short_clips),
     }
 
 
-def streaming_latency(engine, clips, settings, prompt: str | None, hotwords: str | None = None) -> dict:
-    """Feed the clips back to back as one session in 100-ms chunks on a simulated real-time clock."""
-    stream = StreamingTranscriber(engine, settings, prompt=prompt, hotwords=hotwords, partials=True)
+def streaming_latency(clips, stream: StreamingTranscriber, realtime: bool) -> dict:
+    """Feed the clips back to back as one session in 100-ms chunks.
+
+    ``realtime``: chunks are fed at the pace they would arrive (sleeping when ahead), so work on
+    the final-decode thread competes for the CPU as it would live; latency = wall time the
+    partial is ready - arrival time of its last chunk. Otherwise (everything synchronous) the
+    real-time clock is simulated from the measured compute times.
+    """
     step = SAMPLE_RATE // 10
-    latencies: list[tuple[float, float]] = []
+    latencies: list[float] = []
+    final_latencies: list[float] = []
     gaps: list[float] = []
-    busy_until = 0.0
-    audio_time = 0.0
-    compute = 0.0
+    busy_until = audio_time = compute = 0.0
     last_partial_at: float | None = None
     max_buffer = 0.0
+    t0 = time.perf_counter()
+
+    def handle(events, ready_at: float) -> None:
+        nonlocal last_partial_at, compute
+        for event in events:
+            if isinstance(event, Partial):
+                latencies.append(ready_at - audio_time)
+                if last_partial_at is not None and ready_at - last_partial_at < 3:
+                    gaps.append(ready_at - last_partial_at)
+                last_partial_at = ready_at
+            else:
+                final_latencies.append(max(0.0, ready_at - event.end_s))
+                if realtime:
+                    compute += event.transcript.decode_s       # done on the worker thread
+                last_partial_at = None
+
     for clip in clips:
         audio = clip.audio
         for i in range(0, len(audio), step):
             chunk = audio[i : i + step]
             audio_time += len(chunk) / SAMPLE_RATE
+            if realtime:
+                ahead = audio_time - (time.perf_counter() - t0)
+                if ahead > 0:
+                    time.sleep(ahead)
             start = max(busy_until, audio_time)             # the chunk arrives at audio_time
             t = time.perf_counter()
             events = stream.feed(chunk)
@@ -277,15 +348,12 @@ def streaming_latency(engine, clips, settings, prompt: str | None, hotwords: str
             compute += spent
             busy_until = start + spent
             max_buffer = max(max_buffer, stream.buffered_s)
-            for event in events:
-                if isinstance(event, Partial):
-                    latencies.append((audio_time, busy_until - audio_time))
-                    if last_partial_at is not None and busy_until - last_partial_at < 3:
-                        gaps.append(busy_until - last_partial_at)
-                    last_partial_at = busy_until
-                else:
-                    last_partial_at = None
-    values = [v for _, v in latencies]
+            handle(events, time.perf_counter() - t0 if realtime else busy_until)
+    t = time.perf_counter()
+    events = stream.flush()
+    handle(events, time.perf_counter() - t0 if realtime else busy_until + time.perf_counter() - t)
+    stream.close()
+    values = latencies
     half = len(values) // 2
     return {
         "partial_latency_median_s": round(statistics.median(values), 3) if values else None,
@@ -294,6 +362,8 @@ def streaming_latency(engine, clips, settings, prompt: str | None, hotwords: str
         "partial_latency_second_half_median_s": round(statistics.median(values[half:]), 3) if half else None,
         "partial_interval_median_s": round(statistics.median(gaps), 3) if gaps else None,
         "partials": len(values),
+        "final_latency_median_s": round(statistics.median(final_latencies), 3) if final_latencies else None,
+        "final_latency_p95_s": round(float(np.percentile(final_latencies, 95)), 3) if final_latencies else None,
         "stream_session_s": round(audio_time, 1),
         "stream_compute_rtf": round(compute / audio_time, 4) if audio_time else None,
         "max_buffered_s": round(max_buffer, 2),
@@ -308,38 +378,79 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-clips", type=int, default=None, help="clips streamed for latency")
     parser.add_argument("--no-prompt", action="store_true", help="ours without the prompt (ablation)")
     parser.add_argument("--hotwords", action="store_true", help="ours with hotwords (ablation)")
+    parser.add_argument("--final-model", default=DictationSettings().final_model, help="model of the final pass ('' = --model)")
+    parser.add_argument("--final-beam", type=int, default=DictationSettings().final_beam_size)
+    parser.add_argument("--skip-plain-final", action="store_true", help="skip the 'plain base' line")
+    parser.add_argument("--verbose", action="store_true", help="log missed commands")
+    parser.add_argument("--latency-only", action="store_true", help="only the streaming figures")
+    parser.add_argument("--no-latency", action="store_true", help="skip the streaming figures")
     parser.add_argument("--json-only", action="store_true")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
-    settings = DictationSettings(model=args.model, cpu_threads=args.threads, use_prompt=not args.no_prompt, use_hotwords=args.hotwords)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
+    if args.verbose:
+        logging.getLogger("dictation").setLevel(logging.WARNING)
+        logging.getLogger("faster_whisper").setLevel(logging.WARNING)
+    settings = DictationSettings(
+        model=args.model, final_model=args.final_model, final_beam_size=args.final_beam,
+        cpu_threads=args.threads, use_prompt=not args.no_prompt, use_hotwords=args.hotwords,
+    )
 
     t0 = time.perf_counter()
+    load_before = os.getloadavg()
     clips, cmd_clips = build_corpus(args.quick)
     total_audio = sum(len(c.audio) for c in clips) / SAMPLE_RATE
     gen_s = time.perf_counter() - t0
+    short_clips = build_short_sentences(args.quick)
     engine = Engine(settings)
     medical = medical_words(settings.lexicon_path)
     session = DictationSession(settings)
-    baseline = run_baseline(engine.model, clips, cmd_clips, settings, medical, session.grammar)
-    ours = run_ours(engine, clips, cmd_clips, settings, medical)
-    n_lat = args.latency_clips or (3 if args.quick else 12)
+    timings = {}
+    if args.latency_only:
+        clips, cmd_clips, short_clips = clips[:24], [], []
+    t = time.perf_counter()
+    baseline = run_baseline(engine.model, clips, cmd_clips, settings.beam_size, medical, session.grammar, short_clips)
+    timings["baseline_s"] = round(time.perf_counter() - t, 1)
+    plain_final = None
+    if engine.final_model is not engine.model and not args.skip_plain_final:
+        t = time.perf_counter()
+        plain_final = run_baseline(engine.final_model, clips, cmd_clips, settings.final_beam_size, medical, session.grammar, short_clips)
+        timings["plain_final_s"] = round(time.perf_counter() - t, 1)
+    t = time.perf_counter()
+    ours = run_ours(engine, clips, cmd_clips, settings, medical, short_clips)
+    timings["ours_s"] = round(time.perf_counter() - t, 1)
+    n_lat = args.latency_clips or (3 if args.quick else 8)
     lat_clips = clips[:: max(1, len(clips) // n_lat)][:n_lat]
-    baseline.update(streaming_latency(engine, lat_clips, settings.with_(max_no_speech_prob=1.0, min_avg_logprob=-99.0), None))
-    ours.update(streaming_latency(engine, lat_clips, settings, session.prompt(), session.hotwords()))
+    t = time.perf_counter()
+    if args.no_latency:
+        lat_clips = []
+    plain = settings.with_(max_no_speech_prob=1.0, min_avg_logprob=-99.0, final_model="", final_beam_size=settings.beam_size)
+    if lat_clips:
+        baseline.update(streaming_latency(lat_clips, StreamingTranscriber(Engine(plain, model=engine.model), plain), realtime=False))
+        lat_session = DictationSession(settings, template=template_for(lat_clips[0].text))
+        ours.update(streaming_latency(lat_clips, lat_session.stream(engine), realtime=settings.final_in_background))
+    timings["latency_s"] = round(time.perf_counter() - t, 1)
     result = {
-        "model": args.model, "threads": args.threads, "quick": args.quick,
+        "model": args.model, "final_model": settings.final_model or args.model,
+        "final_beam_size": settings.final_beam_size, "threads": args.threads, "quick": args.quick,
         "utterances": len(clips), "audio_min": round(total_audio / 60, 2), "commands": len(cmd_clips),
-        "baseline": baseline, "ours": ours,
+        "short_sentences": len(short_clips),
+        "baseline": baseline, "plain_final_model": plain_final, "ours": ours, "timings": timings,
         "wer_ratio": round(ours["wer"] / baseline["wer"], 3) if baseline["wer"] else None,
         "medical_ratio": round(ours["medical_term_error_rate"] / baseline["medical_term_error_rate"], 3) if baseline["medical_term_error_rate"] else None,
+        "load_avg_before": [round(x, 2) for x in load_before],
+        "load_avg_after": [round(x, 2) for x in os.getloadavg()],
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "corpus_s": round(gen_s, 1), "bench_s": round(time.perf_counter() - t0, 1),
     }
     if not args.json_only:
         print(f"model {args.model}, {args.threads} threads: {len(clips)} dictations ({total_audio/60:.1f} min), {len(cmd_clips)} commands")
-        print(f"{'figure':34} {'baseline':>10} {'ours':>10}")
+        print(f"final pass: {result['final_model']} beam {settings.final_beam_size}; baseline: plain {args.model} beam {settings.beam_size}")
+        print(f"{'figure':36} {'baseline':>10} {'plain ' + str(result['final_model']):>12} {'ours':>10}")
         for key in ours:
             if key in baseline:
-                print(f"{key:34} {str(baseline[key]):>10} {str(ours[key]):>10}")
+                other = plain_final.get(key, "") if plain_final else ""
+                print(f"{key:36} {str(baseline[key]):>10} {str(other):>12} {str(ours[key]):>10}")
+        print(f"timings {timings}; load average before {result['load_avg_before']}, after {result['load_avg_after']}")
         print(f"WER ratio ours/baseline {result['wer_ratio']}, medical-term ratio {result['medical_ratio']}, bench {result['bench_s']} s")
     print(json.dumps(result))
     return 0

@@ -28,6 +28,7 @@ SECTION_ORDER = (
 
 class _GrammarFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    prompt: list[str] = []
     min_similarity: float = 0.84
     margin: float = 0.04
     fillers: list[str] = []
@@ -59,6 +60,7 @@ class CommandGrammar:
     fillers: list[str] = field(default_factory=list)
     min_similarity: float = 0.84
     margin: float = 0.04
+    prompt_phrases: list[str] = field(default_factory=list)
 
     @classmethod
     def load(cls, path: Path) -> "CommandGrammar":
@@ -79,7 +81,14 @@ class CommandGrammar:
             fillers=spec.fillers,
             min_similarity=spec.min_similarity,
             margin=spec.margin,
+            prompt_phrases=spec.prompt,
         )
+
+    def prompt(self, macros: Iterable[str] = ()) -> str:
+        """Initial prompt for a short utterance: the command phrases, then the macro names."""
+        phrases = self.prompt_phrases or [p for p, _, _ in self.phrases if "{" not in p]
+        phrases = [*phrases, *(f"Insert macro {m}" for m in macros)]
+        return "Voice commands: " + " ".join(p[:1].upper() + p[1:] + "." for p in phrases)
 
     def section_of(self, name: str) -> str | None:
         name = clean_utterance(name)
@@ -110,6 +119,8 @@ class CommandGrammar:
         said = clean_utterance(text, self.fillers)
         if not said or len(said.split()) > 8:
             return None
+        if self.section_of(said):
+            return None                # a spoken header alone ("Clinical information.") is text
         candidates = self.expand(macros)
         best: tuple[float, str, str, str | None] | None = None
         second = 0.0
@@ -126,6 +137,9 @@ class CommandGrammar:
         if best is None:
             return None
         score, phrase, action, arg = best
+        if said.startswith("insert macro ") and (action != "insert_macro" or score < self.min_similarity):
+            # a macro this template lacks: still a command (the report says it is unknown)
+            return Command("insert_macro", said[len("insert macro "):], text, 1.0)
         # short phrases must match more closely: one letter off in "next" is a different word
         needed = self.min_similarity + (0.08 if len(phrase) <= 6 else 0.0)
         if score >= needed and score - second >= self.margin:

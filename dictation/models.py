@@ -15,6 +15,7 @@ import importlib.util
 import logging
 import os
 import shutil
+import threading
 from functools import lru_cache
 from pathlib import Path
 
@@ -133,14 +134,39 @@ def resolve_model(name: str, home: Path | None = None) -> Path:
 
 
 @lru_cache(maxsize=4)
-def _load(path: str, device: str, compute_type: str, cpu_threads: int):
+def _load(path: str, device: str, compute_type: str, cpu_threads: int, nice: int = 0):
     from faster_whisper import WhisperModel
 
-    log.info("Loading Whisper model %s (%s, %s, %d threads)", path, device, compute_type, cpu_threads)
-    return WhisperModel(path, device=device, compute_type=compute_type, cpu_threads=cpu_threads)
+    log.info("Loading Whisper model %s (%s, %s, %d threads, nice %d)", path, device, compute_type, cpu_threads, nice)
+    if not nice or not hasattr(os, "setpriority"):
+        return WhisperModel(path, device=device, compute_type=compute_type, cpu_threads=cpu_threads)
+    # CTranslate2 starts its worker threads when the model is built, and a Linux thread inherits
+    # the nice value of the thread that creates it: build the model on a thread that lowered its
+    # own priority, so all work of this model yields the CPU to the other (live) model.
+    result: dict = {}
+
+    def build() -> None:
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+        except OSError as exc:
+            log.warning("could not lower the priority of %s (%s)", path, exc)
+        try:
+            result["model"] = WhisperModel(path, device=device, compute_type=compute_type, cpu_threads=cpu_threads)
+        except BaseException as exc:  # noqa: BLE001  re-raised on the caller's thread
+            result["error"] = exc
+
+    worker = threading.Thread(target=build, name="load-model")
+    worker.start()
+    worker.join()
+    if "error" in result:
+        raise result["error"]
+    return result["model"]
 
 
-def load_model(name: str, *, device: str = "cpu", compute_type: str = "int8", cpu_threads: int = 2):
-    """The shared WhisperModel for ``name``; loaded on first use, then reused."""
+def load_model(name: str, *, device: str = "cpu", compute_type: str = "int8", cpu_threads: int = 2, nice: int = 0):
+    """The shared WhisperModel for ``name``; loaded on first use, then reused.
+
+    ``nice`` > 0: the model's CPU threads run at that lower priority (background work).
+    """
     path = resolve_model(name)
-    return _load(str(path.resolve()), device, compute_type, cpu_threads)
+    return _load(str(path.resolve()), device, compute_type, cpu_threads, nice)

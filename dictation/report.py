@@ -34,7 +34,7 @@ HEADER_WORDS = {
     "clinical information": "clinical_information", "clinical history": "clinical_information",
     "history": "clinical_information", "indication": "clinical_information",
     "comparison": "comparison", "comparisons": "comparison", "technique": "technique",
-    "findings": "findings", "impression": "impression", "impressions": "impression",
+    "findings": "findings", "finding": "findings", "impression": "impression", "impressions": "impression",
     "conclusion": "impression", "recommendations": "recommendations",
     "recommendation": "recommendations",
 }

@@ -75,6 +75,25 @@ class DictationSession:
             return None
         return self.lexicon.prompt(self.template.terms, self.settings.prompt_max_terms)
 
+    def command_prompt(self) -> str | None:
+        """The prompt for a short utterance: command phrases (and this template's macros)."""
+        if not self.settings.use_command_prompt:
+            return None
+        return self.grammar.prompt(self.template.macros.keys())
+
+    def is_command(self, text: str) -> bool:
+        return self.grammar.parse(text, self.template.macros.keys()) is not None
+
+    def stream(self, engine, *, partials: bool = True, background: bool | None = None):
+        """A StreamingTranscriber wired to this session's prompts and command grammar."""
+        from dictation.stream import StreamingTranscriber
+
+        return StreamingTranscriber(
+            engine, self.settings, prompt=self.prompt(), hotwords=self.hotwords(), partials=partials,
+            command_prompt=self.command_prompt(), is_command=self.is_command,
+            background=self.settings.final_in_background if background is None else background,
+        )
+
     def hotwords(self) -> str | None:
         return self.lexicon.hotwords(self.template.terms) if self.settings.use_hotwords else None
 
@@ -105,11 +124,10 @@ class DictationSession:
     # audio ----------------------------------------------------------------------------------
     def transcribe_audio(self, audio: np.ndarray, engine=None, chunk_ms: int = 100) -> dict:
         """A whole recording through the streaming path (no partials); returns timing."""
-        from dictation.stream import StreamingTranscriber
         from dictation.transcribe import Engine
 
         engine = engine or Engine(self.settings)
-        stream = StreamingTranscriber(engine, prompt=self.prompt(), hotwords=self.hotwords(), partials=False)
+        stream = self.stream(engine, partials=False, background=False)
         step = SAMPLE_RATE * chunk_ms // 1000
         started = time.perf_counter()
         decode_s = 0.0
@@ -128,6 +146,8 @@ class DictationSession:
             "decode_s": round(decode_s, 3),
             "rtf": round(elapsed / audio_s, 4) if audio_s else 0.0,
             "model": self.settings.model,
+            "final_model": getattr(engine.final_model, "name", None) or self.settings.final_model or self.settings.model,
+            "final_beam_size": self.settings.final_beam_size,
         }
 
     def transcript(self) -> str:

@@ -28,6 +28,18 @@ class DictationSettings:
     cpu_threads: int = 2
     beam_size: int = 1
     language: str = "en"
+    # Two-pass: partials with ``model`` (fast), the final text of each utterance with
+    # ``final_model`` at ``final_beam_size`` ("" = ``model``). In streaming the final decode runs
+    # on a worker thread so partials of the next utterance are not held up.
+    final_model: str = "base"
+    final_beam_size: int = 5
+    final_in_background: bool = True
+    # Linux nice value of the final model's threads: the final pass yields the CPU to partials.
+    final_nice: int = 10
+    # Commands: an utterance of at most this many seconds is first decoded with a prompt of
+    # command phrases; it is kept only if the whole text is a command, else decoded as text.
+    command_max_s: float = 3.0
+    use_command_prompt: bool = True
     # Biasing: hotwords/prompt from the lexicon and the active template.
     use_prompt: bool = True
     use_hotwords: bool = False
@@ -68,8 +80,8 @@ class DictationSettings:
         settings = cls(**data)
         if settings.cpu_threads < 1:
             raise ConfigError("dictation.cpu_threads must be >= 1 (2 is the tested value).")
-        if settings.beam_size < 1:
-            raise ConfigError("dictation.beam_size must be >= 1.")
+        if settings.beam_size < 1 or settings.final_beam_size < 1:
+            raise ConfigError("dictation.beam_size and dictation.final_beam_size must be >= 1.")
         return settings
 
     def with_(self, **changes: Any) -> "DictationSettings":

@@ -5,12 +5,22 @@ Endpointing with the Silero VAD (dictation.vad): an utterance starts at speech (
 at ``max_utterance_s``. While speaking, the current utterance (and only it) is re-decoded every
 ``partial_interval_ms`` for a partial result. Buffers are bounded: latency does not grow over a
 long session. No speech, no decoding: silence and noise produce no text.
+
+Two-pass: partials come from the live model; the final text of an utterance from the final model
+(Engine(final=True)). With ``background=True`` the final decode runs on one worker thread and its
+``Final`` is returned by a later ``feed()`` (finals stay in order; ``flush()`` waits for all), so
+the partials of the next utterance are not held up by it.
+
+Commands: an utterance of at most ``command_max_s`` is first decoded with ``command_prompt``;
+if ``is_command`` accepts that text it is the final text, otherwise the utterance is decoded as
+dictation with the normal prompt.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
@@ -50,12 +60,19 @@ class StreamingTranscriber:
         prompt: Callable[[], str | None] | str | None = None,
         hotwords: str | None = None,
         partials: bool = True,
+        command_prompt: Callable[[], str | None] | str | None = None,
+        is_command: Callable[[str], bool] | None = None,
+        background: bool = False,
     ) -> None:
         self.engine = engine
         self.s = settings or engine.settings
         self._prompt = prompt
         self.hotwords = hotwords
         self.partials = partials
+        self._command_prompt = command_prompt
+        self.is_command = is_command
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="final") if background else None
+        self._jobs: deque[Future] = deque()
         self.vad = StreamingVad()
         self._pending = np.zeros(0, np.float32)
         pad_frames = max(1, int(self.s.speech_pad_ms / FRAME_MS))
@@ -74,6 +91,14 @@ class StreamingTranscriber:
         return self._prompt() if callable(self._prompt) else self._prompt
 
     @property
+    def command_prompt(self) -> str | None:
+        return self._command_prompt() if callable(self._command_prompt) else self._command_prompt
+
+    @property
+    def pending_finals(self) -> int:
+        return len(self._jobs)
+
+    @property
     def buffered_s(self) -> float:
         """Audio held for the current utterance (bounded by max_utterance_s)."""
         return sum(len(a) for a in self._utterance) / SAMPLE_RATE
@@ -85,7 +110,7 @@ class StreamingTranscriber:
         frames, self._pending = self._pending[:usable], self._pending[usable:]
         events: list[Partial | Final] = []
         if not usable:
-            return events
+            return self._collect(wait=False)
         probs = self.vad.probabilities(frames)
         for i, p in enumerate(probs):
             events.extend(self._step(frames[i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES], float(p)))
@@ -93,7 +118,14 @@ class StreamingTranscriber:
             due = (self._frames_seen - self._last_partial_frame) * FRAME_MS >= self.s.partial_interval_ms
             if due and self._speech_frames * FRAME_MS >= self.s.min_speech_duration_ms:
                 events.append(self._partial())
+        events.extend(self._collect(wait=False))
         return events
+
+    def _collect(self, wait: bool) -> list[Final]:
+        out: list[Final] = []
+        while self._jobs and (wait or self._jobs[0].done()):
+            out.extend(self._jobs.popleft().result())
+        return out
 
     def flush(self) -> list[Partial | Final]:
         """End of stream: finish the utterance in progress."""
@@ -103,7 +135,12 @@ class StreamingTranscriber:
             events.extend(self.feed(pad))
         if self._in_speech:
             events.extend(self._final())
+        events.extend(self._collect(wait=True))
         return events
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
 
     # ----------------------------------------------------------------------------------------
     def _step(self, frame: np.ndarray, prob: float) -> list[Final]:
@@ -156,7 +193,22 @@ class StreamingTranscriber:
         if speech_ms < s.min_speech_duration_ms:
             return []
         audio = np.concatenate(frames)
-        result = self.engine.transcribe(audio, prompt=self.prompt, hotwords=self.hotwords)
+        if self._executor is not None:
+            self._jobs.append(self._executor.submit(self._decode_final, audio, start_s, end_s))
+            return []
+        return self._decode_final(audio, start_s, end_s)
+
+    def _decode_final(self, audio: np.ndarray, start_s: float, end_s: float) -> list[Final]:
+        spent = 0.0
+        if self.is_command is not None and len(audio) / SAMPLE_RATE <= self.s.command_max_s:
+            prompt = self.command_prompt
+            if prompt:
+                result = self.engine.transcribe(audio, prompt=prompt, final=True)
+                if result.text and self.is_command(result.text):
+                    return [Final(result.text, start_s, end_s, result)]
+                spent = result.decode_s
+        result = self.engine.transcribe(audio, prompt=self.prompt, hotwords=self.hotwords, final=True)
+        result.decode_s += spent
         if not result.text:
             return []
         return [Final(result.text, start_s, end_s, result)]

@@ -1,9 +1,13 @@
 """One utterance -> text, with faster-whisper; hallucinations in silence filtered out.
 
-``Engine`` wraps the shared WhisperModel (dictation.models.load_model) with our decoding options:
-no conditioning on earlier text (every utterance stands alone, so errors do not carry over),
-an optional initial prompt / hotwords, and a segment filter: a segment is dropped when its
+``Engine`` wraps the shared WhisperModels (dictation.models.load_model) with our decoding
+options: no conditioning on earlier text (every utterance stands alone, so errors do not carry
+over), an optional initial prompt / hotwords, and a segment filter: a segment is dropped when its
 no_speech_prob is high or its avg_logprob is low (Whisper's invented text in noise).
+
+Two models: ``model`` (settings.model, fast: live partials) and ``final_model``
+(settings.final_model at settings.final_beam_size: the final text of an utterance). When the
+final model is not installed the live model does both, with a warning.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import numpy as np
 from dictation.audio import SAMPLE_RATE
 from dictation.models import load_model
 from dictation.settings import DictationSettings
+from readingroom.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -38,15 +43,26 @@ class Transcript:
     decode_s: float = 0.0
 
 
+def _english_only(model) -> bool:
+    return not getattr(model, "model", None) or not model.model.is_multilingual
+
+
 class Engine:
-    def __init__(self, settings: DictationSettings, model=None) -> None:
+    def __init__(self, settings: DictationSettings, model=None, final_model=None) -> None:
         self.settings = settings
-        self.model = model or load_model(
-            settings.model,
-            device=settings.device,
-            compute_type=settings.compute_type,
-            cpu_threads=settings.cpu_threads,
-        )
+        load = {"device": settings.device, "compute_type": settings.compute_type, "cpu_threads": settings.cpu_threads}
+        self.model = model or load_model(settings.model, **load)
+        if final_model is not None:
+            self.final_model = final_model
+        elif model is not None or not settings.final_model or settings.final_model == settings.model:
+            self.final_model = self.model
+        else:
+            try:
+                self.final_model = load_model(settings.final_model, **load, nice=settings.final_nice)
+            except ConfigError as exc:
+                log.warning("final model %r unavailable (%s); the live model decodes finals too",
+                            settings.final_model, exc)
+                self.final_model = self.model
 
     def transcribe(
         self,
@@ -56,13 +72,17 @@ class Engine:
         hotwords: str | None = None,
         beam_size: int | None = None,
         filter_segments: bool = True,
+        final: bool = False,
     ) -> Transcript:
+        """Decode one utterance; ``final`` selects the final model and final beam size."""
         s = self.settings
+        model = self.final_model if final else self.model
+        beam = beam_size or (s.final_beam_size if final else s.beam_size)
         started = time.perf_counter()
-        segments, _info = self.model.transcribe(
+        segments, _info = model.transcribe(
             audio.astype(np.float32),
-            language=s.language if not self._english_only else None,
-            beam_size=beam_size or s.beam_size,
+            language=s.language if not _english_only(model) else None,
+            beam_size=beam,
             initial_prompt=prompt,
             hotwords=hotwords,
             condition_on_previous_text=False,
@@ -82,7 +102,7 @@ class Engine:
 
     @property
     def _english_only(self) -> bool:
-        return not getattr(self.model, "model", None) or not self.model.model.is_multilingual
+        return _english_only(self.model)
 
     def seconds(self, audio: np.ndarray) -> float:
         return len(audio) / SAMPLE_RATE

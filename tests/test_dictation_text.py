@@ -178,3 +178,31 @@ def test_unknown_template_says_what_to_do():
 
     with pytest.raises(ConfigError, match="choose one of"):
         load_template("mri_knee", CONFIG_DIR / "templates")
+
+
+@pytest.mark.parametrize("said", ["Clinical information.", "Comparison.", "Technique.", "Finding."])
+def test_spoken_header_alone_is_not_a_command(grammar, said):
+    assert grammar.parse(said, MACROS) is None
+
+
+def test_unknown_macro_is_still_a_macro_command(grammar):
+    command = grammar.parse("Insert macro normal knee.", MACROS)
+    assert command is not None and command.action == "insert_macro"
+
+
+def test_command_prompt_lists_phrases_and_macros(grammar):
+    prompt = grammar.prompt(["no acute"])
+    assert "Scratch that." in prompt and "Insert macro no acute." in prompt
+
+
+def test_singular_finding_header_routes():
+    assert split_headers("Finding. No bleed.") == [("findings", ""), ("findings", "No bleed.")]
+
+
+def test_two_pass_settings_validate():
+    from readingroom.errors import ConfigError
+
+    s = DictationSettings.from_mapping({"final_model": "tiny.en", "final_beam_size": 2})
+    assert (s.final_model, s.final_beam_size) == ("tiny.en", 2)
+    with pytest.raises(ConfigError):
+        DictationSettings.from_mapping({"final_beam_size": 0})

@@ -109,3 +109,30 @@ def test_webm_opus_stream_decodes(tmp_path):
     pieces.append(decoder.close())
     assert abs(len(np.concatenate(pieces)) - SAMPLE_RATE) < 1000
     assert abs(len(decode_audio(data)) - SAMPLE_RATE) < 1000
+
+
+def test_two_pass_background_finals_in_order(tmp_path, engine):
+    """Partials from tiny.en, finals from the final model on a worker thread, in order."""
+    audio = decode_audio(_speak(tmp_path, "Scratch that. " + DICTATION))
+    gap = np.zeros(SAMPLE_RATE, np.float32)
+    audio = np.concatenate([audio, gap, audio, gap])
+    session = DictationSession(DictationSettings(), template="ct_abdomen_pelvis")
+    stream = session.stream(engine, partials=True, background=True)
+    events = []
+    for i in range(0, len(audio), SAMPLE_RATE // 10):
+        events += stream.feed(audio[i : i + SAMPLE_RATE // 10])
+    events += stream.flush()
+    stream.close()
+    finals = [e for e in events if isinstance(e, Final)]
+    assert [f.start_s for f in finals] == sorted(f.start_s for f in finals)
+    assert sum("kidney" in f.text.lower() for f in finals) == 2
+    assert stream.pending_finals == 0
+
+
+def test_final_model_is_loaded_once(engine):
+    from dictation.models import base_path
+
+    if not (base_path() / "model.bin").exists():
+        pytest.skip("Whisper base not installed (python -m dictation.install)")
+    assert engine.final_model is not engine.model
+    assert Engine(DictationSettings(model="tiny.en")).final_model is engine.final_model
