@@ -40,14 +40,14 @@ def dead_job_rows(db: Database, settings: Settings) -> list[list[Any]]:
     from readingroom.jobs import DatabaseJobQueue
 
     jobs = DatabaseJobQueue(db, settings.jobs).list(status="dead", limit=50)
-    return [[j.id, j.kind, str(j.payload), j.attempts, (j.last_error or "").strip().splitlines()[-1:] or ""]
+    return [[j.id, j.kind, str(j.payload), j.attempts, ((j.last_error or "").strip().splitlines() or [""])[-1]]
             for j in jobs]
 
 
 def build_blocks(settings: Settings, db: Database):  # noqa: ANN201
     import gradio as gr
 
-    from triage.notify import events_since
+    from triage.notify import events_since, latest_event_id
 
     with gr.Blocks(title="ReadingRoom", analytics_enabled=False) as blocks:
         gr.Markdown(f"## ReadingRoom worklist\n**{NOT_FOR_CLINICAL_USE}**", elem_id="banner")
@@ -71,8 +71,7 @@ def build_blocks(settings: Settings, db: Database):  # noqa: ANN201
         last_event = gr.State(0)
 
         def latest_event() -> int:
-            events = events_since(db, 0, limit=1_000_000)
-            return events[-1].id if events else 0
+            return latest_event_id(db)
 
         def poll_events(last_id: int):  # noqa: ANN202 - a Gradio callback
             events = events_since(db, last_id)

@@ -161,9 +161,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     jobs = queue.list(status=args.status, limit=args.limit)
     rows = [{"id": j.id, "kind": j.kind, "status": j.status, "attempts": j.attempts, "payload": j.payload,
              "created_at": j.created_at.isoformat(timespec="seconds"),
-             "last_error": (j.last_error or "").strip().splitlines()[-1:] or [""]} for j in jobs]
-    for row in rows:
-        row["last_error"] = row["last_error"][0]
+             "last_error": ((j.last_error or "").strip().splitlines() or [""])[-1]} for j in jobs]
     if args.json:
         print(json.dumps(rows, indent=2))
     else:

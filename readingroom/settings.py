@@ -155,9 +155,6 @@ class Settings(_Section):
         """The priority policy file (configs/findings.yaml by default)."""
         return self.config_dir / self.findings_file
 
-    def site(self, name: str | None) -> Site | None:
-        return next((site for site in self.sites if site.name == name), None)
-
     def quiet_period_for(self, site_name: str | None) -> float:
         for site in self.sites:
             if site.name == site_name and site.quiet_period_s is not None:

@@ -204,3 +204,28 @@ def test_critical_finding_reaches_the_webhook_within_a_second(tmp_path):
     finally:
         server.shutdown()
         db.dispose()
+
+
+def test_event_ids_let_a_new_page_skip_old_events(settings, db):
+    from triage.notify import latest_event_id
+
+    assert latest_event_id(db) == 0
+    uid = _store_studies(settings, db, 1)[0]
+    record_results(db, settings, Notifier(db, settings), uid, [ModelOutput("ich", 0.9, "m", "1")])
+    newest = latest_event_id(db)
+    assert newest == events_since(db)[-1].id and events_since(db, newest) == []
+
+
+def test_dead_jobs_show_their_last_error_line(settings, db):
+    from app import dead_job_rows
+    from readingroom.jobs import DatabaseJobQueue, WorkerPool
+
+    def boom(_payload):
+        raise RuntimeError("model file is corrupt")
+
+    queue = DatabaseJobQueue(db, settings.jobs.model_copy(update={"max_attempts": 1}))
+    pool = WorkerPool(queue, settings.jobs, {"boom": boom})
+    queue.enqueue("boom", {})
+    pool.run_once()
+    rows = dead_job_rows(db, settings)
+    assert rows[0][1] == "boom" and rows[0][4] == "RuntimeError: model file is corrupt"

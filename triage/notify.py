@@ -9,7 +9,7 @@ import threading
 import urllib.request
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from readingroom import NOT_FOR_CLINICAL_USE
 from readingroom.db import Database
@@ -55,3 +55,9 @@ def events_since(db: Database, last_id: int = 0, limit: int = 50) -> list[Notifi
     with db.reader() as session:
         return list(session.scalars(select(Notification).where(Notification.id > last_id)
                                     .order_by(Notification.id).limit(limit)))
+
+
+def latest_event_id(db: Database) -> int:
+    """The newest event's id (0 when there is none): a new page shows only what comes after."""
+    with db.reader() as session:
+        return session.scalar(select(func.max(Notification.id))) or 0
