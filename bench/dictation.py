@@ -370,6 +370,116 @@ def streaming_latency(clips, stream: StreamingTranscriber, realtime: bool) -> di
     }
 
 
+def rss_mb() -> float:
+    """Resident memory of this process (Linux /proc), MiB."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def drift_run(clips, settings: DictationSettings, engine, minutes: float = 30.0, block_min: float = 5.0,
+              gap_s: float = 2.0, window_min: float = 5.0) -> dict:
+    """Latency drift over a long session (simulated clock).
+
+    A block of ~``block_min`` minutes (corpus dictations in order, ``gap_s`` of silence after
+    each) is repeated until ``minutes`` of audio, so the first and the last ``window_min``
+    minutes hold the same audio. It is streamed in 100-ms chunks through ONE streaming
+    session (partials on; finals synchronous, i.e. on the feeding thread, and each final goes
+    through DictationSession.process_text, so the report grows for the whole session). Chunks
+    are fed as fast as the CPU allows; the clock is simulated from measured compute (a chunk
+    "arrives" at its audio time; work starts when the previous work ends), so latency =
+    simulated ready time - arrival time of the partial's last chunk. CPU time (process) per
+    partial is recorded too: it does not depend on other load on the machine.
+    """
+    step = SAMPLE_RATE // 10
+    gap = np.zeros(int(gap_s * SAMPLE_RATE), np.float32)
+    block: list[np.ndarray] = []
+    block_s = 0.0
+    for clip in clips:
+        block += [clip.audio, gap]
+        block_s += len(block[-2]) / SAMPLE_RATE + gap_s
+        if block_s >= block_min * 60:
+            break
+    repeats = max(1, int(np.ceil(minutes * 60 / block_s)))
+    session = DictationSession(settings, template="chest_radiograph")
+    stream = session.stream(engine, background=False)
+    records = []            # (audio_time, kind, latency, decode_s, cpu_s)
+    chunk_times = []        # (audio_time, wall_s) of feeds that decoded nothing
+    rss = [(0.0, round(rss_mb(), 1))]
+    busy_until = audio_time = 0.0
+    next_rss = 60.0
+    t_start = time.perf_counter()
+    for _ in range(repeats):
+        for piece in block:
+            for i in range(0, len(piece), step):
+                chunk = piece[i : i + step]
+                audio_time += len(chunk) / SAMPLE_RATE
+                start = max(busy_until, audio_time)
+                c0, t0 = time.process_time(), time.perf_counter()
+                events = stream.feed(chunk)
+                for event in events:
+                    if not isinstance(event, Partial):
+                        session.process_text(event.text, event.start_s, event.end_s)
+                spent, cpu = time.perf_counter() - t0, time.process_time() - c0
+                busy_until = start + spent
+                if not events:
+                    chunk_times.append((audio_time, spent))
+                for event in events:
+                    if isinstance(event, Partial):
+                        records.append((audio_time, "partial", busy_until - audio_time, event.decode_s, cpu))
+                    else:
+                        records.append((audio_time, "final", busy_until - event.end_s, event.transcript.decode_s, cpu))
+                if audio_time >= next_rss:
+                    rss.append((round(audio_time / 60, 1), round(rss_mb(), 1)))
+                    next_rss += 60.0
+                    log.info("drift: %.1f min streamed in %.0f s, RSS %.0f MiB", audio_time / 60,
+                             time.perf_counter() - t_start, rss[-1][1])
+    for event in stream.flush():
+        if not isinstance(event, Partial):
+            session.process_text(event.text, event.start_s, event.end_s)
+    stream.close()
+    rss.append((round(audio_time / 60, 1), round(rss_mb(), 1)))
+    w = window_min * 60
+
+    def window(lo, hi, kind, idx):
+        vals = [r[idx] for r in records if r[1] == kind and lo <= r[0] < hi]
+        return vals
+
+    def med(vals):
+        return round(statistics.median(vals), 3) if vals else None
+
+    def p95(vals):
+        return round(float(np.percentile(vals, 95)), 3) if vals else None
+
+    first, last = (0.0, w), (audio_time - w, audio_time + 1)
+    out = {
+        "drift_audio_min": round(audio_time / 60, 1), "drift_block_min": round(block_s / 60, 2),
+        "drift_repeats": repeats, "drift_wall_s": round(time.perf_counter() - t_start, 1),
+        "clock": "simulated (fed as fast as the CPU allows; finals synchronous)",
+    }
+    for name, (lo, hi) in (("first", first), ("last", last)):
+        lat = window(lo, hi, "partial", 2)
+        out[f"{name}_{window_min:g}min"] = {
+            "partials": len(lat),
+            "partial_latency_median_s": med(lat), "partial_latency_p95_s": p95(lat),
+            "partial_decode_median_s": med(window(lo, hi, "partial", 3)),
+            "partial_cpu_median_s": med(window(lo, hi, "partial", 4)),
+            "final_decode_median_s": med(window(lo, hi, "final", 3)),
+            "final_latency_median_s": med(window(lo, hi, "final", 2)),
+            "idle_chunk_median_ms": med([1000 * s for a, s in chunk_times if lo <= a < hi]),
+        }
+    f, l = out[f"first_{window_min:g}min"], out[f"last_{window_min:g}min"]
+    for key in ("partial_latency_median_s", "partial_decode_median_s", "partial_cpu_median_s", "idle_chunk_median_ms"):
+        if f[key] and l[key] is not None:
+            out[f"ratio_last_first_{key}"] = round(l[key] / f[key], 3)
+    out["rss_mib"] = rss
+    out["report_chars"] = len(session.report.render()) if hasattr(session.report, "render") else None
+    out["utterances"] = len(session.utterances)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench/dictation.py", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a small subset (8 dictations, 17 commands)")
@@ -385,6 +495,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-only", action="store_true", help="only the streaming figures")
     parser.add_argument("--no-latency", action="store_true", help="skip the streaming figures")
     parser.add_argument("--json-only", action="store_true")
+    parser.add_argument("--drift", action="store_true",
+                        help="only the long-session drift run (simulated clock; see drift_run)")
+    parser.add_argument("--drift-minutes", type=float, default=30.0)
+    parser.add_argument("--ours-only", action="store_true",
+                        help="skip the baseline and plain-base lines (they do not change with our code)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
     if args.verbose:
@@ -405,13 +520,22 @@ def main(argv: list[str] | None = None) -> int:
     medical = medical_words(settings.lexicon_path)
     session = DictationSession(settings)
     timings = {}
+    if args.drift:
+        all_clips, _ = build_corpus(False)
+        result = drift_run(all_clips, settings, engine, minutes=args.drift_minutes)
+        result["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        result["load_avg_before"] = [round(x, 2) for x in load_before]
+        result["load_avg_after"] = [round(x, 2) for x in os.getloadavg()]
+        print(json.dumps(result, indent=1))
+        return 0
     if args.latency_only:
         clips, cmd_clips, short_clips = clips[:24], [], []
     t = time.perf_counter()
-    baseline = run_baseline(engine.model, clips, cmd_clips, settings.beam_size, medical, session.grammar, short_clips)
+    baseline = ({} if args.ours_only else
+                run_baseline(engine.model, clips, cmd_clips, settings.beam_size, medical, session.grammar, short_clips))
     timings["baseline_s"] = round(time.perf_counter() - t, 1)
     plain_final = None
-    if engine.final_model is not engine.model and not args.skip_plain_final:
+    if engine.final_model is not engine.model and not args.skip_plain_final and not args.ours_only:
         t = time.perf_counter()
         plain_final = run_baseline(engine.final_model, clips, cmd_clips, settings.final_beam_size, medical, session.grammar, short_clips)
         timings["plain_final_s"] = round(time.perf_counter() - t, 1)
@@ -421,7 +545,7 @@ def main(argv: list[str] | None = None) -> int:
     n_lat = args.latency_clips or (3 if args.quick else 8)
     lat_clips = clips[:: max(1, len(clips) // n_lat)][:n_lat]
     t = time.perf_counter()
-    if args.no_latency:
+    if args.no_latency or args.ours_only:
         lat_clips = []
     plain = settings.with_(max_no_speech_prob=1.0, min_avg_logprob=-99.0, final_model="", final_beam_size=settings.beam_size)
     if lat_clips:
@@ -435,8 +559,8 @@ def main(argv: list[str] | None = None) -> int:
         "utterances": len(clips), "audio_min": round(total_audio / 60, 2), "commands": len(cmd_clips),
         "short_sentences": len(short_clips),
         "baseline": baseline, "plain_final_model": plain_final, "ours": ours, "timings": timings,
-        "wer_ratio": round(ours["wer"] / baseline["wer"], 3) if baseline["wer"] else None,
-        "medical_ratio": round(ours["medical_term_error_rate"] / baseline["medical_term_error_rate"], 3) if baseline["medical_term_error_rate"] else None,
+        "wer_ratio": round(ours["wer"] / baseline["wer"], 3) if baseline.get("wer") else None,
+        "medical_ratio": round(ours["medical_term_error_rate"] / baseline["medical_term_error_rate"], 3) if baseline.get("medical_term_error_rate") else None,
         "load_avg_before": [round(x, 2) for x in load_before],
         "load_avg_after": [round(x, 2) for x in os.getloadavg()],
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -447,9 +571,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"final pass: {result['final_model']} beam {settings.final_beam_size}; baseline: plain {args.model} beam {settings.beam_size}")
         print(f"{'figure':36} {'baseline':>10} {'plain ' + str(result['final_model']):>12} {'ours':>10}")
         for key in ours:
-            if key in baseline:
+            if key in baseline or args.ours_only:
                 other = plain_final.get(key, "") if plain_final else ""
-                print(f"{key:36} {str(baseline[key]):>10} {str(other):>12} {str(ours[key]):>10}")
+                print(f"{key:36} {str(baseline.get(key, '')):>10} {str(other):>12} {str(ours[key]):>10}")
         print(f"timings {timings}; load average before {result['load_avg_before']}, after {result['load_avg_after']}")
         print(f"WER ratio ours/baseline {result['wer_ratio']}, medical-term ratio {result['medical_ratio']}, bench {result['bench_s']} s")
     print(json.dumps(result))

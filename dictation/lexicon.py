@@ -126,15 +126,26 @@ class Lexicon:
         return cls(load_terms(path), common, **kwargs)
 
     # Biasing -------------------------------------------------------------------------------
-    def prompt(self, template_terms: Iterable[str] = (), max_terms: int = 40) -> str:
-        """A short, relevant initial prompt: template terms, then the most common terms."""
+    def prompt(self, template_terms: Iterable[str] = (), max_terms: int = 20, style: str = "comma") -> str:
+        """A short, relevant initial prompt: template terms, then the most common terms.
+
+        ``style`` "comma": one sentence, terms separated by commas (Whisper imitates a prompt's
+        style, and "Term. Term." made it end a sentence after every word); "sentence": the old
+        "Term. Term." form (for comparison).
+        """
         chosen: list[str] = []
         for term in [*template_terms, *self.terms]:
             if term.lower() not in (c.lower() for c in chosen):
                 chosen.append(term)
             if len(chosen) >= max_terms:
                 break
-        return "Radiology report. " + " ".join(t[:1].upper() + t[1:] + "." for t in chosen)
+        if style == "sentence":
+            return "Radiology report. " + " ".join(t[:1].upper() + t[1:] + "." for t in chosen)
+        if style == "groups":
+            groups = [chosen[i : i + 5] for i in range(0, len(chosen), 5)]
+            body = " ".join(", ".join(g)[:1].upper() + ", ".join(g)[1:] + "." for g in groups)
+            return "Radiology report. Findings. " + body
+        return "Radiology report with " + ", ".join(chosen) + "."
 
     def hotwords(self, template_terms: Iterable[str] = (), max_terms: int = 20) -> str:
         return " ".join(list(dict.fromkeys([*template_terms, *self.terms[:max_terms]]))[:max_terms])

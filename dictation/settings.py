@@ -43,10 +43,13 @@ class DictationSettings:
     # Biasing: hotwords/prompt from the lexicon and the active template.
     use_prompt: bool = True
     use_hotwords: bool = False
-    prompt_max_terms: int = 40
+    prompt_max_terms: int = 20
     # Hallucination filter: drop a segment above/below these.
     max_no_speech_prob: float = 0.6
     min_avg_logprob: float = -1.0
+    # A final text that is a repetition loop ("lylyly…", compression ratio > 2.4) is decoded
+    # again without the prompt, then by the live model.
+    degenerate_fallback: bool = True
     # Streaming / endpointing (Silero VAD).
     vad_threshold: float = 0.5
     min_silence_duration_ms: int = 600

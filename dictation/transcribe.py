@@ -13,7 +13,9 @@ final model is not installed the live model does both, with a warning.
 from __future__ import annotations
 
 import logging
+import re
 import time
+import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -41,6 +43,26 @@ class Transcript:
     segments: list[Segment] = field(default_factory=list)
     dropped: list[Segment] = field(default_factory=list)
     decode_s: float = 0.0
+
+
+def compression_ratio(text: str) -> float:
+    """Whisper's repetition measure: length of the text over its zlib-compressed length."""
+    data = text.encode("utf-8")
+    return len(data) / len(zlib.compress(data)) if data else 0.0
+
+
+_REPEATED_CHUNK = re.compile(r"(.{2,6}?)\1{5,}", re.S)       # "lylylylyly…"
+_REPEATED_WORD = re.compile(r"\b(\w+)\b(?:\W+\1\b){4,}", re.I)   # a word 5+ times in a row
+
+
+def is_degenerate(text: str, max_compression_ratio: float = 2.4) -> bool:
+    """A repetition loop of the decoder: a word or a few characters repeated many times, or
+    text that compresses too well (Whisper's own 2.4 threshold, for texts long enough)."""
+    if not text:
+        return False
+    if _REPEATED_CHUNK.search(text) or _REPEATED_WORD.search(text):
+        return True
+    return len(text) >= 60 and compression_ratio(text) > max_compression_ratio
 
 
 def _english_only(model) -> bool:
@@ -75,6 +97,21 @@ class Engine:
         final: bool = False,
     ) -> Transcript:
         """Decode one utterance; ``final`` selects the final model and final beam size."""
+        started = time.perf_counter()
+        result = self._decode(audio, prompt, hotwords, beam_size, filter_segments, final)
+        if final and self.settings.degenerate_fallback and is_degenerate(result.text):
+            # A repetition loop (beam search at temperature 0 has no fallback of its own): decode
+            # again without the prompt; if that loops too, the live model's plain text.
+            log.warning("final text degenerate (%r…); decoding again without prompt", result.text[:60])
+            retry = self._decode(audio, None, None, beam_size, filter_segments, final)
+            if is_degenerate(retry.text) and self.final_model is not self.model:
+                log.warning("still degenerate (%r…); live model text", retry.text[:60])
+                retry = self._decode(audio, None, None, None, filter_segments, False)
+            result = retry
+        result.decode_s = time.perf_counter() - started
+        return result
+
+    def _decode(self, audio, prompt, hotwords, beam_size, filter_segments, final) -> Transcript:
         s = self.settings
         model = self.final_model if final else self.model
         beam = beam_size or (s.final_beam_size if final else s.beam_size)

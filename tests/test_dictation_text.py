@@ -206,3 +206,61 @@ def test_two_pass_settings_validate():
     assert (s.final_model, s.final_beam_size) == ("tiny.en", 2)
     with pytest.raises(ConfigError):
         DictationSettings.from_mapping({"final_beam_size": 0})
+
+
+@pytest.mark.parametrize("text", [
+    "Findings. Multiplylylylylylylylylylylylylylylylylylylyl",
+    "no no no no no no",
+    "The the the the the the the the.",
+])
+def test_repetition_loops_are_degenerate(text):
+    from dictation.transcribe import is_degenerate
+
+    assert is_degenerate(text)
+
+
+@pytest.mark.parametrize("text", [
+    "Findings. There is no focal consolidation, pleural effusion or pneumothorax.",
+    "L4-L5 and L5-S1 disc bulges. No, no acute abnormality.",
+    "Comparison. None. Findings. The liver is enlarged and measures 21 cm.",
+    "",
+])
+def test_normal_text_is_not_degenerate(text):
+    from dictation.transcribe import is_degenerate
+
+    assert not is_degenerate(text)
+
+
+class _FakeModel:
+    """Stands in for a WhisperModel: returns ``texts`` in turn, records the prompts."""
+
+    def __init__(self, *texts):
+        self.texts, self.prompts, self.model = list(texts), [], None
+
+    def transcribe(self, audio, initial_prompt=None, **kwargs):
+        from types import SimpleNamespace
+
+        self.prompts.append(initial_prompt)
+        text = self.texts.pop(0) if len(self.texts) > 1 else self.texts[0]
+        return [SimpleNamespace(text=text, start=0.0, end=1.0, avg_logprob=-0.2, no_speech_prob=0.0)], None
+
+
+def test_degenerate_final_is_decoded_again_then_falls_back_to_live_model():
+    import numpy as np
+
+    from dictation.transcribe import Engine
+
+    loop = "Findings. Multiplylylylylylylylylylylylylylylylylylylyl"
+    final = _FakeModel(loop, "Findings. Multiple bilateral emboli.")
+    engine = Engine(DictationSettings(), model=_FakeModel("live text"), final_model=final)
+    assert engine.transcribe(np.zeros(16000), prompt="P", final=True).text == "Findings. Multiple bilateral emboli."
+    assert final.prompts == ["P", None]                      # the retry is without the prompt
+    stuck = Engine(DictationSettings(), model=_FakeModel("Multiple bilateral."), final_model=_FakeModel(loop))
+    assert stuck.transcribe(np.zeros(16000), prompt="P", final=True).text == "Multiple bilateral."
+    off = Engine(DictationSettings(degenerate_fallback=False), model=_FakeModel("x"), final_model=_FakeModel(loop))
+    assert off.transcribe(np.zeros(16000), prompt="P", final=True).text == loop
+
+
+def test_lexicon_prompt_is_not_one_sentence_per_term(lexicon):
+    prompt = lexicon.prompt(["midline shift"], 10)
+    assert "midline shift" in prompt and prompt.count(".") <= 3
