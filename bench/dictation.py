@@ -241,14 +241,21 @@ def run_baseline(model, clips, cmd_clips, beam_size, medical, grammar, short_cli
         text = " ".join(s.text.strip() for s in segments)
         cmd = exact.parse(text, MACROS)
         recognized += cmd is not None and cmd.action == clip.action
+    return _figures(scores, compute_s, audio_s, recognized, len(cmd_clips), false_cmds, dictated,
+                    short_false, len(short_clips))
+
+
+def _figures(scores, compute_s: float, audio_s: float, recognized: int, n_commands: int, false_cmds: int,
+             dictated: int, short_false: int, n_short: int) -> dict:
+    """The figures of one pipeline (baseline or ours), in the benchmark's JSON shape."""
     return {
         **scores.as_dict(),
         "rtf": round(compute_s / audio_s, 4),
-        "command_recognition_rate": round(recognized / max(1, len(cmd_clips)), 4),
+        "command_recognition_rate": round(recognized / max(1, n_commands), 4),
         "false_command_rate": round(false_cmds / max(1, dictated), 4),
         "dictated_sentences": dictated,
-        "short_sentence_false_command_rate": round(short_false / max(1, len(short_clips)), 4),
-        "short_sentences": len(short_clips),
+        "short_sentence_false_command_rate": round(short_false / max(1, n_short), 4),
+        "short_sentences": n_short,
     }
 
 
@@ -279,8 +286,9 @@ def run_ours(engine, clips, cmd_clips, settings, medical, short_clips=()) -> dic
         cmds = [u.command for u in session.utterances if u.command]
         if not cmds:   # a command the template lacks (macro): parse against all macros
             cmds = [c for u in session.utterances if (c := session.grammar.parse(u.raw, MACROS))]
-        recognized += len(cmds) == 1 and cmds[0].action == clip.action
-        if not (len(cmds) == 1 and cmds[0].action == clip.action):
+        hit = len(cmds) == 1 and cmds[0].action == clip.action
+        recognized += hit
+        if not hit:
             log.info("command missed: %r -> %r", clip.text, [u.raw for u in session.utterances])
     short_false = 0
     for clip in short_clips:
@@ -290,15 +298,8 @@ def run_ours(engine, clips, cmd_clips, settings, medical, short_clips=()) -> dic
         short_false += bool(taken)
         if taken:
             log.info("short sentence taken as a command: %r -> %r", clip.text, taken)
-    return {
-        **scores.as_dict(),
-        "rtf": round(compute_s / audio_s, 4),
-        "command_recognition_rate": round(recognized / max(1, len(cmd_clips)), 4),
-        "false_command_rate": round(false_cmds / max(1, dictated), 4),
-        "dictated_sentences": dictated,
-        "short_sentence_false_command_rate": round(short_false / max(1, len(short_clips)), 4),
-        "short_sentences": len(short_clips),
-    }
+    return _figures(scores, compute_s, audio_s, recognized, len(cmd_clips), false_cmds, dictated,
+                    short_false, len(short_clips))
 
 
 def streaming_latency(clips, stream: StreamingTranscriber, realtime: bool) -> dict:
