@@ -5,7 +5,7 @@ PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-APT_PACKAGES := dcmtk espeak-ng
+APT_PACKAGES := dcmtk espeak-ng chromium
 
 .PHONY: run test install system-deps bench bench-dictation clean
 
