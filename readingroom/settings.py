@@ -84,11 +84,45 @@ class NotificationSettings(_Section):
     webhook_timeout_s: float = Field(5, gt=0)
 
 
+class HL7Peer(_Section):
+    """An HL7 v2 system reached over MLLP (the site's RIS)."""
+
+    host: str = Field(min_length=1)
+    port: int = Field(ge=1, le=65535)
+    facility: str = ""          # MSH-6 receiving facility
+    application: str = ""       # MSH-5 receiving application
+    timeout_s: float = Field(10, gt=0)
+
+
+class DicomPeer(_Section):
+    """A DICOM node reached by C-STORE (the site's PACS)."""
+
+    ae_title: str
+    host: str = Field(min_length=1)
+    port: int = Field(ge=1, le=65535)
+
+    @field_validator("ae_title")
+    @classmethod
+    def _check_ae_title(cls, value: str) -> str:
+        return validate_ae_title(value)
+
+
+class SiteDestinations(_Section):
+    """Where a site's messages go: rejections of orders and signed reports. Empty: not sent."""
+
+    hl7: HL7Peer | None = None
+    fhir_url: str = ""          # POST DiagnosticReports here...
+    fhir_folder: str = ""       # ...or write them as JSON files here (relative to home)
+    dicom: DicomPeer | None = None
+    pdf_folder: str = ""        # write PDF reports here (relative to home)
+
+
 class Site(_Section):
     """A hospital that sends studies to the reading service."""
 
     name: str = Field(min_length=1)
     ae_titles: list[str] = Field(default_factory=list)
+    destinations: SiteDestinations = SiteDestinations()
     quiet_period_s: float | None = Field(None, ge=0)
     sla_min: dict[str, float] = Field(default_factory=dict)
     max_wait_min: float | None = Field(None, gt=0)
