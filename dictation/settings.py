@@ -40,6 +40,9 @@ class DictationSettings:
     # command phrases; it is kept only if the whole text is a command, else decoded as text.
     command_max_s: float = 3.0
     use_command_prompt: bool = True
+    # ...and confirmed by a decode without the prompt (see StreamingTranscriber._confirm_command).
+    command_confirm: bool = True
+    command_confirm_similarity: float = 0.6
     # Biasing: hotwords/prompt from the lexicon and the active template.
     use_prompt: bool = True
     use_hotwords: bool = False
@@ -85,6 +88,8 @@ class DictationSettings:
             raise ConfigError("dictation.cpu_threads must be >= 1 (2 is the tested value).")
         if settings.beam_size < 1 or settings.final_beam_size < 1:
             raise ConfigError("dictation.beam_size and dictation.final_beam_size must be >= 1.")
+        if not 0 <= settings.command_confirm_similarity <= 1:
+            raise ConfigError("dictation.command_confirm_similarity must be between 0 and 1 (0.6 is the tested value).")
         return settings
 
     def with_(self, **changes: Any) -> "DictationSettings":

@@ -205,10 +205,44 @@ class StreamingTranscriber:
             if prompt:
                 result = self.engine.transcribe(audio, prompt=prompt, final=True)
                 if result.text and self.is_command(result.text):
-                    return [Final(result.text, start_s, end_s, result)]
+                    confirmed, check_s = self._confirm_command(audio, result.text)
+                    result.decode_s += check_s
+                    if confirmed:
+                        return [Final(result.text, start_s, end_s, result)]
                 spent = result.decode_s
         result = self.engine.transcribe(audio, prompt=self.prompt, hotwords=self.hotwords, final=True)
         result.decode_s += spent
         if not result.text:
             return []
         return [Final(result.text, start_s, end_s, result)]
+
+    def _confirm_command(self, audio: np.ndarray, command_text: str) -> tuple[bool, float]:
+        """A command heard with the command prompt must also be heard without it.
+
+        The command prompt pulls short dictated sentences towards command phrases ("Portable
+        chest radiograph." came out as "Paragraph."). The live model decodes the same audio
+        without any prompt; the command stands if that text is a command too, or close to the
+        command text (character similarity >= command_confirm_similarity). Returns (confirmed,
+        seconds spent)."""
+        if not self.s.command_confirm:
+            return True, 0.0
+        check = self.engine.transcribe(audio, prompt=None, final=False)
+        if check.text and self.is_command is not None and self.is_command(check.text):
+            return True, check.decode_s
+        similarity = text_similarity(check.text, command_text)
+        if similarity < self.s.command_confirm_similarity:
+            log.info("command %r not confirmed: without the prompt it is %r (similarity %.2f); kept as text",
+                     command_text, check.text, similarity)
+            return False, check.decode_s
+        return True, check.decode_s
+
+
+def text_similarity(a: str, b: str) -> float:
+    """Character similarity (0..1) of two texts, ignoring case, punctuation and spacing."""
+    from difflib import SequenceMatcher
+
+    def squash(t: str) -> str:
+        return "".join(ch for ch in t.lower() if ch.isalnum())
+
+    return SequenceMatcher(None, squash(a), squash(b)).ratio()
+

@@ -264,3 +264,31 @@ def test_degenerate_final_is_decoded_again_then_falls_back_to_live_model():
 def test_lexicon_prompt_is_not_one_sentence_per_term(lexicon):
     prompt = lexicon.prompt(["midline shift"], 10)
     assert "midline shift" in prompt and prompt.count(".") <= 3
+
+
+def _short_utterance_finals(live_text: str, final_texts: tuple[str, ...], **settings):
+    """Run one short utterance through StreamingTranscriber._decode_final with fake models."""
+    import numpy as np
+
+    from dictation.session import DictationSession
+    from dictation.stream import StreamingTranscriber
+    from dictation.transcribe import Engine
+
+    s = DictationSettings(**settings)
+    engine = Engine(s, model=_FakeModel(live_text), final_model=_FakeModel(*final_texts))
+    session = DictationSession(s)
+    stream = StreamingTranscriber(engine, s, prompt="P", command_prompt=session.command_prompt(),
+                                  is_command=session.is_command)
+    return [f.text for f in stream._decode_final(np.zeros(16000, np.float32), 0.0, 1.0)]
+
+
+def test_a_command_must_also_be_heard_without_the_prompt():
+    # the command prompt turned a short sentence into "Paragraph."; the live model disagrees
+    assert _short_utterance_finals("Portable chest radiograph.",
+                                   ("Paragraph.", "Portable chest radiograph.")) == ["Portable chest radiograph."]
+    # a real command: the live model hears it too (or something close to it)
+    assert _short_utterance_finals("Paragraph.", ("Paragraph.",)) == ["Paragraph."]
+    assert _short_utterance_finals("Scratch that", ("Scratch that.",)) == ["Scratch that."]
+    # switched off: the prompted decode decides alone
+    assert _short_utterance_finals("Portable chest radiograph.", ("Paragraph.", "x"),
+                                   command_confirm=False) == ["Paragraph."]
