@@ -20,6 +20,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from readingroom.errors import ConfigError
+from readingroom.settings import PROJECT_ROOT
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,14 @@ def tiny_en_path() -> Path:
 
 
 def base_path(home: Path | None = None) -> Path:
-    return (home or data_home()) / "models" / "whisper-base"
+    """Where Whisper base is installed: ``<home>/models/whisper-base``. Without an explicit
+    home, a data folder that has no copy of its own uses the one `make install` put in the
+    project's ./var (so a server or test with another READINGROOM_HOME still finds it)."""
+    if home is not None:
+        return home / "models" / "whisper-base"
+    own = data_home() / "models" / "whisper-base"
+    shared = PROJECT_ROOT / "var" / "models" / "whisper-base"
+    return own if (own / "model.bin").exists() or not (shared / "model.bin").exists() else shared
 
 
 def sha256_file(path: Path, block_bytes: int = 1 << 20) -> str:

@@ -56,3 +56,56 @@ def authenticate(db: Database, username: str, password: str) -> User | None:
         return user
     log.info("failed login for %r", username)
     return None
+
+
+# --------------------------------------------------------------------------- web sessions
+# A session is a signed token "username|expires|signature" in an HttpOnly cookie. The signing
+# key lives in the database (generated on first use), so sessions survive a restart and end
+# when they expire or when the key is rotated (delete the ``web_session_key`` row).
+SESSION_KEY_NAME = "web_session_key"
+
+
+def session_key(db: Database) -> bytes:
+    import secrets
+
+    from readingroom.db import get_kv, set_kv
+
+    key = get_kv(db, SESSION_KEY_NAME)
+    if not key:
+        key = secrets.token_hex(32)
+        set_kv(db, SESSION_KEY_NAME, key)
+    return bytes.fromhex(key)
+
+
+def _sign(key: bytes, payload: str) -> str:
+    return hmac.new(key, payload.encode(), hashlib.sha256).hexdigest()
+
+
+def issue_session(key: bytes, username: str, ttl_s: float, now: float | None = None) -> str:
+    import time
+
+    expires = int((time.time() if now is None else now) + ttl_s)
+    payload = f"{username}|{expires}"
+    return f"{payload}|{_sign(key, payload)}"
+
+
+def check_session(key: bytes, token: str | None, now: float | None = None) -> str | None:
+    """The username of a valid, unexpired token; None otherwise."""
+    import time
+
+    if not token or token.count("|") != 2:
+        return None
+    username, expires, signature = token.split("|")
+    if not hmac.compare_digest(signature, _sign(key, f"{username}|{expires}")):
+        return None
+    try:
+        if int(expires) < (time.time() if now is None else now):
+            return None
+    except ValueError:
+        return None
+    return username
+
+
+def user_role(db: Database, username: str) -> str | None:
+    with db.reader() as session:
+        return session.scalar(select(User.role).where(User.username == username))

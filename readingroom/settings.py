@@ -67,12 +67,16 @@ class JobSettings(_Section):
 class WebSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(7860, ge=1, le=65535)
+    session_ttl_min: float = Field(720, gt=0)
+    viewer_cache_mb: int = Field(1024, ge=64)
 
 
 class DemoSettings(_Section):
     seed: bool = True
     username: str = "demo"
     password: str = "demo"
+    admin_username: str = "admin"
+    admin_password: str = "admin"
 
 
 class WorklistSettings(_Section):

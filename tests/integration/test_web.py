@@ -57,22 +57,25 @@ def test_run_demo_serves_the_worklist_behind_a_login_and_stops_on_ctrl_c(tmp_pat
         client = Client(url, auth=("demo", "demo"), verbose=False)
         deadline = time.monotonic() + 30
         while True:   # the demo studies complete after their quiet period
-            worklist, _dead = client.predict(api_name="/refresh")
+            worklist = client.predict("", "", "", api_name="/refresh")    # filters: site, modality, status
             rows = worklist["data"]
-            if len(rows) == DEMO_STUDIES and all(r[2] == "new" for r in rows) or time.monotonic() > deadline:
+            if len(rows) == DEMO_STUDIES and all(r[3] == "new" for r in rows) or time.monotonic() > deadline:
                 break
             time.sleep(1)
         assert len(rows) == DEMO_STUDIES
-        patients = [row[5] for row in rows]
+        patients = [row[6] for row in rows]
         labels = [row[1] for row in rows]
         # The STAT head CT first, then the two HIGH-priority orders, then routine in arrival order.
         assert patients[:3] == ["DOE^JOHN", "OKAFOR^GRACE", "SYNTHETIC^HEAD^TWO"]
         assert labels == ["critical", "urgent", "urgent"] + ["routine"] * (DEMO_STUDIES - 3)
         assert patients[3:] == ["RIVERA^ANA", "NGUYEN^PAUL", "SMITH^LUCY", "KOWALSKI^ADAM", "MEYER^EVA",
                                 "BROWN^OLIVER", "SYNTHETIC^HEAD"]
-        modalities = {row[3] for row in rows}
+        modalities = {row[4] for row in rows}
         assert {"CT", "CR", "MR", "US", "NM"} <= modalities
-        assert all("AI unavailable" in row[11] for row in rows)
+        assert all("AI unavailable" in row[12] for row in rows)
+        # the modality filter
+        only_ct = client.predict("", "CT", "", api_name="/refresh")["data"]
+        assert only_ct and {row[4] for row in only_ct} == {"CT"}
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)        # what Ctrl-C sends
@@ -83,7 +86,7 @@ def test_run_demo_serves_the_worklist_behind_a_login_and_stops_on_ctrl_c(tmp_pat
     log = (tmp_path / "run.log").read_text()
     assert proc.returncode == 0, log[-2000:]
     assert "ReadingRoom stopped." in log
-    assert "demo / demo" in log and f"http://127.0.0.1:{web_port}" in log
+    assert "demo / demo" in log and "admin / admin" in log and f"http://127.0.0.1:{web_port}" in log
 
     # The demo is seeded once: a second start does not send it again.
     listed = json.loads(readingroom("worklist", "--json", home=home, READINGROOM_SITES="").stdout)

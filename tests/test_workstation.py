@@ -1,0 +1,121 @@
+"""The workstation's pure cores: the viewer on real sample files, web sessions, live dictation
+helpers and the template suggestion. The page itself is tested in a real browser (tests/e2e)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+
+from readingroom.auth import check_session, issue_session
+from workstation.viewer import PRESETS, VolumeCache, ViewerError, load_volume, render_slice, window
+
+
+def _png_size(data: bytes) -> tuple[int, int]:
+    from PIL import Image
+
+    return Image.open(io.BytesIO(data)).size
+
+
+def test_ct_slice_is_in_hounsfield_units_and_windowed(samples):
+    vol = load_volume("ct", [samples / "693_J2KR.dcm"])        # JPEG 2000 head CT
+    assert vol.slices == 1 and not vol.invert
+    air, brain = vol.pixels[0][0, 0], np.median(vol.pixels[0][200:300, 200:300])
+    assert air < -900 and 0 < brain < 80                         # HU: air outside, brain inside
+    png = render_slice(vol, 0, *PRESETS["brain"])
+    assert _png_size(png) == (vol.pixels.shape[2], vol.pixels.shape[1])
+
+
+def test_window_is_linear_and_clipped():
+    image = np.array([[-1000.0, 0.0, 40.0, 80.0, 3000.0]])
+    out = window(image, 40, 80)
+    assert out[0, 0] == 0 and out[0, -1] == 255 and 120 <= out[0, 2] <= 135
+    assert (window(image, 40, 80, invert=True) == 255 - out).all()
+
+
+def test_monochrome1_radiograph_is_inverted(samples):
+    vol = load_volume("cr", [samples / "RG1_UNCR.dcm"])
+    assert vol.invert and vol.default_window[1] > 1
+
+
+def test_multiframe_series_gives_one_slice_per_frame(samples):
+    vol = load_volume("mr", [samples / "emri_small_RLE.dcm"])
+    assert vol.slices == 10
+
+
+def test_color_ultrasound_is_shown_as_stored(samples):
+    vol = load_volume("us", [samples / "US1_J2KR.dcm"])
+    assert vol.color and _png_size(render_slice(vol, 0))
+
+
+def test_slices_are_sorted_along_the_normal(tmp_path):
+    import pydicom
+
+    from triage.synthetic import ct_series, head_phantom
+
+    files = []
+    for i, ds in enumerate(ct_series(head_phantom(6, size=64), key="sort")):
+        files.append(tmp_path / f"{i}.dcm")
+        ds.save_as(files[-1], enforce_file_format=True)
+    vol = load_volume("s", list(reversed(files)))
+
+    z = sorted(float(pydicom.dcmread(f).ImagePositionPatient[2]) for f in files)
+    assert vol.slices == 6 and len(z) == 6
+    # the first slice of the volume is the lowest position, whatever the file order was
+    first = pydicom.dcmread(min(files, key=lambda f: float(pydicom.dcmread(f).ImagePositionPatient[2])))
+    from pydicom.pixels import apply_modality_lut
+
+    assert np.allclose(vol.pixels[0], apply_modality_lut(first.pixel_array, first))
+
+
+def test_unreadable_series_is_a_clear_error(tmp_path, samples):
+    broken = tmp_path / "x.dcm"
+    broken.write_bytes(b"not dicom")
+    with pytest.raises(ViewerError, match="could be decoded"):
+        load_volume("bad", [broken])
+    with pytest.raises(ViewerError, match="no stored images"):
+        load_volume("none", [])
+
+
+def test_cache_decodes_once_and_stays_bounded(samples):
+    cache = VolumeCache(max_bytes=1)
+    a = cache.get("a", [samples / "693_UNCI.dcm"])
+    assert cache.get("a", []) is a                              # cached: the (empty) paths are not read
+    cache.get("b", [samples / "MR2_UNCI.dcm"])
+    with pytest.raises(ViewerError):
+        cache.get("a", [])                                      # evicted: decoded again, and there is nothing
+
+
+def test_sessions_expire_and_cannot_be_forged():
+    key = b"k" * 32
+    token = issue_session(key, "demo", ttl_s=60, now=1000)
+    assert check_session(key, token, now=1030) == "demo"
+    assert check_session(key, token, now=1061) is None          # expired
+    assert check_session(b"x" * 32, token, now=1030) is None    # another key
+    user, expires, sig = token.split("|")
+    assert check_session(key, f"admin|{expires}|{sig}", now=1030) is None
+    assert check_session(key, None) is None and check_session(key, "garbage") is None
+
+
+def test_resampler_keeps_the_pitch_and_the_length():
+    from workstation.live import Resampler
+
+    rate = 48000
+    t = np.arange(rate * 2) / rate
+    tone = (np.sin(2 * np.pi * 440 * t) * 20000).astype(np.int16)
+    r = Resampler(rate)
+    out = np.concatenate([r(tone[i:i + 4096]) for i in range(0, len(tone), 4096)])
+    assert abs(len(out) - 32000) < 200
+    assert abs(np.argmax(np.abs(np.fft.rfft(out[:16000]))) - 440) <= 1
+    assert Resampler(16000)(np.array([16384], np.int16))[0] == pytest.approx(0.5)
+
+
+def test_template_suggestion():
+    from workstation.pages import suggest_template
+
+    names = ["free", "ct_head", "chest_radiograph", "ct_abdomen_pelvis"]
+    assert suggest_template("CT", "CT HEAD WITHOUT CONTRAST", names) == "ct_head"
+    assert suggest_template("CR", "XR CHEST 1 VIEW", names) == "chest_radiograph"
+    assert suggest_template("CT", "CT ABDOMEN PELVIS WITH CONTRAST", names) == "ct_abdomen_pelvis"
+    assert suggest_template("MR", "MR SHOULDER", names) == "free"

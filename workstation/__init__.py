@@ -1,0 +1,1 @@
+"""The reading workstation: the web page (Gradio), the viewer and live dictation."""

@@ -1,0 +1,223 @@
+"""Live dictation in the browser: microphone chunks in, partial text, commands and report out.
+
+One ``LiveDictation`` per radiologist and open study, shared by the page's callbacks and the
+audio route (``REGISTRY``). The Whisper engine is loaded once per process (``shared_engine``).
+The page posts 16-bit PCM chunks in order; ``feed`` resamples them to 16 kHz and only queues
+them (the route must answer at once), and a worker thread runs the same ``StreamingTranscriber``
+that the CLI and the benchmark use, with finals decoded in the background.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from dictation.report import SECTION_ORDER, SECTION_TITLES
+from dictation.session import DictationSession
+from dictation.settings import DictationSettings
+
+log = logging.getLogger(__name__)
+
+_engine = None
+_engine_lock = threading.Lock()
+
+
+def shared_engine(settings: DictationSettings):  # noqa: ANN201 - dictation.transcribe.Engine
+    """The process's Whisper engine, loaded on first use (a few seconds), then reused."""
+    global _engine
+    with _engine_lock:
+        if _engine is None:
+            from dictation.transcribe import Engine
+
+            started = time.perf_counter()
+            _engine = Engine(settings)
+            log.info("dictation engine loaded in %.1f s", time.perf_counter() - started)
+        return _engine
+
+
+def to_mono_float(samples: np.ndarray) -> np.ndarray:
+    """Browser audio (int16 or float, mono or stereo) → float32 mono in [-1, 1]."""
+    data = np.asarray(samples)
+    if data.ndim == 2:
+        data = data.mean(axis=1) if data.shape[1] <= 2 else data.mean(axis=0)
+    if data.dtype.kind == "i":
+        data = data.astype(np.float32) / float(np.iinfo(data.dtype).max + 1)
+    return data.astype(np.float32).reshape(-1)
+
+
+class Resampler:
+    """Stateful resampling to 16 kHz (PyAV's filter, so no aliasing and no seams between chunks)."""
+
+    def __init__(self, sample_rate: int) -> None:
+        import av
+
+        self.sample_rate = int(sample_rate)
+        self._av = av
+        self._resampler = av.AudioResampler(format="flt", layout="mono", rate=16000) if sample_rate != 16000 else None
+
+    def __call__(self, samples: np.ndarray) -> np.ndarray:
+        data = to_mono_float(samples)
+        if self._resampler is None or not len(data):
+            return data
+        frame = self._av.AudioFrame.from_ndarray(data.reshape(1, -1), format="flt", layout="mono")
+        frame.sample_rate = self.sample_rate
+        out = [f.to_ndarray().reshape(-1) for f in self._resampler.resample(frame)]
+        return np.concatenate(out).astype(np.float32) if out else np.zeros(0, np.float32)
+
+
+@dataclass
+class Feedback:
+    partial: str = ""
+    commands: list[str] = field(default_factory=list)
+    finals: list[str] = field(default_factory=list)
+    last_final_at: float | None = None     # time.time() of the last final text
+
+
+class LiveDictation:
+    """A dictation into one report. Thread-safe: Gradio may call feed() from worker threads."""
+
+    def __init__(self, template: str = "free", settings: DictationSettings | None = None,
+                 sections: dict[str, str] | None = None, engine=None) -> None:  # noqa: ANN001
+        self.settings = settings or DictationSettings()
+        self.session = DictationSession(self.settings, template=template)
+        if sections:
+            for name, text in sections.items():
+                if name in self.session.report.sections:
+                    self.session.report.sections[name] = text
+        self._engine = engine
+        self._stream = None
+        self._lock = threading.Lock()
+        self._audio: queue.Queue[np.ndarray | None] = queue.Queue()
+        self._worker: threading.Thread | None = None
+        self._resampler: Resampler | None = None
+        self.feedback = Feedback()
+        self.recording = False
+
+    @property
+    def engine(self):  # noqa: ANN201
+        if self._engine is None:
+            self._engine = shared_engine(self.settings)
+        return self._engine
+
+    def _events(self, events) -> None:  # noqa: ANN001
+        from dictation.stream import Final
+
+        for event in events:
+            if isinstance(event, Final):
+                utterance = self.session.process_text(event.text, event.start_s, event.end_s)
+                self.feedback.partial = ""
+                self.feedback.last_final_at = time.time()
+                if utterance.command is not None:
+                    label = utterance.command.action.replace("_", " ")
+                    if utterance.command.argument:
+                        label += f" {utterance.command.argument}"
+                    self.feedback.commands.append(label)
+                elif utterance.text:
+                    self.feedback.finals.append(utterance.text)
+            else:
+                self.feedback.partial = event.text
+
+    def feed(self, sample_rate: int, samples: np.ndarray) -> None:
+        """Queue a microphone chunk; returns at once (a worker thread decodes)."""
+        if self._worker is None or not self._worker.is_alive():
+            self._worker = threading.Thread(target=self._work, name="live-dictation", daemon=True)
+            self._worker.start()
+        self.recording = True
+        if self._resampler is None or self._resampler.sample_rate != int(sample_rate):
+            self._resampler = Resampler(sample_rate)
+        self._audio.put(self._resampler(samples))
+
+    def _work(self) -> None:
+        while True:
+            chunk = self._audio.get()
+            try:
+                with self._lock:
+                    if chunk is None:                       # stop(): finish the utterance in progress
+                        if self._stream is not None:
+                            self._events(self._stream.flush())
+                            self._stream.close()
+                            self._stream = None
+                        self.feedback.partial = ""
+                        return
+                    if self._stream is None:
+                        self._stream = self.session.stream(self.engine, partials=True, background=True)
+                        self.session.report.dictating = True
+                    self._events(self._stream.feed(chunk))
+            except Exception:  # noqa: BLE001 - the page must keep working; the error is logged
+                log.exception("live dictation failed on a chunk")
+            finally:
+                self._audio.task_done()
+
+    def poll(self) -> None:
+        """Collect finals decoded in the background since the last chunk."""
+        if not self._lock.acquire(timeout=0.05):
+            return                                          # the worker is decoding; next poll
+        try:
+            if self._stream is not None:
+                self._events(self._stream._collect(wait=False))
+        finally:
+            self._lock.release()
+
+    def stop(self, wait: bool = True) -> None:
+        """End of recording: the utterance in progress is finished and decoded."""
+        self.recording = False
+        if self._worker is not None and self._worker.is_alive():
+            self._audio.put(None)
+            if wait:
+                self._audio.join()
+
+    # report -------------------------------------------------------------------------------
+    @property
+    def active_section(self) -> str:
+        return self.session.report.section
+
+    def sections(self) -> dict[str, str]:
+        return self.session.report.as_dict()
+
+    def edit(self, section: str, text: str) -> None:
+        """Keyboard edit of a section: the typed text replaces it (template fields included)."""
+        report = self.session.report
+        with self._lock:
+            report._snapshot()
+            report.sections[section] = text
+            for name in report.fields.get(section, {}):
+                report.fields[section][name] = ""
+
+    def goto(self, section: str) -> None:
+        self.session.report.goto(section)
+
+    def insert_normal(self) -> None:
+        from dictation.commands import Command
+
+        with self._lock:
+            self.session.report.apply(Command("insert_normal", None, "insert normal"))
+
+
+class LiveRegistry:
+    """The open dictations, by (user, study): the page's callbacks and the audio route share them."""
+
+    def __init__(self) -> None:
+        self._items: dict[tuple[str, str], LiveDictation] = {}
+        self._lock = threading.Lock()
+
+    def put(self, user: str, study_uid: str, live: LiveDictation) -> None:
+        with self._lock:
+            old = self._items.get((user, study_uid))
+            self._items[(user, study_uid)] = live
+        if old is not None and old is not live:
+            old.stop(wait=False)
+
+    def get(self, user: str, study_uid: str) -> LiveDictation | None:
+        with self._lock:
+            return self._items.get((user, study_uid))
+
+
+REGISTRY = LiveRegistry()
+
+
+__all__ = ["REGISTRY", "LiveDictation", "LiveRegistry", "SECTION_ORDER", "SECTION_TITLES", "Resampler", "shared_engine", "to_mono_float"]

@@ -1,0 +1,377 @@
+"""The workstation page (Gradio Blocks): Worklist, Reading (viewer + dictation + report), Lab, Admin.
+
+Callbacks are thin: they call the plain Python APIs of triage/, dictation/ and models/ and turn
+the results into components. The viewer itself runs in the browser (workstation/static/viewer.js)
+on the routes of workstation/web.py; here it is one HTML block that names the open study.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import gradio as gr   # at module level: Gradio resolves the ``gr.Request`` annotations of callbacks here
+
+from readingroom import NOT_FOR_CLINICAL_USE
+from readingroom.db import Database
+from readingroom.settings import Settings
+
+log = logging.getLogger(__name__)
+
+STATIC = Path(__file__).resolve().parent / "static"
+WORKLIST_COLUMNS = ["#", "Priority", "SLA", "Status", "Modality", "Site", "Patient", "Accession", "Description",
+                    "Images", "Received (UTC)", "AI (UNVERIFIED)", "Reason", "Study UID"]
+STATUS_CHOICES = ["", "new", "triaged", "in_progress", "receiving", "preliminary"]
+# Template suggested for a study, by modality and words of its description.
+TEMPLATE_RULES = [("CT", ("HEAD", "BRAIN", "CRANI"), "ct_head"), ("CT", ("ABD", "PELV"), "ct_abdomen_pelvis"),
+                  ("CR", ("CHEST", "THORAX", "LUNG", ""), "chest_radiograph"),
+                  ("DX", ("CHEST", "THORAX", "LUNG", ""), "chest_radiograph")]
+
+
+def head_html() -> str:
+    """Script and style for the page head (the viewer, hotkeys, the critical-study sound)."""
+    return (f"<style>{(STATIC / 'workstation.css').read_text()}</style>\n"
+            f"<script>{(STATIC / 'viewer.js').read_text()}</script>")
+
+
+def sla_text(item: dict[str, Any]) -> str:
+    remaining = item["sla"]["remaining_min"]
+    if remaining is None:
+        return ""
+    if remaining < 0:
+        return f"OVERDUE {-remaining:.0f} min"
+    return f"{remaining:.0f} min" if remaining < 120 else f"{remaining / 60:.1f} h"
+
+
+def worklist_rows(db: Database, settings: Settings, user: str | None = None, site: str = "", modality: str = "",
+                  status: str = "") -> list[list[Any]]:
+    from triage.worklist import Filters, open_studies
+
+    filters = Filters(site=site or None, modality=modality or None, status=status or None)
+    rows = []
+    for item in open_studies(db, settings, user=user, filters=filters):
+        ai = "; ".join(f"{f['finding']} {f['probability']:.2f}" for f in item["ai"] if f["positive"])
+        rows.append([item["position"], item["priority"]["label"], sla_text(item), item["status"], item["modality"],
+                     item["site"], item["patient_name"], item["accession"], item["description"],
+                     item["num_instances"], (item["received_at"] or "")[:19].replace("T", " "),
+                     ai or item["ai_status"], item["priority"]["reason"], item["study_uid"]])
+    return rows
+
+
+def styled(rows: list[list[Any]]):  # noqa: ANN201 - a pandas Styler
+    """Critical rows in red, urgent in amber, overdue SLAs in bold."""
+    import pandas as pd
+
+    frame = pd.DataFrame(rows, columns=WORKLIST_COLUMNS)
+    colors = {"critical": "background-color: #7f1d1d; color: #fff", "urgent": "background-color: #78350f; color: #fff"}
+
+    def row_style(row):  # noqa: ANN001, ANN202
+        return [colors.get(row["Priority"], "")] * len(row)
+
+    return frame.style.apply(row_style, axis=1)
+
+
+def dead_job_rows(db: Database, settings: Settings) -> list[list[Any]]:
+    from readingroom.jobs import DatabaseJobQueue
+
+    jobs = DatabaseJobQueue(db, settings.jobs).list(status="dead", limit=50)
+    return [[j.id, j.kind, str(j.payload), j.attempts, ((j.last_error or "").strip().splitlines() or [""])[-1]]
+            for j in jobs]
+
+
+def suggest_template(modality: str, description: str, available: list[str]) -> str:
+    words = (description or "").upper()
+    for mod, keys, name in TEMPLATE_RULES:
+        if mod in (modality or "").split("/") and any(k in words for k in keys) and name in available:
+            return name
+    return "free"
+
+
+def viewer_html(study_uid: str | None) -> str:
+    """The viewer's markup; viewer.js fills it in for ``data-study``."""
+    if not study_uid:
+        return '<div id="rr-viewer-empty">Open a study from the worklist.</div>'
+    presets = "".join(f'<button type="button" class="rr-preset" data-preset="{p}" title="key {i}">{p}</button>'
+                      for i, p in enumerate(["brain", "subdural", "stroke", "bone", "lung", "mediastinum",
+                                             "abdomen", "liver"], 1))
+    return f"""
+<div id="rr-viewer" data-study="{html.escape(study_uid)}">
+  <div class="rr-main">
+    <div class="rr-toolbar">{presets}
+      <label>L <input id="rr-wc" type="number" step="1"></label><label>W <input id="rr-ww" type="number" step="1"></label>
+      <button type="button" id="rr-apply-wl">Apply W/L</button><button type="button" id="rr-invert">Invert</button>
+      <button type="button" id="rr-zoom-in">Zoom +</button><button type="button" id="rr-zoom-out">Zoom −</button>
+      <button type="button" id="rr-reset">Reset</button>
+      <span id="rr-ai-controls" style="display:none"><label><input type="checkbox" id="rr-ai-toggle" checked>
+        AI heatmap (UNVERIFIED)</label> <input type="range" id="rr-ai-opacity" min="0" max="1" step="0.05" value="0.5"></span>
+    </div>
+    <div id="rr-stage"><div id="rr-transform"><img id="rr-image" alt="slice"><img id="rr-overlay" alt=""
+      style="display:none"></div></div>
+    <input type="range" id="rr-slice" min="0" max="0" value="0" aria-label="slice">
+    <div id="rr-status">Loading…</div>
+  </div>
+  <div class="rr-side">
+    <h4>Series</h4><div id="rr-series-list"></div>
+    <h4>Order and patient</h4><div id="rr-info"></div>
+    <h4>AI triage <span class="rr-unverified">UNVERIFIED</span></h4><div id="rr-ai"></div>
+    <h4>Key tags</h4><div id="rr-tags"></div>
+    <h4>Prior studies</h4><div id="rr-priors"></div>
+  </div>
+</div>"""
+
+
+def build_blocks(settings: Settings, db: Database) -> gr.Blocks:  # noqa: C901 - one page, wired in one place
+    from dictation.report import SECTION_ORDER, SECTION_TITLES, list_templates
+    from dictation.settings import DictationSettings
+    from readingroom.auth import user_role
+    from triage.notify import CRITICAL_FINDING, events_since, latest_event_id
+    from triage.worklist import ClaimError, claim
+    from workstation.live import REGISTRY, LiveDictation
+
+    dictation_settings = DictationSettings.from_mapping(settings.dictation)
+    templates = ["free", *[t for t in list_templates(dictation_settings.templates_dir) if t != "free"]]
+    site_names = [""] + [s.name for s in settings.sites]
+
+    def username(request: gr.Request | None) -> str | None:
+        return getattr(request, "username", None) if request is not None else None
+
+    with gr.Blocks(title="ReadingRoom", analytics_enabled=False, fill_width=True) as blocks:
+        with gr.Row(elem_id="rr-header"):
+            gr.Markdown(f"**ReadingRoom** · {NOT_FOR_CLINICAL_USE}", elem_id="banner")
+            who = gr.Markdown("", elem_id="rr-user")
+        open_uid = gr.State("")
+        live = gr.State(None)
+        critical_count = gr.Number(0, visible=False, elem_id="rr-critical-count")
+
+        with gr.Tabs(selected="worklist") as tabs:
+            # ---------------------------------------------------------------- worklist
+            with gr.Tab("Worklist", id="worklist"):
+                with gr.Row():
+                    f_site = gr.Dropdown(site_names, value="", label="Site", scale=1)
+                    f_modality = gr.Dropdown(["", "CT", "CR", "DX", "MR", "US", "NM", "XA"], value="",
+                                             label="Modality", scale=1)
+                    f_status = gr.Dropdown(STATUS_CHOICES, value="", label="Status", scale=1)
+                    refresh = gr.Button("Refresh", size="sm", scale=0)
+                table = gr.Dataframe(headers=WORKLIST_COLUMNS, interactive=False, elem_id="worklist", wrap=True,
+                                     max_height=640)
+                gr.Markdown("Click a row to open (and claim) the study. Critical rows are red; AI flags are UNVERIFIED.")
+            # ---------------------------------------------------------------- reading
+            with gr.Tab("Reading", id="reading"):
+                with gr.Row():
+                    with gr.Column(scale=3):
+                        viewer = gr.HTML(viewer_html(None), elem_id="rr-viewer-block")
+                    with gr.Column(scale=2, elem_id="rr-report"):
+                        opened = gr.Markdown("No study open.", elem_id="rr-opened")
+                        with gr.Row():
+                            template = gr.Dropdown(templates, value="free", label="Template", scale=2,
+                                                   elem_id="rr-template")
+                            normal = gr.Button("Insert normal", size="sm", scale=1)
+                        gr.HTML('<button type="button" id="rr-record" data-recording="0">● Record (F4)</button>'
+                                '<span class="rr-hint">Say "next field", "go to impression", "scratch that"…</span>',
+                                elem_id="rr-mic")
+                        partial = gr.Markdown("", elem_id="rr-partial")
+                        feedback = gr.Markdown("", elem_id="rr-command")
+                        boxes = {s: gr.Textbox(label=SECTION_TITLES[s], lines=3 if s in ("findings", "impression") else 1,
+                                               max_lines=20, elem_id=f"rr-section-{s}", interactive=True)
+                                 for s in SECTION_ORDER}
+            # ---------------------------------------------------------------- lab
+            with gr.Tab("Lab", id="lab"):
+                from triage.simulate import shipped_scenarios
+
+                gr.Markdown("### Night-shift simulation\nWhat a triage policy does to report turnaround "
+                            "(RTAT) per finding. Simulated studies; see docs/simulation.md.")
+                with gr.Row():
+                    scenario = gr.Dropdown(shipped_scenarios(), value=(shipped_scenarios() or [None])[0],
+                                           label="Scenario")
+                    seeds = gr.Slider(1, 20, value=5, step=1, label="Seeds")
+                    simulate = gr.Button("Run simulation", variant="primary")
+                sim_table = gr.Markdown(elem_id="rr-sim-table")
+                sim_plots = gr.Gallery(label="RTAT charts", columns=2, height=420)
+            # ---------------------------------------------------------------- admin
+            with gr.Tab("Admin", id="admin", visible=False) as admin_tab:
+                gr.Markdown("### Sites and destinations")
+                sites_table = gr.Dataframe(headers=["Site", "AE titles", "HL7 (RIS)", "FHIR", "PACS (SR)", "PDF"],
+                                           interactive=False)
+                gr.Markdown("### Users")
+                users_table = gr.Dataframe(headers=["User", "Role", "Sites"], interactive=False)
+                with gr.Row():
+                    new_user = gr.Textbox(label="New user", scale=2)
+                    new_password = gr.Textbox(label="Password", type="password", scale=2)
+                    new_role = gr.Dropdown(["radiologist", "admin"], value="radiologist", label="Role", scale=1)
+                    add_user = gr.Button("Add user", scale=1)
+                gr.Markdown("### Dead-letter jobs")
+                dead = gr.Dataframe(headers=["Job", "Kind", "Payload", "Attempts", "Last error"], interactive=False)
+                admin_refresh = gr.Button("Refresh", size="sm")
+
+        # ===================================================================== callbacks
+        def page_load(request: gr.Request):  # noqa: ANN202
+            user = username(request)
+            role = user_role(db, user) if user else None
+            return (f"{html.escape(user or '')} ({role}) · [Log out](/logout)", gr.update(visible=role == "admin"),
+                    latest_event_id(db))
+
+        def refresh_worklist(site: str, modality: str, status: str, request: gr.Request):  # noqa: ANN202
+            return styled(worklist_rows(db, settings, username(request), site, modality, status))
+
+        filters = [f_site, f_modality, f_status]
+        last_event = gr.State(0)
+        blocks.load(page_load, outputs=[who, admin_tab, last_event]).then(
+            refresh_worklist, inputs=filters, outputs=table)
+        for control in filters:
+            control.change(refresh_worklist, inputs=filters, outputs=table, show_progress="hidden")
+        refresh.click(refresh_worklist, inputs=filters, outputs=table, api_name="refresh")
+        gr.Timer(5).tick(refresh_worklist, inputs=filters, outputs=table, api_name="worklist", show_progress="hidden")
+
+        def poll_events(last_id: int, count: float, site: str, modality: str, status: str,
+                        request: gr.Request):  # noqa: ANN202
+            events = events_since(db, last_id)
+            if not events:
+                return last_id, count, gr.skip()
+            criticals = [e for e in events if e.kind == CRITICAL_FINDING]
+            for event in criticals:
+                gr.Warning(f"CRITICAL (AI, UNVERIFIED): {event.payload.get('summary', event.study_uid)}", duration=None)
+            return (events[-1].id, count + len(criticals),
+                    styled(worklist_rows(db, settings, username(request), site, modality, status)))
+
+        gr.Timer(1).tick(poll_events, inputs=[last_event, critical_count, *filters],
+                         outputs=[last_event, critical_count, table], api_name="events", show_progress="hidden")
+        critical_count.change(None, js="() => { window.rrBeep && window.rrBeep(); }")
+
+        # ---- open a study: claim it, show it, start a report with the suggested template
+        def open_study(evt: gr.SelectData, request: gr.Request):  # noqa: ANN202
+            row = evt.row_value if evt.row_value is not None else []
+            uid = row[-1] if row else ""
+            user = username(request) or "unknown"
+            if not uid:
+                return (gr.skip(),) * (6 + len(SECTION_ORDER))
+            try:
+                until = claim(db, settings, uid, user)
+            except ClaimError as exc:
+                gr.Warning(str(exc))
+                return (gr.skip(),) * (6 + len(SECTION_ORDER))
+            name = suggest_template(row[4], row[8], templates)
+            session = LiveDictation(name, dictation_settings)
+            REGISTRY.put(user, uid, session)
+            texts = session.sections()
+            header = (f"**{html.escape(str(row[6]))}** · {html.escape(str(row[8]))} · accession "
+                      f"{html.escape(str(row[7]))} · claimed by {html.escape(user)} until {until:%H:%M} UTC")
+            return (uid, viewer_html(uid), header, gr.Tabs(selected="reading"), session, name,
+                    *[gr.update(value=texts[s], label=_label(s, session)) for s in SECTION_ORDER])
+
+        def _label(section: str, session: LiveDictation | None) -> str:
+            title = SECTION_TITLES[section]
+            return f"▶ {title} (dictating here)" if session and session.active_section == section else title
+
+        section_boxes = [boxes[s] for s in SECTION_ORDER]
+        table.select(open_study, outputs=[open_uid, viewer, opened, tabs, live, template, *section_boxes])
+
+        def report_updates(session: LiveDictation):  # noqa: ANN202
+            texts = session.sections()
+            return [gr.update(value=texts[s], label=_label(s, session)) for s in SECTION_ORDER]
+
+        def change_template(name: str, session: LiveDictation | None, uid: str,
+                            request: gr.Request):  # noqa: ANN202
+            if not uid:
+                return session, *[gr.skip()] * len(SECTION_ORDER)
+            keep = session.sections() if session else None
+            fresh = LiveDictation(name, dictation_settings,
+                                  sections={k: v for k, v in (keep or {}).items() if v} or None)
+            REGISTRY.put(username(request) or "unknown", uid, fresh)
+            return fresh, *report_updates(fresh)
+
+        template.input(change_template, inputs=[template, live, open_uid], outputs=[live, *section_boxes])
+
+        def insert_normal(session: LiveDictation | None):  # noqa: ANN202
+            if session is None:
+                return [gr.skip()] * len(SECTION_ORDER)
+            session.insert_normal()
+            return report_updates(session)
+
+        normal.click(insert_normal, inputs=live, outputs=section_boxes)
+
+        def typed(section: str):  # noqa: ANN202
+            def handler(text: str, session: LiveDictation | None):  # noqa: ANN202
+                if session is not None:
+                    session.edit(section, text)
+                    session.goto(section)
+            return handler
+
+        for s in SECTION_ORDER:
+            boxes[s].input(typed(s), inputs=[boxes[s], live], show_progress="hidden")
+
+        # ---- dictation: microphone chunks stream in; partials, commands and text stream out
+        def feedback_text(session: LiveDictation) -> tuple[str, str]:
+            fb = session.feedback
+            partial_text = f"🎙 *{html.escape(fb.partial)}*" if fb.partial else ""
+            command = f"✔ command: **{html.escape(fb.commands[-1])}**" if fb.commands else ""
+            return partial_text, command
+
+        dictation_outputs = [live, partial, feedback, *section_boxes]
+
+        def poll_dictation(session: LiveDictation | None):  # noqa: ANN202
+            if session is None:
+                return gr.skip(), gr.skip(), gr.skip(), *[gr.skip()] * len(SECTION_ORDER)
+            session.poll()
+            partial_text, command = feedback_text(session)
+            return session, partial_text, command, *report_updates(session)
+
+        gr.Timer(0.3).tick(poll_dictation, inputs=live, outputs=dictation_outputs, show_progress="hidden")
+
+        # ---- lab
+        def run_simulation(name: str, n_seeds: float, progress=gr.Progress()):  # noqa: ANN001, ANN202, B008
+            import tempfile
+
+            from triage.simulate import load_scenario, run, write_markdown, write_plots
+
+            if not name:
+                raise gr.Error("Choose a scenario.")
+            progress(0.1, desc=f"Simulating {name} over {int(n_seeds)} seeds…")
+            started = time.perf_counter()
+            report = run(load_scenario(name), seeds=int(n_seeds))
+            progress(0.8, desc="Plotting…")
+            out = Path(tempfile.mkdtemp(prefix="rr-sim-"))
+            plots = write_plots(report, out)
+            table_md = write_markdown(report, out / "report.md").read_text()
+            return f"{table_md}\n\n*{time.perf_counter() - started:.1f} s*", [str(p) for p in plots]
+
+        simulate.click(run_simulation, inputs=[scenario, seeds], outputs=[sim_table, sim_plots])
+
+        # ---- admin
+        def admin_tables(request: gr.Request):  # noqa: ANN202
+            from sqlalchemy import select
+
+            from readingroom.schema import User
+
+            if user_role(db, username(request) or "") != "admin":
+                raise gr.Error("Only an admin may see this.")
+            sites = []
+            for s in settings.sites:
+                d = s.destinations
+                sites.append([s.name, ", ".join(s.ae_titles), f"{d.hl7.host}:{d.hl7.port}" if d.hl7 else "",
+                              d.fhir_url or d.fhir_folder, f"{d.dicom.ae_title}@{d.dicom.host}:{d.dicom.port}"
+                              if d.dicom else "", d.pdf_folder])
+            with db.reader() as session:
+                users = [[u.username, u.role, ", ".join(u.sites or [])]
+                         for u in session.scalars(select(User).order_by(User.username))]
+            return sites, users, dead_job_rows(db, settings)
+
+        def create_user(name: str, password: str, role: str, request: gr.Request):  # noqa: ANN202
+            from readingroom.auth import ensure_user
+
+            if user_role(db, username(request) or "") != "admin":
+                raise gr.Error("Only an admin may add users.")
+            if not name.strip() or len(password) < 8:
+                raise gr.Error("Give a user name and a password of at least 8 characters.")
+            if not ensure_user(db, name.strip(), password, role=role):
+                raise gr.Error(f"User {name} exists already.")
+            gr.Info(f"User {name} ({role}) added.")
+            return admin_tables(request)
+
+        admin_outputs = [sites_table, users_table, dead]
+        admin_tab.select(admin_tables, outputs=admin_outputs)
+        admin_refresh.click(admin_tables, outputs=admin_outputs)
+        add_user.click(create_user, inputs=[new_user, new_password, new_role], outputs=admin_outputs)
+    return blocks

@@ -1,0 +1,213 @@
+"""Web routes around the Gradio page: login with expiring sessions, and the viewer's image API.
+
+Every request needs a valid session cookie except the login page and ``/healthz``: a browser
+is sent to ``/login``, anything else gets 401. The Gradio page learns the user from the same
+cookie (``auth_dependency``), so callbacks see ``request.username``.
+
+Viewer API (JSON and PNG; the browser code is ``workstation/static/viewer.js``):
+    GET /api/viewer/study/{study_uid}                 series, windows, key tags, AI results, priors
+    GET /api/viewer/series/{series_uid}/{index}.png   one slice, windowed (?c=&w=&invert=0|1)
+    GET /api/viewer/heatmap/{finding_id}/{index}.png  the AI heatmap of that slice (RGBA)
+
+Dictation API (the page's microphone, workstation/static/viewer.js):
+    POST /api/dictation/{study_uid}/audio?rate=R      16-bit mono PCM, in order
+    POST /api/dictation/{study_uid}/stop              end of recording
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import Form, HTTPException, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from sqlalchemy import select
+
+from readingroom import NOT_FOR_CLINICAL_USE
+from readingroom.auth import authenticate, check_session, issue_session, session_key
+from readingroom.db import Database
+from readingroom.schema import AIFinding, Instance, Series, Study
+from readingroom.settings import Settings
+from workstation.viewer import PRESETS, VolumeCache, ViewerError, encode_png, heatmap_rgba, render_slice
+
+log = logging.getLogger(__name__)
+
+COOKIE = "rr_session"
+PUBLIC_PATHS = ("/login", "/healthz", "/favicon.ico")
+
+LOGIN_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>ReadingRoom login</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>
+body{{background:#0b0f14;color:#d8dee9;font:16px system-ui,sans-serif;display:flex;justify-content:center;
+align-items:center;height:100vh;margin:0}} form{{background:#151b23;padding:2em 2.5em;border-radius:8px;width:22em}}
+h1{{font-size:1.4em;margin:0 0 .3em}} p.note{{color:#f0a020;font-size:.85em;margin:0 0 1.2em}}
+label{{display:block;margin:.8em 0 .3em}} input{{width:100%;padding:.5em;background:#0b0f14;color:#eee;
+border:1px solid #334;border-radius:4px;box-sizing:border-box}} button{{margin-top:1.4em;width:100%;padding:.6em;
+background:#2563eb;color:white;border:0;border-radius:4px;font-size:1em;cursor:pointer}}
+.error{{color:#ff6b6b;margin-top:1em}}</style></head>
+<body><form method="post" action="/login" id="login">
+<h1>ReadingRoom</h1><p class="note">{notice}</p>
+<label for="username">User</label><input id="username" name="username" autocomplete="username" autofocus required>
+<label for="password">Password</label><input id="password" name="password" type="password"
+ autocomplete="current-password" required>
+<button type="submit" id="login-button">Log in</button>{error}</form></body></html>"""
+
+
+def current_user(request: Any, key: bytes) -> str | None:
+    return check_session(key, request.cookies.get(COOKIE))
+
+
+def study_payload(db: Database, study_uid: str) -> dict[str, Any] | None:
+    """What the viewer needs to open a study (without decoding any image)."""
+    with db.reader() as session:
+        study = session.scalar(select(Study).where(Study.study_uid == study_uid))
+        if study is None:
+            return None
+        series = [{
+            "uid": s.series_uid, "number": s.series_number, "modality": s.modality,
+            "description": s.description or f"Series {s.series_number or ''}".strip(),
+            "images": sum(i.number_of_frames or 1 for i in s.instances),
+        } for s in study.series]
+        findings = session.scalars(select(AIFinding).where(AIFinding.study_id == study.id)
+                                   .order_by(AIFinding.id)).all()
+        ai = [{"id": f.id, "finding": f.finding, "probability": round(f.probability, 4), "positive": f.positive,
+               "model": f.model, "version": f.version, "verification": "UNVERIFIED",
+               "series_uid": getattr(f, "series_uid", None), "heatmap": bool(getattr(f, "heatmap_path", None))}
+              for f in findings]
+        priors = []
+        if study.patient_id:
+            for p in session.scalars(select(Study).where(Study.patient_id == study.patient_id,
+                                                         Study.id != study.id).order_by(Study.study_date.desc())):
+                priors.append({"study_uid": p.study_uid, "date": p.study_date, "description": p.description,
+                               "accession": p.accession, "status": p.status})
+        info = {
+            "patient_name": study.patient_name, "patient_id": study.patient_id, "sex": study.patient_sex,
+            "birth_date": study.patient_birth_date, "accession": study.accession, "date": study.study_date,
+            "description": study.description, "referring_physician": study.referring_physician,
+            "order_priority": study.order_priority, "site": study.site.name if study.site else "",
+            "status": study.status, "ai_status": study.ai_status,
+        }
+    return {"study_uid": study_uid, "info": info, "series": series, "ai": ai, "priors": priors,
+            "presets": {k: list(v) for k, v in PRESETS.items()}, "notice": NOT_FOR_CLINICAL_USE}
+
+
+def series_paths(db: Database, settings: Settings, series_uid: str) -> list[Path] | None:
+    with db.reader() as session:
+        series_id = session.scalar(select(Series.id).where(Series.series_uid == series_uid))
+        if series_id is None:
+            return None
+        rel = session.scalars(select(Instance.path).where(Instance.series_id == series_id)).all()
+    return [Path(settings.home) / p for p in rel]
+
+
+def install_routes(api: Any, settings: Settings, db: Database, cache: VolumeCache | None = None) -> Any:
+    """Add login, logout, the session gate and the viewer API to a FastAPI app. Returns the
+    ``auth_dependency`` to give Gradio."""
+    key = session_key(db)
+    ttl_s = settings.web.session_ttl_min * 60
+    cache = cache or VolumeCache(settings.web.viewer_cache_mb << 20)
+
+    @api.middleware("http")
+    async def session_gate(request: Request, call_next):  # noqa: ANN202 - FastAPI middleware
+        path = request.url.path
+        if path in PUBLIC_PATHS or current_user(request, key):
+            return await call_next(request)
+        if request.method == "GET" and "text/html" in request.headers.get("accept", ""):
+            return RedirectResponse("/login", status_code=303)
+        return JSONResponse({"error": "not logged in, or the session expired: log in at /login"}, status_code=401)
+
+    @api.get("/login", response_class=HTMLResponse)
+    def login_page(error: str = "") -> str:
+        message = f'<p class="error" id="login-error">{html.escape(error)}</p>' if error else ""
+        return LOGIN_PAGE.format(notice=html.escape(NOT_FOR_CLINICAL_USE), error=message)
+
+    @api.post("/login")
+    def login(request: Request, username: str = Form(...), password: str = Form(...)) -> Response:
+        # A browser's form gets redirects; an API client (gradio_client, curl) gets 200 or 401.
+        browser = "text/html" in request.headers.get("accept", "")
+        user = authenticate(db, username, password)
+        if user is None:
+            if browser:
+                return RedirectResponse("/login?error=Wrong+user+or+password.", status_code=303)
+            return JSONResponse({"error": "wrong user or password"}, status_code=401)
+        response = RedirectResponse("/", status_code=303) if browser else JSONResponse({"success": True})
+        response.set_cookie(COOKIE, issue_session(key, user.username, ttl_s), max_age=int(ttl_s),
+                            httponly=True, samesite="lax")
+        log.info("%s logged in", user.username)
+        return response
+
+    @api.get("/logout")
+    def logout() -> Response:
+        response = RedirectResponse("/login", status_code=303)
+        response.delete_cookie(COOKIE)
+        return response
+
+    @api.get("/api/viewer/study/{study_uid}")
+    def viewer_study(study_uid: str) -> dict[str, Any]:
+        payload = study_payload(db, study_uid)
+        if payload is None:
+            raise HTTPException(404, f"study {study_uid} is not in the database")
+        return payload
+
+    def volume(series_uid: str):  # noqa: ANN202
+        paths = series_paths(db, settings, series_uid)
+        if paths is None:
+            raise HTTPException(404, f"series {series_uid} is not in the database")
+        try:
+            return cache.get(series_uid, paths)
+        except ViewerError as exc:
+            raise HTTPException(422, str(exc)) from exc
+
+    @api.get("/api/viewer/series/{series_uid}/info")
+    def series_info(series_uid: str) -> dict[str, Any]:
+        vol = volume(series_uid)
+        return {"uid": series_uid, "slices": vol.slices, "window": list(vol.default_window), "invert": vol.invert,
+                "color": vol.color, "rows": int(vol.pixels.shape[1]), "columns": int(vol.pixels.shape[2]),
+                "tags": vol.tags}
+
+    @api.get("/api/viewer/series/{series_uid}/{index}.png")
+    def series_slice(series_uid: str, index: int, c: float | None = None, w: float | None = None,
+                     invert: int | None = None) -> Response:
+        png = render_slice(volume(series_uid), index, c, w, None if invert is None else bool(invert))
+        return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=300"})
+
+    @api.get("/api/viewer/heatmap/{finding_id}/{index}.png")
+    def heatmap(finding_id: int, index: int) -> Response:
+        with db.reader() as session:
+            finding = session.get(AIFinding, finding_id)
+            rel = getattr(finding, "heatmap_path", None) if finding else None
+            series_uid = getattr(finding, "series_uid", None) if finding else None
+        if not rel or not series_uid:
+            raise HTTPException(404, "this AI finding has no heatmap")
+        maps = np.load(Path(settings.home) / rel)
+        vol = volume(series_uid)
+        layer = maps if maps.ndim == 2 else maps[min(max(index, 0), maps.shape[0] - 1)]
+        return Response(encode_png(heatmap_rgba(layer, tuple(vol.pixels.shape[1:3]))), media_type="image/png")
+
+    @api.post("/api/dictation/{study_uid}/audio")
+    async def dictation_audio(study_uid: str, request: Request, rate: int = 16000) -> dict[str, Any]:
+        """Raw little-endian 16-bit mono PCM from the page's microphone, in order."""
+        from workstation.live import REGISTRY
+
+        live = REGISTRY.get(current_user(request, key) or "", study_uid)
+        if live is None:
+            raise HTTPException(409, "no dictation is open for this study: open the study from the worklist first")
+        body = await request.body()
+        if len(body) % 2 or not 8000 <= rate <= 192000:
+            raise HTTPException(400, "send 16-bit mono PCM with ?rate= between 8000 and 192000")
+        live.feed(rate, np.frombuffer(body, "<i2"))
+        return {"queued_s": round(len(body) / 2 / rate, 3)}
+
+    @api.post("/api/dictation/{study_uid}/stop")
+    def dictation_stop(study_uid: str, request: Request) -> dict[str, Any]:
+        from workstation.live import REGISTRY
+
+        live = REGISTRY.get(current_user(request, key) or "", study_uid)
+        if live is not None:
+            live.stop(wait=False)
+        return {"stopped": live is not None}
+
+    return lambda request: current_user(request, key)
