@@ -207,19 +207,18 @@ def build_blocks(settings: Settings, db: Database) -> gr.Blocks:  # noqa: C901 -
                 admin_refresh = gr.Button("Refresh", size="sm")
 
         # ===================================================================== callbacks
-        def page_load(request: gr.Request):  # noqa: ANN202
+        def page_load(request: gr.Request):  # noqa: ANN202 - one round trip: who, tabs and the worklist
             user = username(request)
             role = user_role(db, user) if user else None
             return (f"{html.escape(user or '')} ({role}) · [Log out](/logout)", gr.update(visible=role == "admin"),
-                    latest_event_id(db))
+                    latest_event_id(db), styled(worklist_rows(db, settings, user)))
 
         def refresh_worklist(site: str, modality: str, status: str, request: gr.Request):  # noqa: ANN202
             return styled(worklist_rows(db, settings, username(request), site, modality, status))
 
         filters = [f_site, f_modality, f_status]
         last_event = gr.State(0)
-        blocks.load(page_load, outputs=[who, admin_tab, last_event]).then(
-            refresh_worklist, inputs=filters, outputs=table)
+        blocks.load(page_load, outputs=[who, admin_tab, last_event, table])
         for control in filters:
             control.change(refresh_worklist, inputs=filters, outputs=table, show_progress="hidden")
         refresh.click(refresh_worklist, inputs=filters, outputs=table, api_name="refresh")
