@@ -289,6 +289,9 @@ def test_a_command_must_also_be_heard_without_the_prompt():
     # a real command: the live model hears it too (or something close to it)
     assert _short_utterance_finals("Paragraph.", ("Paragraph.",)) == ["Paragraph."]
     assert _short_utterance_finals("Scratch that", ("Scratch that.",)) == ["Scratch that."]
+    # a misheard command without the prompt is still a command if it is not a longer sentence
+    assert _short_utterance_finals("Corin.", ("Colon.",)) == ["Colon."]
+    assert _short_utterance_finals("", ("Undo.",)) == ["Undo."]
     # switched off: the prompted decode decides alone
     assert _short_utterance_finals("Portable chest radiograph.", ("Paragraph.", "x"),
                                    command_confirm=False) == ["Paragraph."]
