@@ -268,7 +268,7 @@ def _next_control_id() -> str:
     return f"RR{utcnow():%Y%m%d%H%M%S}{next(_counter):04d}"
 
 
-def _peek(text: str) -> dict[str, str]:
+def peek_header(text: str) -> dict[str, str]:
     """MSH fields of a message we may not be able to parse (for the ACK of a bad message)."""
     text = normalize_newlines(text)
     first = text.split("\r", 1)[0]
@@ -276,7 +276,8 @@ def _peek(text: str) -> dict[str, str]:
         return {}
     msh = _Segment(first, first[3:8])
     return {"app": msh.component(3), "facility": msh.component(4), "control_id": msh.component(10),
-            "version": msh.component(12), "event": msh.component(9, 2)}
+            "version": msh.component(12), "event": msh.component(9, 2),
+            "type": "^".join(c for c in msh.components(9)[:2] if c)}
 
 
 def _supported_version(version: str) -> str:
@@ -292,7 +293,7 @@ def build_ack(received: str, code: str, text: str = "", error_code: str = "", lo
     Works on any input, even one that is not HL7: the ACK then names no control ID."""
     from hl7apy.core import Message
 
-    head = _peek(received)
+    head = peek_header(received)
     version = _supported_version(head.get("version", ""))
     ack = Message("ACK", version=version)
     ack.msh.msh_3 = application

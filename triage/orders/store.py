@@ -167,23 +167,27 @@ def receive_hl7(db: Database, settings: Settings, text: str, peer: str = "") -> 
         orders = receive_parsed(db, settings, parsed, "hl7")
     except MessageError as exc:
         log.warning("HL7 message from %s answered %s: %s", peer or "?", exc.ack, exc.text)
-        _finish_quietly(db, message_id, exc.ack, exc.text, parsed)
+        _finish_quietly(db, message_id, exc.ack, exc.text, parsed, text)
         return build_ack(text, exc.ack, exc.text, exc.code, exc.location, application=app, facility=facility)
     except Exception as exc:  # noqa: BLE001 - a bug or a database error: keep the message, answer AE
         log.exception("HL7 message from %s could not be applied", peer or "?")
         text_error = f"internal error, message kept for the admin: {type(exc).__name__}: {exc}"[:500]
-        _finish_quietly(db, message_id, "AE", text_error, parsed)
+        _finish_quietly(db, message_id, "AE", text_error, parsed, text)
         return build_ack(text, "AE", text_error, "207", application=app, facility=facility)
     finish_message(db, message_id, ack="AA", message_type=parsed.message_type, control_id=parsed.control_id,
                    accession=",".join(o.accession for o in orders), order_id=orders[0].id if orders else None)
     return build_ack(text, "AA", application=app, facility=facility)
 
 
-def _finish_quietly(db: Database, message_id: int, ack: str, error: str, parsed: ParsedMessage | None) -> None:
+def _finish_quietly(db: Database, message_id: int, ack: str, error: str, parsed: ParsedMessage | None,
+                    raw: str = "") -> None:
+    from triage.orders.hl7 import peek_header
+
+    head = peek_header(raw) if parsed is None else {}
     try:
         finish_message(db, message_id, ack=ack, error=error,
-                       message_type=parsed.message_type if parsed else "",
-                       control_id=parsed.control_id if parsed else "",
+                       message_type=parsed.message_type if parsed else head.get("type", ""),
+                       control_id=parsed.control_id if parsed else head.get("control_id", ""),
                        accession=parsed.orders[0].accession if parsed and parsed.orders else "")
     except Exception:  # noqa: BLE001 - the raw message is saved already
         log.exception("could not record the outcome of HL7 message %d", message_id)
