@@ -91,3 +91,42 @@ def test_a_cancelled_order_leaves_the_worklist(listener, orders, settings, db, t
     receive_hl7(db, settings, build_orm("W2", control="CA", facility="Test Hospital"))
     items = findscu(listener.listener.port, tmp_path, *STANDARD_KEYS)
     assert sorted(i.AccessionNumber for i in items) == ["W1", "W3"]
+
+
+def test_odd_queries_are_answered_not_crashed(listener, orders):
+    """pynetdicom SCU: one key only, a garbage date range, an empty sequence."""
+    from pydicom import Dataset
+    from pynetdicom import AE
+    from pynetdicom.sop_class import ModalityWorklistInformationFind
+
+    ae = AE(ae_title="TEST_SCU")
+    ae.add_requested_context(ModalityWorklistInformationFind)
+    assoc = ae.associate("127.0.0.1", listener.listener.port, ae_title="READINGROOM")
+    assert assoc.is_established
+    try:
+        def ask(query):
+            replies = list(assoc.send_c_find(query, ModalityWorklistInformationFind))
+            statuses = [int(status.Status) for status, _ in replies]
+            return statuses, [ds for _, ds in replies if ds is not None]
+
+        only = Dataset()
+        only.AccessionNumber = ""
+        statuses, found = ask(only)
+        assert statuses[-1] == 0x0000 and sorted(ds.AccessionNumber for ds in found) == ["W1", "W2", "W3"]
+        assert all(list(ds.keys()) == [0x00080005, 0x00080050] for ds in found)  # only what was asked
+
+        query = Dataset()
+        query.AccessionNumber = ""
+        step = Dataset()
+        step.ScheduledProcedureStepStartDate = "garbage-"
+        query.ScheduledProcedureStepSequence = [step]
+        statuses, found = ask(query)
+        assert statuses[-1] == 0x0000 and found == []
+
+        query = Dataset()
+        query.PatientID = "PW1"
+        query.ScheduledProcedureStepSequence = []
+        statuses, found = ask(query)
+        assert statuses[-1] == 0x0000 and [ds.PatientID for ds in found] == ["PW1"]
+    finally:
+        assoc.release()

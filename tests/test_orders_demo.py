@@ -1,0 +1,19 @@
+"""Demo orders go through the HL7 path, link to the demo studies, and leave work for review."""
+
+from triage.orders import review
+from triage.orders.demo import PENDING, seed_demo_orders
+
+
+def test_demo_orders(db, settings):
+    from triage.demo import DEMO_STUDIES
+
+    assert seed_demo_orders(db, settings) == len(DEMO_STUDIES) + len(PENDING)
+    assert seed_demo_orders(db, settings) == 0  # a second start adds nothing
+    waiting = {o["accession"]: o for o in review.list_orders(db, status="new")}
+    assert {p[0] for p in PENDING} <= set(waiting)
+    assert review.get_order(db, "SM24201", settings)["suggestion"]["name"] == "ct_head_sah"
+    assert any("red flags" in h for h in waiting["SM24202"]["hints"])
+    assert any("side" in h for h in waiting["NS8901"]["hints"])
+    assert any("eGFR" in h for h in waiting["SM24203"]["hints"])
+    ct_head = review.get_order(db, "SM24001")
+    assert ct_head["status"] == "approved" and ct_head["priority"] == "STAT"
