@@ -89,6 +89,8 @@ def _problem(text):
     ("MSH|^~\\&|A|B|C|D|20261129||ORM^O01|1|P|2.9\rPID|1||X", "AR", "version"),
     ("MSH|^~\\&|A|B|C|D|20261129||ORM^O01||P|2.3\rPID|1||X", "AR", "MSH-10"),
     ("MSH|^~\\&|A|B|C|D|20261129||ORM^O01|1|P|2.3\rPID|1||X\rFOO|1", "AR", "FOO"),
+    ("MSH|^~\\&|A|B|C|D|20261129||ORM^O01|1|P|2.3\rPID|1||X\rfree text in the middle", "AR", "not an HL7 segment"),
+    ("MSHA^~\\&A|B|C|D|20261129||ORM^O01|1|P|2.3\rPID|1||X", "AR", "encoding characters"),
     ("MSH|^~\\&|A|B|C|D|20261129||ORM^O01|1|P|2.3\rORC|NW|P1\rOBR|1|P1||CT^CT HEAD", "AE", "no PID"),
     ("MSH|^~\\&|A|B|C|D|20261129||ORM^O01|1|P|2.3\rPID|1||\rORC|NW|P1\rOBR|1|P1||CT^CT HEAD", "AE", "PID-3"),
     ("MSH|^~\\&|A|B|C|D|20261129||ORM^O01|1|P|2.3\rPID|1||X", "AE", "no ORC"),

@@ -207,16 +207,10 @@ def receive_service_request(db: Database, settings: Settings, body: Any, peer: s
 
     from readingroom.schema import Order
     from triage.orders.review import order_dict
-    from triage.orders.store import _finish_quietly, finish_message, receive_parsed, save_message
+    from triage.orders.store import apply_message, keep_refused
 
     raw = body.decode("utf-8", errors="replace") if isinstance(body, bytes) else \
         body if isinstance(body, str) else json.dumps(body)
-    try:
-        message_id = save_message(db, raw, "fhir", peer)
-    except Exception as exc:  # noqa: BLE001
-        log.exception("could not save a FHIR ServiceRequest")
-        return 503, operation_outcome(f"cannot store the request now, send it again later ({type(exc).__name__})",
-                                      "transient")
     parsed = None
     try:
         parsed = parse_service_request(raw)
@@ -227,18 +221,18 @@ def receive_service_request(db: Database, settings: Settings, body: Any, peer: s
             with db.reader() as session:
                 if session.scalar(select(Order.id).where(Order.accession == order.accession)) is not None:
                     order.control = CHANGE  # an update of a known request
-        (stored,) = receive_parsed(db, settings, parsed, "fhir")
+        (stored,) = apply_message(db, settings, parsed, raw, "fhir", peer)
     except MessageError as exc:
         log.warning("FHIR ServiceRequest refused: %s", exc.text)
-        _finish_quietly(db, message_id, exc.ack, exc.text, parsed)
+        if not keep_refused(db, raw, "fhir", peer, exc.ack, exc.text, parsed):
+            return 503, operation_outcome("cannot store the request now, send it again later", "transient")
         return (422 if exc.ack == "AE" else 400), operation_outcome(exc.text)
     except Exception as exc:  # noqa: BLE001
         log.exception("FHIR ServiceRequest could not be applied")
-        _finish_quietly(db, message_id, "AE", f"internal error: {exc}", parsed)
+        if not keep_refused(db, raw, "fhir", peer, "AE", f"internal error: {exc}", parsed):
+            return 503, operation_outcome("cannot store the request now, send it again later", "transient")
         return 500, operation_outcome(f"internal error, request kept for the admin: {type(exc).__name__}",
                                       "exception")
-    finish_message(db, message_id, ack="AA", message_type="ServiceRequest", control_id=parsed.control_id,
-                   accession=stored.accession, order_id=stored.id)
     with db.reader() as session:
         data = order_dict(session.get(Order, stored.id))
     outcome = operation_outcome(f"order {data['accession']} is {data['status']}", "informational", "information")
