@@ -246,3 +246,18 @@ def test_concurrent_senders(hl7, db):
         t.join()
     assert errors == []
     assert len(review.list_orders(db)) == 30
+
+
+def test_listener_port_in_use_says_what_to_do(settings, db, hl7):
+    from readingroom.errors import ReadingRoomError
+
+    taken = settings.model_copy(update={"hl7": settings.hl7.model_copy(update={"port": hl7.port})})
+    with pytest.raises(ReadingRoomError, match="READINGROOM_HL7__PORT"):
+        OrderListener(taken, db).start()
+
+
+def test_intake_service_starts_the_order_listener_only_when_enabled(tmp_path, db, queue):
+    from triage.service import IntakeService
+
+    assert IntakeService(make_settings(tmp_path / "a"), db, queue).orders is not None
+    assert IntakeService(make_settings(tmp_path / "b", hl7={"enabled": False}), db, queue).orders is None
