@@ -125,7 +125,7 @@ def main() -> int:
                 break
             except OSError:
                 if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError(f"the listener did not start; see {work / 'receive.log'}")
+                    raise RuntimeError(f"the listener did not start; see {work / 'receive.log'}") from None
                 time.sleep(0.2)
         messages = [_message(i, today) for i in range(2 * args.orders)]
         run_a = _run(hl7_port, messages[:args.orders], 1)
@@ -141,7 +141,7 @@ def main() -> int:
         for i in range(2 * args.orders):
             review.approve(db, settings, f"B{i:06d}")
         db.dispose()
-        by_modality = [_findscu(dicom_port, [f"ScheduledProcedureStepSequence[0].Modality=CT",
+        by_modality = [_findscu(dicom_port, ["ScheduledProcedureStepSequence[0].Modality=CT",
                                              f"ScheduledProcedureStepSequence[0].ScheduledProcedureStepStartDate={today}",
                                              "PatientName", "PatientID", "AccessionNumber",
                                              "ScheduledProcedureStepSequence[0].ScheduledProcedureStepDescription"],
@@ -150,13 +150,13 @@ def main() -> int:
                                               "ScheduledProcedureStepSequence[0].Modality"], work / "mwl")
                         for _ in range(10)]
     except Exception as exc:  # noqa: BLE001
-        print(f"benchmark failed: {exc}", file=sys.stderr)
+        print(f"benchmark failed: {exc} (data and log kept in {work})", file=sys.stderr)
         return 2
     finally:
         proc.terminate()
         proc.wait(20)
         log.close()
-        shutil.rmtree(work, ignore_errors=True)
+    shutil.rmtree(work, ignore_errors=True)
     expected_ct = len([i for i in range(2 * args.orders) if i % 4 == 0])
     if {n for _, n in by_modality} != {expected_ct} or {n for _, n in by_accession} != {1}:
         print("benchmark failed: wrong number of worklist items", by_modality[:1], by_accession[:1], file=sys.stderr)

@@ -95,7 +95,7 @@ def parse_hl7_time(value: str) -> datetime | None:
     match = _TS.match(value)
     if not match:
         return None
-    parts = [int(p) if p else d for p, d in zip(match.groups()[:6], (0, 1, 1, 0, 0, 0))]
+    parts = [int(p) if p else d for p, d in zip(match.groups()[:6], (0, 1, 1, 0, 0, 0), strict=True)]
     try:
         moment = datetime(*parts)
     except ValueError:

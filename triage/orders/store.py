@@ -12,7 +12,7 @@ import logging
 import threading
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from readingroom.db import Database
 from readingroom.schema import Order, OrderEvent, OrderMessage, utcnow
