@@ -14,7 +14,7 @@ from triage.orders import review
 from triage.orders.common import OrderError
 from triage.orders.hl7 import ack_code
 from triage.orders.listener import OrderListener
-from triage.orders.review import SEND_JOB, RejectionSender
+from triage.orders.review import SEND_JOB, OrderNoticeSender
 
 
 @pytest.fixture
@@ -198,7 +198,7 @@ def test_rejection_goes_back_to_the_site_ris(tmp_path, ris):
         with pytest.raises(OrderError, match="needs a reason"):
             review.reject(db, settings, queue, "SM24010", "")
         review.reject(db, settings, queue, "SM24010", "Duplicate of SM23990", user="dr.a")
-        pool = WorkerPool(queue, settings.jobs, {SEND_JOB: RejectionSender(db, settings)})
+        pool = WorkerPool(queue, settings.jobs, {SEND_JOB: OrderNoticeSender(db, settings)})
         assert pool.run_once()
         (sent,) = ris.received
         assert "|OC|" in sent and "Duplicate of SM23990" in sent and "|RIS|STMARY|" in sent
@@ -206,6 +206,28 @@ def test_rejection_goes_back_to_the_site_ris(tmp_path, ris):
         assert kinds[-2:] == ["rejected", "rejection_sent"]
         with pytest.raises(OrderError, match="is rejected"):
             review.reject(db, settings, queue, "SM24010", "again")
+    finally:
+        db.dispose()
+
+
+def test_question_goes_to_the_ris_as_a_held_order(tmp_path, ris):
+    from readingroom.db import Database
+    from readingroom.jobs import DatabaseJobQueue, WorkerPool
+    from triage.orders.hl7 import _Segment
+    from triage.orders.store import receive_hl7
+
+    settings = _site_settings(tmp_path, ris.server.port)
+    db = Database(settings)
+    db.upgrade()
+    try:
+        receive_hl7(db, settings, build_orm("SM24012", procedure="XRHAND^XR HAND"))
+        queue = DatabaseJobQueue(db, settings.jobs)
+        review.ask(db, "SM24012", "Which hand: left ^ right?", user="dr.a", queue=queue)
+        assert WorkerPool(queue, settings.jobs, {SEND_JOB: OrderNoticeSender(db, settings)}).run_once()
+        (sent,) = ris.received
+        orc = next(_Segment(line, "|^~\\&") for line in sent.split("\r") if line.startswith("ORC"))
+        assert (orc.component(1), orc.component(5), orc.component(16, 2)) == ("OH", "HD", "Which hand: left ^ right?")
+        assert review.get_order(db, "SM24012")["events"][-1]["kind"] == "question_sent"
     finally:
         db.dispose()
 
@@ -223,7 +245,7 @@ def test_rejection_is_retried_when_the_ris_is_down(tmp_path):
         receive_hl7(db, settings, build_orm("SM24011"))
         queue = DatabaseJobQueue(db, settings.jobs)
         review.reject(db, settings, queue, "SM24011", "Wrong patient")
-        WorkerPool(queue, settings.jobs, {SEND_JOB: RejectionSender(db, settings)}).run_once()
+        WorkerPool(queue, settings.jobs, {SEND_JOB: OrderNoticeSender(db, settings)}).run_once()
         (job,) = queue.list()
         assert job.status == "queued" and job.attempts == 1 and "cannot deliver HL7" in job.last_error
     finally:

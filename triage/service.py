@@ -59,7 +59,7 @@ def build_workers(db: Database, settings: Settings, queue: JobQueue) -> WorkerPo
 
     workers = WorkerPool(queue, settings.jobs)
     workers.register(TRIAGE_JOB, TriagePipeline(db, settings, Notifier(db, settings)))
-    from triage.orders.review import SEND_JOB, RejectionSender
+    from triage.orders.review import SEND_JOB, OrderNoticeSender
 
-    workers.register(SEND_JOB, RejectionSender(db, settings))
+    workers.register(SEND_JOB, OrderNoticeSender(db, settings))
     return workers

@@ -38,11 +38,12 @@ def test_orders_from_hl7_to_worklist_to_linked_study(tmp_path):
         assert ack_code(send("127.0.0.1", hl7_port, build_orm("SM24002", facility="Test Hospital",
                                                              start=TODAY + "0800"))) == "AA"
         assert ack_code(send("127.0.0.1", hl7_port, build_orm("SM24003", facility="Test Hospital"))) == "AA"
+        assert ack_code(send("127.0.0.1", hl7_port, build_orm("SM24004", facility="Test Hospital"))) == "AA"
         bad = send("127.0.0.1", hl7_port, "MSH|^~\\&|RIS|X|||20261129||ORM^O01|BAD1|P|2.3\rPID|1||\rORC|NW|P\rOBR")
         assert ack_code(bad) == "AE" and "PID-3" in bad
 
         listed = json.loads(orders("list", "--json", home=home).stdout)
-        assert sorted(o["accession"] for o in listed) == ["SM24002", "SM24003", "SM24101"]
+        assert sorted(o["accession"] for o in listed) == ["SM24002", "SM24003", "SM24004", "SM24101"]
         assert all(o["status"] == "new" and o["site"] == "Test Hospital" for o in listed)
         shown = json.loads(orders("show", "SM24101", "--json", home=home).stdout)
         assert shown["suggestion"]["name"] == "ct_head_sah" and shown["priority"] == "STAT"
@@ -55,6 +56,11 @@ def test_orders_from_hl7_to_worklist_to_linked_study(tmp_path):
         assert edited.returncode == 0, edited.stderr
         rejected = orders("reject", "SM24003", "--reason", "Duplicate request", home=home)
         assert rejected.returncode == 0 and "no HL7 destination" in rejected.stdout
+
+        asked = orders("question", "SM24004", "--text", "Which side?", home=home)
+        assert asked.returncode == 0 and "question recorded" in asked.stdout
+        assert json.loads(orders("list", "--status", "question", "--json", home=home).stdout)[0]["accession"] \
+            == "SM24004"
 
         wrong = orders("reject", "SM24002", "--reason", "x", home=home)
         assert wrong.returncode == 2 and "is approved" in wrong.stderr

@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("accession")
     p.add_argument("--reason", required=True)
     p.add_argument("--user", default="")
-    p = sub.add_parser("question", help="ask the ordering physician a question; the order waits")
+    p = sub.add_parser("question", help="ask the ordering physician a question (sent to the RIS); the order waits")
     p.add_argument("accession")
     p.add_argument("--text", required=True)
     p.add_argument("--user", default="")
@@ -115,9 +115,27 @@ def _show(order: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _send_now(db: Any, settings: Any, accession: str, kind: str) -> str:
+    """Run the queued notice now; when the RIS does not answer, the job stays for the workers."""
+    from readingroom.jobs import DatabaseJobQueue, WorkerPool
+    from triage.orders import review
+
+    pool = WorkerPool(DatabaseJobQueue(db, settings.jobs), settings.jobs)
+    pool.register(review.SEND_JOB, review.OrderNoticeSender(db, settings))
+    for _ in range(20):  # every due notice (normally just this one); bounded if the RIS keeps failing
+        if not pool.run_once():
+            break
+    events = [e["kind"] for e in review.get_order(db, accession)["events"]]
+    if f"{kind}_sent" in events[-2:]:
+        return "the site's RIS acknowledged it"
+    if f"{kind}_not_sent" in events[-2:]:
+        return "the site has no HL7 destination: tell it another way"
+    return "the RIS did not answer yet: queued, the workers retry (`readingroom jobs list`)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from readingroom.cli import Context
-    from readingroom.jobs import DatabaseJobQueue, WorkerPool
+    from readingroom.jobs import DatabaseJobQueue
     from triage.orders import review
     from triage.orders.protocols import load_library
     from triage.orders.store import recent_messages
@@ -136,20 +154,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"approved {order['accession']} with protocol {order['protocol_name']}: {order['protocol']['title']}; "
               "it is on the DICOM worklist now")
     elif args.action == "reject":
-        queue = DatabaseJobQueue(db, settings.jobs)
-        review.reject(db, settings, queue, args.accession, args.reason, user=args.user)
-        # Send now when the RIS answers; otherwise the job stays queued and the workers retry it.
-        pool = WorkerPool(queue, settings.jobs)
-        pool.register(review.SEND_JOB, review.RejectionSender(db, settings))
-        pool.run_once()
-        events = [e["kind"] for e in review.get_order(db, args.accession)["events"]]
-        outcome = ("the site's RIS acknowledged it" if "rejection_sent" in events[-2:] else
-                   "the site has no HL7 destination: tell it another way" if "rejection_not_sent" in events[-2:]
-                   else "the RIS did not answer yet: queued, the workers retry (`readingroom jobs list`)")
-        print(f"rejected {args.accession}: {args.reason}; {outcome}")
+        review.reject(db, settings, DatabaseJobQueue(db, settings.jobs), args.accession, args.reason, user=args.user)
+        print(f"rejected {args.accession}: {args.reason}; {_send_now(db, settings, args.accession, 'rejection')}")
     elif args.action == "question":
-        review.ask(db, args.accession, args.text, user=args.user)
-        print(f"question recorded for {args.accession}; the order waits for the answer")
+        review.ask(db, args.accession, args.text, user=args.user, queue=DatabaseJobQueue(db, settings.jobs))
+        print(f"question recorded for {args.accession}; the order waits for the answer; "
+              f"{_send_now(db, settings, args.accession, 'question')}")
     elif args.action == "protocols":
         for name, proto in sorted(load_library(settings).protocols.items()):
             print(f"{name:<24} {proto['modality']:<3} {proto['title']}")

@@ -361,13 +361,31 @@ def ack_code(reply: str) -> str:
     return ""
 
 
-def build_rejection(order: dict, reason: str, receiving_application: str = "", receiving_facility: str = "",
-                    application: str = "READINGROOM", facility: str = "READINGROOM",
-                    version: str = DEFAULT_VERSION, sent_at: datetime | None = None) -> str:
-    """The order cancelled by the filler (ORM^O01, ORC-1 "OC", ORC-5 "CA") with the reason in
-    ORC-16 and an NTE, for the site's RIS. ``order`` is ``review.order_dict()``."""
+def escape_text(text: str) -> str:
+    """Free text for an HL7 field, with the standard escapes (\\F\\ \\S\\ \\T\\ \\R\\ \\E\\, \\.br\\)."""
+    out = text.replace("\\", "\\E\\").replace("|", "\\F\\").replace("^", "\\S\\").replace("&", "\\T\\")
+    out = out.replace("~", "\\R\\")
+    return "\\.br\\".join(line for line in out.replace("\r\n", "\n").replace("\r", "\n").split("\n"))
+
+
+# What we tell the RIS about an order (ORC-1 order control, ORC-5 order status, ORC-16 reason code).
+NOTICES = {
+    "rejection": ("OC", "CA", "REJ", "Rejected by the reading radiologist: "),   # order cancelled by the filler
+    "question": ("OH", "HD", "QRY", "Question from the reading radiologist: "),  # order held, awaiting an answer
+}
+
+
+def build_order_notice(order: dict, kind: str, text: str, receiving_application: str = "",
+                       receiving_facility: str = "", application: str = "READINGROOM",
+                       facility: str = "READINGROOM", version: str = DEFAULT_VERSION,
+                       sent_at: datetime | None = None) -> str:
+    """An ORM^O01 telling the site's RIS that we rejected an order (ORC-1 "OC", ORC-5 "CA") or hold
+    it with a question (ORC-1 "OH", ORC-5 "HD"); the text goes in ORC-16.2 and an NTE.
+    ``order`` is ``review.order_dict()``. Built with hl7apy; the free text is escaped here, because
+    hl7apy reads an assigned value as ER7 and would split it at ^ and &."""
     from hl7apy.core import Message
 
+    control, status, reason_code, prefix = NOTICES[kind]
     version = _supported_version(version)
     if version >= "2.6":  # ORM was withdrawn after 2.5.1
         version = DEFAULT_VERSION
@@ -385,18 +403,26 @@ def build_rejection(order: dict, reason: str, receiving_application: str = "", r
     pid.pid_3 = order["patient_id"]
     pid.pid_5 = order["patient_name"] or ""
     orc = msg.add_segment("ORC")
-    orc.orc_1 = "OC"
+    orc.orc_1 = control
     orc.orc_2 = order["placer_order"] or ""
     orc.orc_3 = order["filler_order"] or order["accession"]
-    orc.orc_5 = "CA"
-    orc.orc_16 = f"REJ^{reason[:190]}"
+    orc.orc_5 = status
+    orc.orc_16 = f"{reason_code}^@@REASON@@"
     obr = msg.add_segment("OBR")
     obr.obr_1 = "1"
     obr.obr_2 = order["placer_order"] or ""
     obr.obr_3 = order["filler_order"] or order["accession"]
-    obr.obr_4 = f"{order['procedure_code']}^{order['procedure_description']}"
+    obr.obr_4 = "@@PROCEDURE@@"
     obr.obr_18 = order["accession"]
     nte = msg.add_segment("NTE")
     nte.nte_1 = "1"
-    nte.nte_3 = f"Rejected by the reading radiologist: {reason}"[:300]
-    return msg.to_er7()
+    nte.nte_3 = "@@NOTE@@"
+    er7 = msg.to_er7()
+    procedure = f"{escape_text(order['procedure_code'])}^{escape_text(order['procedure_description'])}"
+    return (er7.replace("@@REASON@@", escape_text(text[:190])).replace("@@PROCEDURE@@", procedure)
+            .replace("@@NOTE@@", escape_text((prefix + text)[:1000])))
+
+
+def build_rejection(order: dict, reason: str, *args: str, **kwargs: object) -> str:
+    """The rejection of an order for the site's RIS (see ``build_order_notice``)."""
+    return build_order_notice(order, "rejection", reason, *args, **kwargs)  # type: ignore[arg-type]

@@ -7,7 +7,7 @@ The Python API of the review tab and of ``readingroom orders`` (every function t
     suggest(db, settings, accession)                   -> Suggestion | None (protocols.yaml rules)
     approve(db, settings, accession, protocol_name=None, protocol_edits=None, user="")
     reject(db, settings, queue, accession, reason, user="")   the site's RIS gets an HL7 message
-    ask(db, accession, question, user="")              status "question", the question kept
+    ask(db, accession, question, user="", queue=None)  status "question"; with a queue the RIS is told
     set_protocol(db, settings, accession, protocol_name, protocol_edits=None, user="")
 
 An order is approved only with a protocol: the chosen one, or the suggested one. Only approved
@@ -158,8 +158,9 @@ def set_protocol(db: Database, settings: Settings, accession: str, protocol_name
         return order_dict(order)
 
 
-def ask(db: Database, accession: str, question: str, user: str = "") -> dict[str, Any]:
-    """Put a question to the ordering physician; the order waits in status "question"."""
+def ask(db: Database, accession: str, question: str, user: str = "", queue: JobQueue | None = None) -> dict[str, Any]:
+    """Put a question to the ordering physician; the order waits in status "question". With a
+    ``queue``, the site's RIS is told too (the order held, ORC-1 "OH", with the question)."""
     if not question.strip():
         raise OrderError("the question is empty; write what the ordering physician should answer")
     with db.session() as session:
@@ -170,6 +171,9 @@ def ask(db: Database, accession: str, question: str, user: str = "") -> dict[str
         order.reviewed_by, order.reviewed_at = user, utcnow()
         session.add(OrderEvent(order_id=order.id, kind="question", user=user, at=utcnow(),
                                detail={"question": question.strip()}))
+        if queue is not None:
+            queue.enqueue(SEND_JOB, {"accession": accession, "kind": "question", "text": question.strip()},
+                          session=session)
         return order_dict(order)
 
 
@@ -188,43 +192,46 @@ def reject(db: Database, settings: Settings, queue: JobQueue, accession: str, re
         order.updated_at = order.reviewed_at
         session.add(OrderEvent(order_id=order.id, kind="rejected", user=user, at=utcnow(),
                                detail={"reason": reason.strip()}))
-        queue.enqueue(SEND_JOB, {"accession": accession, "kind": "rejection"},
+        queue.enqueue(SEND_JOB, {"accession": accession, "kind": "rejection", "text": reason.strip()},
                       dedupe_key=f"{SEND_JOB}:rejection:{accession}", session=session)
         data = order_dict(order)
     log.info("order %s rejected by %s: %s", accession, user or "?", reason)
     return data
 
 
-class RejectionSender:
-    """The job handler that sends a rejection to the site's RIS over MLLP (retried with backoff)."""
+class OrderNoticeSender:
+    """The job handler that tells the site's RIS about a rejection or a question, over MLLP
+    (retried with backoff by the worker pool until the RIS answers AA)."""
 
     def __init__(self, db: Database, settings: Settings) -> None:
         self.db, self.settings = db, settings
 
     def __call__(self, payload: dict[str, Any]) -> None:
         from readingroom.mllp import send
-        from triage.orders.hl7 import ack_code, build_rejection
+        from triage.orders.hl7 import ack_code, build_order_notice
 
-        accession = payload["accession"]
+        accession, kind = payload["accession"], payload.get("kind", "rejection")
         with self.db.reader() as session:
             order = order_dict(_load(session, accession))
             version = session.scalar(select(Order.hl7_version).where(Order.accession == accession)) or ""
+        text = payload.get("text") or order["review_note"]
         site = next((s for s in self.settings.sites if s.name == order["site"]), None)
         peer = site.destinations.hl7 if site else None
         if peer is None:
-            log.warning("order %s rejected, but site %r has no destinations.hl7: nothing sent; tell the site "
-                        "another way or add its RIS to configs/sites.yaml", accession, order["site"])
-            self._event(order, "rejection_not_sent", reason="the site has no destinations.hl7")
+            log.warning("order %s: %s not sent, site %r has no destinations.hl7; tell the site another way "
+                        "or add its RIS to configs/sites.yaml", accession, kind, order["site"])
+            self._event(order, f"{kind}_not_sent", reason="the site has no destinations.hl7")
             return
-        message = build_rejection(order, order["review_note"], peer.application, peer.facility,
-                                  self.settings.hl7.application, self.settings.hl7.facility, version or "2.5.1")
+        message = build_order_notice(order, kind, text, peer.application, peer.facility,
+                                     self.settings.hl7.application, self.settings.hl7.facility,
+                                     version if version[:1] == "2" else "2.5.1")
         reply = send(peer.host, peer.port, message, timeout_s=peer.timeout_s)
         code = ack_code(reply)
         if code not in ("AA", "CA"):
-            raise OrderError(f"the RIS at {peer.host}:{peer.port} answered {code or 'no MSA'} to the rejection of "
+            raise OrderError(f"the RIS at {peer.host}:{peer.port} answered {code or 'no MSA'} to the {kind} of "
                              f"{accession}: {reply[:200]!r}")
-        self._event(order, "rejection_sent", to=f"{peer.host}:{peer.port}")
-        log.info("rejection of order %s delivered to %s:%d", accession, peer.host, peer.port)
+        self._event(order, f"{kind}_sent", to=f"{peer.host}:{peer.port}")
+        log.info("%s of order %s delivered to %s:%d", kind, accession, peer.host, peer.port)
 
     def _event(self, order: dict[str, Any], kind: str, **detail: Any) -> None:
         with self.db.session() as session:
