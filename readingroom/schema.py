@@ -231,7 +231,7 @@ class OrderMessage(Base):
     source: Mapped[str] = mapped_column(String(16), default="hl7")          # hl7, fhir
     peer: Mapped[str] = mapped_column(String(128), default="")
     message_type: Mapped[str] = mapped_column(String(32), default="")
-    control_id: Mapped[str] = mapped_column(String(64), default="")
+    control_id: Mapped[str] = mapped_column(String(64), default="", index=True)  # resends are found by it
     accession: Mapped[str] = mapped_column(String(64), default="")
     raw: Mapped[str] = mapped_column(Text)
     ack_code: Mapped[str] = mapped_column(String(2), default="")            # AA, AE, AR
@@ -251,7 +251,7 @@ class OrderEvent(Base):
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
 
-# The order a study was acquired for (NULL: not linked; the worklist flags it).
-Study.order_id = mapped_column(ForeignKey("orders.id"), nullable=True, index=True)
-Study.__annotations__["order_id"] = Mapped[int | None]
+# The order a study was acquired for (NULL: not linked; the worklist flags it). Declared here, after
+# the orders table, so that this block stays in one piece; declarative maps a column added later.
+Study.order_id = mapped_column(Integer, ForeignKey("orders.id"), nullable=True, index=True)
 # ---- end of orders ---------------------------------------------------------------------------------

@@ -87,6 +87,7 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id')
     )
     with op.batch_alter_table('order_messages', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_order_messages_control_id'), ['control_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_order_messages_order_id'), ['order_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_order_messages_received_at'), ['received_at'], unique=False)
 
@@ -106,6 +107,7 @@ def downgrade() -> None:
     with op.batch_alter_table('order_messages', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_order_messages_received_at'))
         batch_op.drop_index(batch_op.f('ix_order_messages_order_id'))
+        batch_op.drop_index(batch_op.f('ix_order_messages_control_id'))
 
     op.drop_table('order_messages')
     with op.batch_alter_table('order_events', schema=None) as batch_op:
