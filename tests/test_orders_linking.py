@@ -85,3 +85,13 @@ def test_study_uid_from_the_worklist_links(settings, db):
     for ds in series:
         ds.StudyInstanceUID = order["study_uid"]
     assert _store(settings, db, series).order_id is not None
+
+
+def test_a_changed_order_priority_moves_its_linked_study(settings, db):
+    _order(db, settings, "SM30008", patient_id="PX8", priority="R")
+    study = _store(settings, db, _ct("h", accession="SM30008", patient_id="PX8"))
+    assert study.order_priority == "ROUTINE"
+    assert "|AA|" in receive_hl7(db, settings, build_orm("SM30008", control="XO", priority="S", patient_id="PX8",
+                                                         procedure="CTHEAD^CT HEAD WITHOUT CONTRAST", modality="CT"))
+    (item,) = open_studies(db, settings)
+    assert item["order_priority"] == "STAT" and item["priority"]["label"] == "critical"

@@ -12,10 +12,10 @@ import logging
 import threading
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from readingroom.db import Database
-from readingroom.schema import Order, OrderEvent, OrderMessage, utcnow
+from readingroom.schema import Order, OrderEvent, OrderMessage, Study, utcnow
 from readingroom.settings import Settings
 from triage.orders.common import CANCEL, CHANGE, NEW, MessageError, ParsedMessage, ParsedOrder
 from triage.orders.linking import link_waiting_studies
@@ -147,6 +147,8 @@ def apply_order(session: Any, settings: Settings, parsed: ParsedOrder, *, site_n
             if order.status == "approved" and set(changes) & set(REVIEW_AGAIN):
                 order.status = "new"
                 changes["status"] = ["approved", "new"]
+            if "priority" in changes:  # linked studies move on the worklist at once
+                session.execute(update(Study).where(Study.order_id == order.id).values(order_priority=order.priority))
             _event(session, order.id, "changed", changes=changes)
             log.info("order %s changed: %s", order.accession, ", ".join(changes))
     linked = link_waiting_studies(session, order.id) if order.status != "cancelled" else []
