@@ -49,6 +49,14 @@ def test_new_order_over_mllp_is_stored_with_hints(hl7, db):
     assert (kept.ack_code, kept.control_id, kept.order_id, kept.error) == ("AA", "STM000123", stored.id, "")
 
 
+@pytest.mark.parametrize("name, accession, version", [("omi_o23_v251.hl7", "NS8810", "2.5.1"),
+                                                     ("orm_o01_v22_minimal.hl7", "P77", "2.2")])
+def test_other_versions_and_shapes_over_mllp(hl7, db, name, accession, version):
+    reply = deliver(hl7, hl7_file(name))
+    assert ack_code(reply) == "AA" and f"|{version}" in reply.split("\r")[0]  # answered in the sender's version
+    assert order(db, accession).hl7_version == version
+
+
 def test_site_is_found_by_its_ris_facility(tmp_path):
     from readingroom.settings import load_settings
     from triage.orders.store import site_for_facility

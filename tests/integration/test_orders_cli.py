@@ -50,6 +50,8 @@ def test_orders_from_hl7_to_worklist_to_linked_study(tmp_path):
         text = orders("show", "SM24101", home=home).stdout
         assert "Suggested    ct_head_sah" in text and "HINT" in text and "eGFR: 54.0" in text
 
+        bad_edit = orders("approve", "SM24101", "--set", "contrast", home=home)
+        assert bad_edit.returncode == 2 and "KEY=VALUE" in bad_edit.stderr
         approved = orders("approve", "SM24101", "--user", "dr.a", home=home)
         assert approved.returncode == 0 and "ct_head_sah" in approved.stdout
         edited = orders("approve", "SM24002", "--protocol", "xr_chest", "--set", "phases=[AP]", home=home)
