@@ -17,3 +17,18 @@ def test_demo_orders(db, settings):
     assert any("eGFR" in h for h in waiting["SM24203"]["hints"])
     ct_head = review.get_order(db, "SM24001")
     assert ct_head["status"] == "approved" and ct_head["priority"] == "STAT"
+
+
+def test_demo_images_link_to_their_orders(db, settings):
+    from triage.demo import demo_datasets
+    from triage.intake import Intake
+    from triage.worklist import open_studies
+
+    seed_demo_orders(db, settings)
+    intake = Intake(settings, db)
+    sender, datasets = demo_datasets()[0]  # the STAT CT head
+    for ds in datasets:
+        assert intake.store(ds, calling_ae="TEST_SCU").ok
+    (item,) = open_studies(db, settings)
+    assert item["order"]["accession"] == "SM24001" and item["order_priority"] == "STAT"
+    assert item["order"]["indication"].startswith("Fall at home on apixaban")

@@ -21,6 +21,14 @@ PRIORITY_CODES = {"STAT": "S", "HIGH": "A", "ROUTINE": "R"}
 # Facility (MSH-4) per demo sender; matched to the sites by name (configs/sites.yaml).
 FACILITY = {"STMARY": "St. Mary's Hospital", "NORTHSIDE": "Northside Clinic"}
 
+# The clinical question of each demo study's order (DemoStudy.key).
+INDICATIONS = {
+    "ct-head": "Fall at home on apixaban, GCS 14, headache", "cxr": "Fever and productive cough, crackles right base",
+    "ct-abdomen": "Right lower quadrant pain, raised CRP", "xr-hand": "Fall on outstretched hand, snuffbox tenderness",
+    "mr-shoulder": "Painful arc, suspected supraspinatus tear", "mr-brain": "New focal seizure",
+    "us-abdomen": "Deranged liver function tests", "nm-bone": "Prostate cancer staging, rising PSA",
+}
+
 # accession, patient id, name, sex, birth date, procedure code, description, priority, indication, side
 PENDING = (
     ("SM24201", "SM103311", "PATEL^RAVI", "M", "19640505", "CTHEAD", "CT HEAD WITHOUT CONTRAST", "S",
@@ -72,8 +80,8 @@ def demo_messages(now: dt.datetime | None = None) -> list[str]:
         facility = "STMARY" if study.sender_ae.startswith("STMARY") else "NORTHSIDE"
         messages.append(_message(f"DEMO-{study.accession}", FACILITY[facility], study.accession,
                                  (study.patient_id, study.patient_name, study.sex, study.birth_date),
-                                 study.description.replace(" ", "")[:16], study.description,
-                                 PRIORITY_CODES.get(study.priority, "R"), "Demo order", "", now))
+                                 study.key.upper()[:16], study.description,
+                                 PRIORITY_CODES.get(study.priority, "R"), INDICATIONS.get(study.key, ""), "", now))
     for accession, patient_id, name, sex, birth, code, description, priority, indication, side in PENDING:
         facility = FACILITY["STMARY" if accession.startswith("SM") else "NORTHSIDE"]
         egfr = 24.0 if "eGFR 24" in indication else None
