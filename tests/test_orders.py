@@ -163,6 +163,15 @@ def test_question_then_approve(hl7, db, settings):
     assert review.approve(db, settings, "SM24009")["status"] == "approved"
 
 
+def test_the_answer_to_a_question_comes_back_as_a_change(hl7, db, settings):
+    deliver(hl7, build_orm("SM24013", indication=""))
+    review.ask(db, "SM24013", "What is the clinical question?")
+    deliver(hl7, build_orm("SM24013", control="XO", indication="Fever and cough"))
+    answered = review.get_order(db, "SM24013")
+    assert (answered["status"], answered["indication"]) == ("new", "Fever and cough")
+    assert not any("No clinical indication" in h for h in answered["hints"])
+
+
 class FakeRis:
     """A real MLLP peer that records what it receives and answers AA (or AE)."""
 

@@ -144,9 +144,9 @@ def apply_order(session: Any, settings: Settings, parsed: ParsedOrder, *, site_n
         if changes:
             order.updated_at = now
             order.hints = appropriateness_hints(_order_facts(order), load_hint_rules(settings))
-            if order.status == "approved" and set(changes) & set(REVIEW_AGAIN):
+            if (order.status == "approved" and set(changes) & set(REVIEW_AGAIN)) or order.status == "question":
+                changes["status"] = [order.status, "new"]  # review again; a held order got its answer
                 order.status = "new"
-                changes["status"] = ["approved", "new"]
             if "priority" in changes:  # linked studies move on the worklist at once
                 session.execute(update(Study).where(Study.order_id == order.id).values(order_priority=order.priority))
             _event(session, order.id, "changed", changes=changes)
