@@ -19,7 +19,7 @@ from sqlalchemy import func, or_, select, update
 
 from readingroom.db import Database
 from readingroom.errors import ReadingRoomError
-from readingroom.schema import AIFinding, Instance, Series, Site, Study, User, utcnow
+from readingroom.schema import AIFinding, Instance, Order, Series, Site, Study, User, utcnow
 from readingroom.settings import Settings
 from triage.priority import AIResult, Policy, PolicyConfig, StudyFacts, load_policy_config, reading_order, sla_min
 
@@ -165,8 +165,6 @@ def open_studies(db: Database, settings: Settings, *, user: str | None = None, f
 
 def _linked_orders(session: Any, order_ids: set[int]) -> dict[int, dict[str, Any]]:
     """What the reader needs from each linked order: the question, the side, who asked, the protocol."""
-    from readingroom.schema import Order
-
     if not order_ids:
         return {}
     columns = (Order.id, Order.accession, Order.status, Order.priority, Order.indication, Order.laterality,
