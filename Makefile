@@ -35,6 +35,7 @@ $(STAMP): pyproject.toml
 bench: install
 	$(BIN)/python bench/intake.py
 	$(BIN)/python bench/worklist.py
+	$(BIN)/python bench/orders.py
 
 bench-dictation: install
 	$(BIN)/python bench/dictation.py

@@ -75,6 +75,8 @@ def cmd_receive(args: argparse.Namespace) -> int:
     service.start()
     print(f"DICOM listener {ctx.settings.dicom.ae_title} on {ctx.settings.dicom.host}:{service.listener.port}; "
           "Ctrl-C to stop", flush=True)
+    if service.orders is not None:
+        print(f"HL7 order listener on {ctx.settings.hl7.host}:{service.orders.port}", flush=True)
     try:
         _wait_for_stop()
     finally:
@@ -226,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Listed for --help; main() hands their arguments to their own parsers.
     sub.add_parser("transcribe", help="transcribe a dictation into a structured report (see its --help)")
+    sub.add_parser("orders", help="review imaging orders: list, show, approve, reject (see its --help)")
     sub.add_parser("simulate", help="night-shift simulator: report turnaround under FIFO and AI ordering "
                                     "(see its --help)")
 
@@ -246,7 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Subcommands with their own argument parser: everything after the name is theirs.
-PASSTHROUGH = {"simulate": ("triage.simulate", "main"), "transcribe": ("dictation.cli", "main")}
+PASSTHROUGH = {"simulate": ("triage.simulate", "main"), "transcribe": ("dictation.cli", "main"),
+               "orders": ("triage.orders.cli", "main")}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

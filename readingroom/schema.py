@@ -172,3 +172,86 @@ class KeyValue(Base):
     __tablename__ = "kv"
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
+
+
+# ---- Orders (issue 6: triage/orders) -------------------------------------------------------------
+# Order workflow states. "new" until the teleradiologist approves, rejects or asks a question;
+# "cancelled" when the site cancels it. Only "approved" orders with a protocol reach the worklist.
+ORDER_STATUSES = ("new", "question", "approved", "rejected", "cancelled")
+
+
+class Order(Base):
+    """An imaging order (HL7 ORM/OMI or FHIR ServiceRequest): the request the teleradiologist reviews."""
+
+    __tablename__ = "orders"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    accession: Mapped[str] = mapped_column(String(64), unique=True)
+    placer_order: Mapped[str] = mapped_column(String(64), default="")
+    filler_order: Mapped[str] = mapped_column(String(64), default="")
+    site_name: Mapped[str] = mapped_column(String(128), default="", index=True)
+    source: Mapped[str] = mapped_column(String(16), default="hl7")          # hl7, fhir, demo
+    sending_application: Mapped[str] = mapped_column(String(64), default="")
+    sending_facility: Mapped[str] = mapped_column(String(64), default="")
+    hl7_version: Mapped[str] = mapped_column(String(8), default="")
+    patient_id: Mapped[str] = mapped_column(String(64), default="", index=True)
+    patient_name: Mapped[str] = mapped_column(String(200), default="")
+    patient_birth_date: Mapped[str] = mapped_column(String(8), default="")
+    patient_sex: Mapped[str] = mapped_column(String(16), default="")
+    visit_number: Mapped[str] = mapped_column(String(64), default="")
+    patient_class: Mapped[str] = mapped_column(String(16), default="")     # E emergency, I inpatient, O outpatient
+    ordering_physician: Mapped[str] = mapped_column(String(200), default="")
+    procedure_code: Mapped[str] = mapped_column(String(64), default="")
+    procedure_description: Mapped[str] = mapped_column(String(200), default="")
+    modality: Mapped[str] = mapped_column(String(16), default="")
+    priority: Mapped[str] = mapped_column(String(16), default="")          # STAT, ASAP, URGENT, ROUTINE...
+    laterality: Mapped[str] = mapped_column(String(16), default="")        # LEFT, RIGHT, BILATERAL
+    indication: Mapped[str] = mapped_column(Text, default="")
+    contrast_allergy: Mapped[str] = mapped_column(String(200), default="")
+    egfr: Mapped[float | None] = mapped_column(Float, nullable=True)       # mL/min/1.73 m²
+    scheduled_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    # Study Instance UID given to the modality in the worklist, so that the images link back.
+    study_uid: Mapped[str] = mapped_column(String(64), default="")
+    status: Mapped[str] = mapped_column(String(16), default="new", index=True)
+    hints: Mapped[list[str]] = mapped_column(JSON, default=list)           # appropriateness hints
+    protocol_name: Mapped[str] = mapped_column(String(64), default="")
+    protocol: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)   # as chosen/edited
+    review_note: Mapped[str] = mapped_column(Text, default="")             # rejection reason or question
+    reviewed_by: Mapped[str] = mapped_column(String(64), default="")
+    reviewed_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class OrderMessage(Base):
+    """Every order message received, kept as received, with what we answered (nothing is dropped)."""
+
+    __tablename__ = "order_messages"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    received_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    source: Mapped[str] = mapped_column(String(16), default="hl7")          # hl7, fhir
+    peer: Mapped[str] = mapped_column(String(128), default="")
+    message_type: Mapped[str] = mapped_column(String(32), default="")
+    control_id: Mapped[str] = mapped_column(String(64), default="", index=True)  # resends are found by it
+    accession: Mapped[str] = mapped_column(String(64), default="")
+    raw: Mapped[str] = mapped_column(Text)
+    ack_code: Mapped[str] = mapped_column(String(2), default="")            # AA, AE, AR
+    error: Mapped[str] = mapped_column(Text, default="")                    # empty when accepted
+    order_id: Mapped[int | None] = mapped_column(ForeignKey("orders.id"), nullable=True, index=True)
+
+
+class OrderEvent(Base):
+    """The history of an order: created, changed, cancelled, approved, rejected, asked, linked."""
+
+    __tablename__ = "order_events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    order_id: Mapped[int] = mapped_column(ForeignKey("orders.id"), index=True)
+    at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    kind: Mapped[str] = mapped_column(String(32))
+    user: Mapped[str] = mapped_column(String(64), default="")
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+# The order a study was acquired for (NULL: not linked; the worklist flags it). Declared here, after
+# the orders table, so that this block stays in one piece; declarative maps a column added later.
+Study.order_id = mapped_column(Integer, ForeignKey("orders.id"), nullable=True, index=True)
+# ---- end of orders ---------------------------------------------------------------------------------

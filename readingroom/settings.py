@@ -88,6 +88,16 @@ class NotificationSettings(_Section):
     webhook_timeout_s: float = Field(5, gt=0)
 
 
+class HL7Settings(_Section):
+    """The HL7 v2 order listener (MLLP): ORM^O01 and OMI^O23 from the sites' RIS."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(2575, ge=0, le=65535)   # 0: any free port (tests)
+    application: str = "READINGROOM"          # our MSH-3 sending application
+    facility: str = "READINGROOM"             # our MSH-4 sending facility
+
+
 class HL7Peer(_Section):
     """An HL7 v2 system reached over MLLP (the site's RIS)."""
 
@@ -152,6 +162,7 @@ class Settings(_Section):
     demo: DemoSettings = DemoSettings()
     worklist: WorklistSettings = WorklistSettings()
     notifications: NotificationSettings = NotificationSettings()
+    hl7: HL7Settings = HL7Settings()
     # Checked here, typed in dictation/settings.py (DictationSettings.from_mapping).
     dictation: dict[str, Any] = Field(default_factory=dict)
 

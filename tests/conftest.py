@@ -38,6 +38,7 @@ def make_settings(home: Path, **overrides) -> Settings:
         "intake": {"quiet_period_s": 0.5, "rescan_interval_s": 0.5},
         "jobs": {"poll_interval_s": 0.1, "backoff_base_s": 0.1, "backoff_max_s": 1, "max_attempts": 3},
         "web": {"port": free_port()},
+        "hl7": {"port": 0},  # the order listener on any free port
     }
     for key, value in overrides.items():
         base[key] = {**base.get(key, {}), **value} if isinstance(value, dict) else value

@@ -227,6 +227,16 @@ class Intake:
             self._site_ids[name] = site_id
         return self._site_ids[name], name
 
+    @staticmethod
+    def _link_order(conn: Connection, ds: Dataset, study_id: int, study_uid: str) -> None:
+        """Link a new study to its order (accession, worklist UID, or patient + procedure + date)."""
+        from triage.orders.linking import dicom_procedure_facts, link_new_study
+
+        description, codes = dicom_procedure_facts(ds)
+        link_new_study(conn, study_id, study_uid, accession=_text(ds, "AccessionNumber", 64),
+                       patient_id=_text(ds, "PatientID", 64), study_date=_text(ds, "StudyDate", 8),
+                       description=description, codes=codes)
+
     def _write_and_index(self, ds: Dataset, uids: dict[str, str], path: Path, relpath: str, data: bytes,
                          calling_ae: str) -> tuple[str, tuple]:
         """In one database transaction: check for a duplicate, write the file, insert the rows.
@@ -282,6 +292,7 @@ class Intake:
                 "status": "receiving", "received_at": now, "last_received_at": now, "ai_status": "pending",
                 "order_priority": order_priority(ds),
             }).inserted_primary_key[0]
+            self._link_order(conn, ds, study_id, study_uid)
         else:
             study_id, status = study.id, study.status
             if status in ("new", "triaged"):

@@ -1,4 +1,5 @@
-"""The DICOM listener (pynetdicom): C-ECHO, and C-STORE for every storage SOP class.
+"""The DICOM listener (pynetdicom): C-ECHO, C-STORE for every storage SOP class, and the
+Modality Worklist C-FIND (approved orders, ``triage.orders.mwl``) on the same AE title and port.
 
 Handlers are thin: they hand the dataset to ``Intake.store`` and return its status. They never
 raise, so one bad instance gets a failure status and the association goes on.
@@ -11,7 +12,7 @@ from typing import Any
 
 from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, AllStoragePresentationContexts, evt, register_uid
 from pynetdicom.service_class import StorageServiceClass
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.sop_class import ModalityWorklistInformationFind, Verification  # type: ignore[attr-defined]
 
 from readingroom.settings import Settings
 from triage.intake import CANNOT_UNDERSTAND, Intake
@@ -49,6 +50,12 @@ def handle_store(event: Any, intake: Intake) -> int:
     return intake.store(dataset, encoded, calling_ae=calling_ae, source="network").status
 
 
+def _handle_worklist_find(event: Any, intake: Intake):  # noqa: ANN202 - a generator of (status, dataset)
+    from triage.orders.mwl import handle_find
+
+    yield from handle_find(event, intake.db, intake.settings)
+
+
 def _log_event(event: Any) -> None:
     requestor = event.assoc.requestor
     if event.event.name == "EVT_REJECTED":
@@ -79,6 +86,7 @@ def build_ae(settings: Settings) -> AE:
     if allowed:
         ae.require_calling_aet = allowed
     ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
+    ae.add_supported_context(ModalityWorklistInformationFind)  # approved orders (triage.orders.mwl)
     for context in AllStoragePresentationContexts:
         ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
     for sop_class in RETIRED_IMAGE_STORAGE:
@@ -102,6 +110,7 @@ class DicomListener:
     def start(self) -> None:
         handlers = [
             (evt.EVT_C_STORE, handle_store, [self.intake]),
+            (evt.EVT_C_FIND, _handle_worklist_find, [self.intake]),
             (evt.EVT_REJECTED, _log_event),
             (evt.EVT_ACCEPTED, _log_event),
             (evt.EVT_ABORTED, _log_event),

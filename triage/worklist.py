@@ -19,7 +19,7 @@ from sqlalchemy import func, or_, select, update
 
 from readingroom.db import Database
 from readingroom.errors import ReadingRoomError
-from readingroom.schema import AIFinding, Instance, Series, Site, Study, User, utcnow
+from readingroom.schema import AIFinding, Instance, Order, Series, Site, Study, User, utcnow
 from readingroom.settings import Settings
 from triage.priority import AIResult, Policy, PolicyConfig, StudyFacts, load_policy_config, reading_order, sla_min
 
@@ -110,6 +110,8 @@ def open_studies(db: Database, settings: Settings, *, user: str | None = None, f
             if modality and study_id in modalities:
                 modalities[study_id].add(modality)
 
+        orders = _linked_orders(session, {row.order_id for row, _s, _n in rows if row.order_id})
+
     by_id = {row[0].id: row for row in rows}
     facts = []
     for study, site_name, _n in rows:
@@ -152,10 +154,26 @@ def open_studies(db: Database, settings: Settings, *, user: str | None = None, f
                     "model": f.model, "version": f.version, "verification": "UNVERIFIED"}
                    for f in findings[study.id]],
             "claimed_by": study.claimed_by if claimed else None,
+            # The order the images were acquired for (triage.orders.linking); unlinked studies are flagged.
+            "order": orders.get(study.order_id),
+            "unlinked": study.order_id is None,
         }
         if filters.keep(item):
             items.append(item)
     return items[:limit] if limit else items
+
+
+def _linked_orders(session: Any, order_ids: set[int]) -> dict[int, dict[str, Any]]:
+    """What the reader needs from each linked order: the question, the side, who asked, the protocol."""
+    if not order_ids:
+        return {}
+    columns = (Order.id, Order.accession, Order.status, Order.priority, Order.indication, Order.laterality,
+               Order.ordering_physician, Order.procedure_description, Order.protocol_name)
+    return {row.id: {"accession": row.accession, "status": row.status, "priority": row.priority,
+                     "indication": row.indication, "laterality": row.laterality,
+                     "ordering_physician": row.ordering_physician, "procedure": row.procedure_description,
+                     "protocol": row.protocol_name}
+            for row in session.execute(select(*columns).where(Order.id.in_(order_ids)))}
 
 
 def claim(db: Database, settings: Settings, study_uid: str, username: str, now: datetime | None = None) -> datetime:

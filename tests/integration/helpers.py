@@ -18,7 +18,8 @@ def env_for(home: Path, **extra: str) -> dict[str, str]:
     """The environment of a ReadingRoom process: test sites unless READINGROOM_SITES="" (shipped sites)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("READINGROOM_")}
     env.update({"READINGROOM_HOME": str(home), "READINGROOM_SITES": json.dumps(SITES),
-                "READINGROOM_JOBS__POLL_INTERVAL_S": "0.1", "PYTHONUNBUFFERED": "1"})
+                "READINGROOM_JOBS__POLL_INTERVAL_S": "0.1", "PYTHONUNBUFFERED": "1",
+                "READINGROOM_HL7__PORT": "0"})  # the HL7 order listener on any free port
     env.update(extra)
     if env["READINGROOM_SITES"] == "":
         del env["READINGROOM_SITES"]
