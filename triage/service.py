@@ -35,11 +35,14 @@ class IntakeService:
 
 
 def build_workers(db: Database, settings: Settings, queue: JobQueue) -> WorkerPool:
-    """The worker pool with every job handler registered (triage now; delivery later)."""
+    """The worker pool with every job handler registered: triage, and report delivery (outbox)."""
+    from dictation.delivery.outbox import Deliverer
+    from dictation.lifecycle import DELIVERY_JOB
     from triage.notify import Notifier
     from triage.pipeline import TriagePipeline
     from triage.studies import TRIAGE_JOB
 
     workers = WorkerPool(queue, settings.jobs)
     workers.register(TRIAGE_JOB, TriagePipeline(db, settings, Notifier(db, settings)))
+    workers.register(DELIVERY_JOB, Deliverer(db, settings))
     return workers
