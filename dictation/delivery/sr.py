@@ -124,6 +124,7 @@ def build_sr(doc: DeliveryDoc, institution: str = "", organization: str = "Readi
         series_description=f"ReadingRoom report v{doc.version} ({doc.status})",
         software_versions=f"ReadingRoom {__version__}",
     )
+    sr.SpecificCharacterSet = "ISO_IR 192"  # UTF-8: names and report text may hold any character
     sr.ContentDate = doc.signed_at.strftime("%Y%m%d")
     sr.ContentTime = doc.signed_at.strftime("%H%M%S")
     return sr
