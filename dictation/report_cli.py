@@ -45,7 +45,7 @@ def _default_user() -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="readingroom report", description="Report lifecycle: draft, checks, "
                                      "sign, addendum, delivery, audit. Not for clinical use.")
-    sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="ACTION")
 
     def add(name: str, help_: str, report: bool = True, user: bool = True) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_)
@@ -146,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     ctx = Context()
     service = ReportService(ctx.db, ctx.settings, DatabaseJobQueue(ctx.db, ctx.settings.jobs))
-    a = args.action
+    a = args.command
     if a == "new":
         view = service.create(args.study_uid, args.user, args.template)
         print(f"report {view.id} ({view.status}, template {view.template}) for study {view.study_uid}")
@@ -183,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ChecksNotResolved as exc:
             print(f"readingroom: {exc}", file=sys.stderr)
             return 3
-        queued = [row["destination"] for row in service.delivery_status(args.report_id)
+        queued = [row["destination"] for row in reversed(service.delivery_status(args.report_id))
                   if row["version"] == version.number]
         print(f"report {args.report_id} v{version.number} signed {version.status} by {version.signed_by} at "
               f"{version.signed_at.isoformat()}Z, sha256 {version.sha256}")
