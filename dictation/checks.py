@@ -162,11 +162,12 @@ AI_CONCEPTS = {
 # --- negation (NegEx-like) -----------------------------------------------------------------------
 _PSEUDO = re.compile(r"\b(?:no (?:significant |interval )?(?:change|increase|decrease)(?: in)?|not only|"
                      r"cannot be (?:excluded|ruled out)|can ?not (?:exclude|rule out)|not (?:been )?(?:excluded|ruled out)|"
-                     r"without (?:significant |interval )?change(?: in)?|no longer)\b", re.IGNORECASE)
+                     r"without (?:significant |interval )?change(?: in)?)\b", re.IGNORECASE)
 _PRE_NEG = re.compile(r"\b(?:no|not|without|negative for|free of|absence of|absent|resolved|resolution of|"
                       r"ruled? out|rules out|denies|neither|nor|never)\b", re.IGNORECASE)
 _POST_NEG = re.compile(r"^[\w\s,/-]{0,40}?\b(?:(?:is|are|was|were)\s+)?(?:not\s+(?:seen|identified|present|demonstrated|"
-                       r"visualized|evident|appreciated|detected|noted)|(?:has|have)\s+resolved|resolved|absent|"
+                       r"visualized|evident|appreciated|detected|noted)|no longer (?:seen|visible|present|identified|evident)|"
+                       r"(?:has|have)\s+resolved|resolved|absent|"
                        r"(?:is|are|was|were)\s+excluded|ruled out)\b|^\s*:\s*(?:none|absent|negative|no|normal)\b",
                        re.IGNORECASE)
 _BREAK = re.compile(r"\b(?:but|however|although|though|except|aside from|apart from|which|whereas|there (?:is|are))\b|[;:]",
@@ -268,6 +269,11 @@ def _topics(sentence: str) -> set[str]:
     return topics
 
 
+def _all_negated(sentence: str) -> bool:
+    found = mentions(sentence)
+    return bool(found) and all(m.negated for m in found)
+
+
 def check_laterality(report: dict[str, str], ordered_side: str | None) -> list[Issue]:
     issues: list[Issue] = []
     body = " ".join(report.get(s, "") for s in ("technique", "findings", "impression", "recommendations"))
@@ -278,18 +284,20 @@ def check_laterality(report: dict[str, str], ordered_side: str | None) -> list[I
             issues.append(Issue(f"laterality:order:{other}", "laterality", "block",
                                 f"The order is for the {ordered_side.upper()} side, but the report describes only "
                                 f"the {other.upper()} side. Correct the side, or override with a reason.", "findings"))
-    findings = sentences(report.get("findings", ""))
+    # The impression is compared with the findings and the technique ("Three views of the left knee").
+    findings = sentences(report.get("findings", "")) + sentences(report.get("technique", ""))
     for sentence in sentences(report.get("impression", "")):
         imp_sides = sides(sentence)
         if len(imp_sides) != 1:
             continue
         side = next(iter(imp_sides))
         for topic in sorted(_topics(sentence)):
-            matching = [s for s in findings if topic in _topics(s) and sides(s)]
+            # findings that describe something there ("resolved right effusion" does not count)
+            matching = [s for s in findings if topic in _topics(s) and sides(s) and not _all_negated(s)]
             if matching and all(side not in sides(s) for s in matching):
                 other = sorted(sides(matching[0]))[0]
                 issues.append(Issue(f"laterality:impression:{topic}", "laterality", "block",
-                                    f"The impression says {side.upper()} for '{topic}', the findings say "
+                                    f"The impression says {side.upper()} for '{topic}', the findings or technique say "
                                     f"{other.upper()}. Correct the side, or override with a reason.", "impression"))
                 break
     return issues
@@ -391,6 +399,9 @@ def check_ai(report: dict[str, str], ai: Iterable[AIResult]) -> list[Issue]:
     text = "\n".join(report.get(s, "") for s in ("findings", "impression"))
     found = mentions(text)
     positive = {m.concept for m in found if not m.negated}
+    # A chronic mention ("chronic subdural hematoma") does not answer an AI finding of an acute,
+    # critical kind (ich, pneumothorax): the radiologist must still look and acknowledge.
+    acute_positive = {m.concept for m in found if not m.negated and not m.chronic}
     negated = {m.concept for m in found if m.negated} - positive
     critical = {m.concept for m in critical_mentions(text)}
     issues: list[Issue] = []
@@ -399,6 +410,8 @@ def check_ai(report: dict[str, str], ai: Iterable[AIResult]) -> list[Issue]:
         words = result.finding.replace("_", " ")
         if not concepts:  # a finding we have no words for: match its name
             concepts_positive = bool(re.search(rf"\b{re.escape(words)}", text, re.IGNORECASE))
+        elif any(_CONCEPT[c].critical != "never" for c in concepts):
+            concepts_positive = bool(acute_positive & set(concepts))
         else:
             concepts_positive = bool(positive & set(concepts))
         who = f"AI (UNVERIFIED; {result.model} {result.version}, p={result.probability:.2f})"

@@ -26,6 +26,8 @@ def keys(issues):
     ("No fracture, but there is a large left pneumothorax.", ["pneumothorax"]),
     ("Free intraperitoneal air under the diaphragm.", ["pneumoperitoneum"]),
     ("Hemorrhage: none.", []),
+    ("The previously seen pneumothorax is no longer seen.", []),
+    ("Interval resolution of the subarachnoid hemorrhage.", []),
 ])
 def test_critical_findings_with_negation(text, critical):
     assert sorted({m.concept for m in critical_mentions(text)}) == critical
@@ -64,6 +66,11 @@ def test_impression_side_against_findings_side():
     issues = check_laterality(report, None)
     assert [i.check for i in issues] == ["laterality"] and issues[0].key.startswith("laterality:impression:")
     assert check_laterality({**report, "impression": "Small left pleural effusion."}, None) == []
+    # the technique names the side too; a resolved finding on the other side does not count
+    assert check_laterality({"technique": "Three views of the right knee.", "findings": "No fracture.",
+                             "impression": "No acute abnormality of the left knee."}, None) != []
+    assert check_laterality({"findings": "Resolved right pleural effusion. Small left pleural effusion.",
+                             "impression": "Small right pleural effusion."}, None) != []
 
 
 def test_sex_mismatch_and_age():
