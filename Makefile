@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 APT_PACKAGES := dcmtk espeak-ng chromium
 
-.PHONY: run test install system-deps bench bench-dictation clean
+.PHONY: run test install system-deps bench bench-dictation bench-reports clean
 
 run: install
 	$(BIN)/readingroom run --demo
@@ -35,6 +35,10 @@ $(STAMP): pyproject.toml
 bench: install
 	$(BIN)/python bench/intake.py
 	$(BIN)/python bench/worklist.py
+
+bench-reports: install
+	$(BIN)/python bench/checks.py
+	$(BIN)/python bench/report_delivery.py
 
 bench-dictation: install
 	$(BIN)/python bench/dictation.py
