@@ -37,8 +37,8 @@ from readingroom import NOT_FOR_CLINICAL_USE, audit
 from readingroom.db import Database
 from readingroom.errors import ReadingRoomError
 from readingroom.jobs import JobQueue
-from readingroom.schema import (AIFinding, AuditEntry, CheckOverride, CriticalCommunication, Job, OutboxItem,
-                                ReportRecord, ReportVersion, Study, utcnow)
+from readingroom.schema import (AIFinding, AuditEntry, CheckOverride, CriticalCommunication, Instance, Job,
+                                OutboxItem, ReportRecord, ReportVersion, Series, Study, utcnow)
 from readingroom.settings import Settings
 
 from dictation import checks
@@ -239,7 +239,7 @@ class ReportService:
                                   updated_at=utcnow())
             session.add(record)
             session.flush()
-            if study.status in ("new", "triaged", "receiving"):
+            if study.status in ("new", "triaged"):
                 study.status = "in_progress"
             audit.record(session, user, "create", study_uid=study_uid, report_id=record.id,
                          detail={"template": tmpl.name})
@@ -323,10 +323,12 @@ class ReportService:
 
         (Issue 6 links orders to studies; when it lands, read the order's side here first.)
         """
-        laterality = ""
-        for series in study.series[:3]:
-            for instance in series.instances[:1]:
-                laterality = laterality or _dicom_laterality(self.settings.home / instance.path)
+        from sqlalchemy.orm import object_session
+
+        session = object_session(study)
+        path = session.scalar(select(Instance.path).join(Series).where(Series.study_id == study.id)
+                              .order_by(Series.series_number, Instance.instance_number).limit(1)) if session else None
+        laterality = _dicom_laterality(self.settings.home / path) if path else ""
         return checks.ordered_side_from(study.description, laterality)
 
     def _resolve(self, session: Session, record: ReportRecord, issues: list[checks.Issue]) -> list[CheckResult]:

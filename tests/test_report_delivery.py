@@ -156,6 +156,25 @@ def test_a_refused_message_is_retried_then_shown_as_failed_then_retried_by_the_a
     stack.db.dispose()
 
 
+def test_oru_fits_long_and_odd_values_into_hl7_field_lengths():
+    from datetime import datetime
+
+    from dictation.delivery.document import DeliveryDoc
+
+    text = "IMPRESSION:\n" + "Very long sentence about the findings, " * 30 + "\nR > L & ~ | ^ \\ é"
+    doc = DeliveryDoc(report_id=1, version_id=7, version=1, status="final", text=text, sections={}, body="",
+                      communications=[], sha256="0" * 64, signed_by="dr_" + "x" * 250,
+                      signed_at=datetime(2026, 11, 29, 4, 0), reason="", study_uid="1.2.3", accession="A" * 16,
+                      patient_id="P1", patient_name="FAMILY" * 40 + "^GIVEN", patient_birth_date="19600101",
+                      patient_sex="X", study_date="20261129", study_time="031500.123", description="CT " * 100,
+                      referring_physician="", site="St. Mary's Regional Medical Center (North Campus)")
+    parsed = hl7.parse(hl7.build_oru(doc, sending_facility="A facility name longer than twenty"))
+    lines = hl7.report_text(parsed).splitlines()
+    assert len(lines) > 3 and all(len(line) <= 199 for line in lines)
+    assert " ".join(lines).replace("  ", " ").split() == text.split()
+    assert parsed.oru_r01_patient_result.oru_r01_patient.pid.pid_8.value == "U"
+
+
 class _FhirHandler(http.server.BaseHTTPRequestHandler):
     posted: list[dict] = []
 

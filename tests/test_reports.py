@@ -182,3 +182,23 @@ def test_signing_queues_one_delivery_per_configured_destination(tmp_path, queue)
     service.sign(other.id, "dr_lee", final=True)
     assert service.delivery_status(other.id) == []
     db.dispose()
+
+
+def test_ordered_side_comes_from_the_stored_images_dicom_laterality(service, db, settings):
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    uid = add_study(db, uid="1.2.826.0.1.3680043.8.498.5", description="XR KNEE 3 VIEWS", accession="K1")
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = uid + ".1.1"
+    ds.Laterality = "L"
+    path = settings.home / f"dicom/{uid}/{uid}.1/{uid}.1.1.dcm"
+    path.parent.mkdir(parents=True)
+    ds.save_as(path, enforce_file_format=True)
+    view = service.create(uid, "dr_lee")
+    service.save_draft(view.id, "dr_lee", sections={"technique": "Three views of the right knee.",
+                                                    "findings": "No fracture.", "impression": "Normal right knee."})
+    assert [c.issue.key for c in service.run_checks(view.id)] == ["laterality:order:right"]

@@ -32,6 +32,30 @@ def escape(text: str) -> str:
     return text.replace("\r", " ").replace("\n", " ")
 
 
+def fit(text: str, limit: int = 199) -> str:
+    """``text`` escaped and cut to ``limit`` characters without splitting an escape sequence."""
+    raw = text or ""
+    while len(escape(raw)) > limit:
+        raw = raw[:-1]
+    return escape(raw)
+
+
+def wrap(line: str, limit: int = 199) -> list[str]:
+    """Split a long line (at a space where possible) into pieces whose escaped form fits ``limit``."""
+    pieces, rest = [], line
+    while len(escape(rest)) > limit:
+        cut = limit
+        while len(escape(rest[:cut])) > limit:
+            cut -= 1
+        space = rest.rfind(" ", 0, cut)
+        if space > cut // 2:
+            cut = space + 1
+        pieces.append(rest[:cut].rstrip())
+        rest = rest[cut:]
+    pieces.append(rest)
+    return pieces
+
+
 def unescape(text: str) -> str:
     for raw, esc in reversed(_ESCAPES):
         text = text.replace(esc, raw)
@@ -44,7 +68,7 @@ def _ts(value: datetime) -> str:
 
 def _person(name: str) -> str:
     """A DICOM person name (FAMILY^GIVEN) as HL7 components, other delimiters escaped."""
-    return "^".join(escape(part) for part in (name or "").split("^")[:5])
+    return "^".join(fit(part) for part in (name or "").split("^")[:5])
 
 
 def control_id(doc: DeliveryDoc) -> str:
@@ -56,10 +80,10 @@ def build_oru(doc: DeliveryDoc, *, sending_application: str = "READINGROOM", sen
     """The ORU^R01 message (ER7, segments separated by ``\\r``), validated strictly by hl7apy."""
     status = HL7_STATUS[doc.status]
     msg = Message("ORU_R01", version=VERSION, validation_level=VALIDATION_LEVEL.STRICT)
-    msg.msh.msh_3 = escape(sending_application)
-    msg.msh.msh_4 = escape(sending_facility)
-    msg.msh.msh_5 = escape(receiving_application)
-    msg.msh.msh_6 = escape(receiving_facility)
+    msg.msh.msh_3 = fit(sending_application, 20)
+    msg.msh.msh_4 = fit(sending_facility, 20)
+    msg.msh.msh_5 = fit(receiving_application, 20)
+    msg.msh.msh_6 = fit(receiving_facility, 20)
     msg.msh.msh_7 = _ts(now or utcnow())
     msg.msh.msh_9 = "ORU^R01^ORU_R01"
     msg.msh.msh_10 = control_id(doc)
@@ -68,7 +92,7 @@ def build_oru(doc: DeliveryDoc, *, sending_application: str = "READINGROOM", sen
     result = msg.add_group("ORU_R01_PATIENT_RESULT")
     patient = result.add_group("ORU_R01_PATIENT")
     patient.pid.pid_1 = "1"
-    patient.pid.pid_3 = f"{escape(doc.patient_id or 'UNKNOWN')}^^^{escape(doc.site or 'READINGROOM')}^MR"
+    patient.pid.pid_3 = f"{fit(doc.patient_id or 'UNKNOWN')}^^^{fit(doc.site or 'READINGROOM', 20)}^MR"
     patient.pid.pid_5 = _person(doc.patient_name) or "UNKNOWN"
     if doc.patient_birth_date:
         patient.pid.pid_7 = doc.patient_birth_date
@@ -76,13 +100,13 @@ def build_oru(doc: DeliveryDoc, *, sending_application: str = "READINGROOM", sen
     patient.pid.pid_8 = sex if sex in ("M", "F", "O", "U") else "U"
     order = result.add_group("ORU_R01_ORDER_OBSERVATION")
     order.orc.orc_1 = "RE"
-    order.orc.orc_2 = escape(doc.accession)
-    order.orc.orc_3 = escape(doc.accession)
+    order.orc.orc_2 = fit(doc.accession)
+    order.orc.orc_3 = fit(doc.accession)
     obr = order.obr
     obr.obr_1 = "1"
-    obr.obr_2 = escape(doc.accession)
-    obr.obr_3 = escape(doc.accession)
-    description = escape(doc.description or "Imaging study")
+    obr.obr_2 = fit(doc.accession)
+    obr.obr_3 = fit(doc.accession)
+    description = fit(doc.description or "Imaging study")
     obr.obr_4 = f"{description}^{description}^L"
     when = (doc.study_date + (doc.study_time or "").split(".")[0])[:14]
     if when:
@@ -92,8 +116,9 @@ def build_oru(doc: DeliveryDoc, *, sending_application: str = "READINGROOM", sen
     obr.obr_22 = _ts(doc.signed_at)
     obr.obr_24 = "RAD"
     obr.obr_25 = status
-    obr.obr_32 = escape(doc.signed_by)
-    lines = doc.text.splitlines() or [""]
+    obr.obr_32 = fit(doc.signed_by)
+    # One OBX per line; hl7apy holds a TX value to 199 characters, so long lines are wrapped.
+    lines = [piece for line in (doc.text.splitlines() or [""]) for piece in wrap(line)]
     for n, line in enumerate(lines, start=1):
         group = order.add_group("ORU_R01_OBSERVATION")
         obx = group.obx
@@ -104,7 +129,7 @@ def build_oru(doc: DeliveryDoc, *, sending_application: str = "READINGROOM", sen
         obx.obx_5 = escape(line) if line.strip() else " "
         obx.obx_11 = status
         obx.obx_14 = _ts(doc.signed_at)
-        obx.obx_16 = escape(doc.signed_by)
+        obx.obx_16 = fit(doc.signed_by)
     if not msg.validate():
         raise DeliveryError("the ORU message did not validate; this is a bug in dictation/delivery/hl7.py")
     return msg.to_er7()

@@ -118,7 +118,7 @@ def build_sr(doc: DeliveryDoc, institution: str = "", organization: str = "Readi
         series_instance_uid=generate_uid(entropy_srcs=[*seed, "series"]), series_number=900 + doc.version,
         sop_instance_uid=generate_uid(entropy_srcs=[*seed, "sop"]), instance_number=1,
         manufacturer="ReadingRoom", is_complete=True, is_final=doc.status != "preliminary",
-        is_verified=doc.status != "preliminary", institution_name=institution or doc.site or None,
+        is_verified=doc.status != "preliminary", institution_name=(institution or doc.site)[:64] or None,
         verifying_observer_name=person_name(doc.signed_by) if doc.status != "preliminary" else None,
         verifying_organization=organization if doc.status != "preliminary" else None,
         series_description=f"ReadingRoom report v{doc.version} ({doc.status})",
