@@ -43,7 +43,7 @@ from readingroom.settings import Settings
 
 from dictation import checks
 from dictation.commands import SECTION_ORDER
-from dictation.report import SECTION_TITLES, Report, load_template
+from dictation.report import Report, load_template
 
 log = logging.getLogger(__name__)
 

@@ -97,7 +97,7 @@ def test_oru_for_every_state_parses_and_validates(tmp_path, ris):
     stack.drain()
     assert len(received) == 4
     versions = stack.service.get(report_id).versions
-    for message, version, status in zip(received, versions, ["P", "F", "C", "C"]):
+    for message, version, status in zip(received, versions, ["P", "F", "C", "C"], strict=True):
         parsed = hl7.parse(message)  # strict hl7apy validation
         assert parsed.msh.msh_9.value == "ORU^R01^ORU_R01" and parsed.msh.msh_12.value == "2.5.1"
         assert parsed.msh.msh_6.value == "STMARY"
