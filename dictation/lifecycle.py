@@ -43,11 +43,11 @@ from readingroom.settings import Settings
 
 from dictation import checks
 from dictation.commands import SECTION_ORDER
+from dictation.delivery.outbox import DELIVERY_JOB
 from dictation.report import Report, load_template
 
 log = logging.getLogger(__name__)
 
-DELIVERY_JOB = "report_delivery"
 # Report state -> HL7 OBR-25 result status and FHIR DiagnosticReport.status.
 HL7_STATUS = {"preliminary": "P", "final": "F", "addendum": "C", "corrected": "C"}
 FHIR_STATUS = {"preliminary": "preliminary", "final": "final", "addendum": "appended", "corrected": "corrected"}

@@ -36,8 +36,7 @@ class IntakeService:
 
 def build_workers(db: Database, settings: Settings, queue: JobQueue) -> WorkerPool:
     """The worker pool with every job handler registered: triage, and report delivery (outbox)."""
-    from dictation.delivery.outbox import Deliverer
-    from dictation.lifecycle import DELIVERY_JOB
+    from dictation.delivery.outbox import DELIVERY_JOB, Deliverer
     from triage.notify import Notifier
     from triage.pipeline import TriagePipeline
     from triage.studies import TRIAGE_JOB

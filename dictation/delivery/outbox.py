@@ -25,11 +25,13 @@ from readingroom.schema import Job, OutboxItem, ReportRecord, ReportVersion, utc
 from readingroom.settings import Settings, SiteDestinations
 from readingroom.storage import atomic_write
 
-from dictation.delivery import fhir, hl7, pdf, sr
 from dictation.delivery.document import DeliveryDoc, DeliveryError, load_document
 
 log = logging.getLogger(__name__)
 
+# The job kind of a delivery. The builders (hl7apy, fhir.resources, highdicom, fpdf2) are imported
+# when a delivery runs, so that registering the handler keeps `readingroom worker` quick to start.
+DELIVERY_JOB = "report_delivery"
 DESTINATIONS = ("hl7", "fhir", "dicom", "pdf")
 FORMATS = {"hl7": "hl7", "fhir": "fhir", "sr": "dicom", "pdf": "pdf"}
 
@@ -56,6 +58,8 @@ def file_stem(doc: DeliveryDoc) -> str:
 
 def render(doc: DeliveryDoc, fmt: str, settings: Settings, destinations: SiteDestinations | None = None) -> bytes:
     """The bytes of one output format: hl7 (ER7), fhir (JSON), sr (DICOM Part 10), pdf."""
+    from dictation.delivery import fhir, hl7, pdf, sr
+
     if fmt == "hl7":
         peer = destinations.hl7 if destinations else None
         return hl7.build_oru(doc, sending_application=settings.reports.sending_application,
@@ -123,6 +127,8 @@ class Deliverer:
 
     def deliver(self, doc: DeliveryDoc, destination: str, dest: SiteDestinations) -> str:
         """Send to one destination; return its acknowledgement, or raise."""
+        from dictation.delivery import hl7, pdf, sr
+
         home = self.settings.home
         if destination == "hl7":
             if dest.hl7 is None:
@@ -207,7 +213,7 @@ def retry(db: Database, queue: JobQueue | None, outbox_id: int, user: str) -> No
         if job is not None and job.status in ("queued", "running"):
             job.run_after = utcnow()
         else:
-            item.job_id = queue.enqueue("report_delivery", {"outbox_id": item.id}, session=session)
+            item.job_id = queue.enqueue(DELIVERY_JOB, {"outbox_id": item.id}, session=session)
         item.status = "pending"
         version = item.version
         audit.record(session, user, "retry", study_uid=version.content.get("study_uid", ""),
