@@ -216,6 +216,22 @@ class ReportService:
                                     .order_by(ReportRecord.id.desc()).limit(1))
             return self._view(session, record) if record else None
 
+    def list_reports(self, *, status: str | None = None, user: str | None = None,
+                     limit: int = 100) -> list[dict[str, Any]]:
+        """Reports, newest change first: id, study, patient, status, who created it, last change."""
+        stmt = (select(ReportRecord, Study).join(Study, ReportRecord.study_id == Study.id)
+                .order_by(ReportRecord.updated_at.desc(), ReportRecord.id.desc()).limit(limit))
+        if status:
+            stmt = stmt.where(ReportRecord.status == status)
+        if user:
+            stmt = stmt.where(ReportRecord.created_by == user)
+        with self.db.reader() as session:
+            return [{"id": r.id, "study_uid": s.study_uid, "accession": s.accession, "patient_name": s.patient_name,
+                     "description": s.description, "status": r.status, "template": r.template,
+                     "created_by": r.created_by, "revision": r.revision,
+                     "updated_at": r.updated_at.isoformat(timespec="seconds") + "Z"}
+                    for r, s in session.execute(stmt)]
+
     def dictation_report(self, report_id: int) -> Report:
         """The draft as a ``dictation.report.Report``, to continue dictating into it."""
         with self.db.reader() as session:

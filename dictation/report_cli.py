@@ -12,6 +12,7 @@
     readingroom report export REPORT_ID --format hl7|fhir|sr|pdf --out FILE
     readingroom report show REPORT_ID|STUDY_UID [--json]
     readingroom report verify REPORT_ID                       (recompute the signatures' SHA-256)
+    readingroom report list [--status draft] [--user NAME] [--json]
     readingroom report outbox [--status failed] [--report ID] [--json]
     readingroom report retry OUTBOX_ID --user NAME
     readingroom report audit [--user U] [--action A] [--study UID] [--report ID] [--since ISO] [--json]
@@ -94,6 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--user", default=None, help="audit this view as this user")
     add("verify", "check that every signed version still matches its SHA-256", user=False)
+    p = sub.add_parser("list", help="reports, newest change first")
+    p.add_argument("--status", choices=["draft", "preliminary", "final", "addendum", "corrected"])
+    p.add_argument("--user", help="only reports this user created")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--json", action="store_true")
     p = sub.add_parser("outbox", help="deliveries: pending, delivered, failed")
     p.add_argument("--status", choices=["pending", "delivered", "failed"])
     p.add_argument("--report", type=int)
@@ -214,6 +220,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         for v in view.versions:
             print(f"v{v.number} {v.status}: {'ok' if v.number not in bad else 'CONTENT DOES NOT MATCH ITS SIGNATURE'}")
         return 1 if bad else 0
+    elif a == "list":
+        rows = service.list_reports(status=args.status, user=args.user, limit=args.limit)
+        if args.json:
+            print(json.dumps(rows, indent=2))
+        else:
+            for r in rows:
+                print(f"{r['id']:>5} {r['status']:<11} {r['updated_at']} {r['accession']:<12} {r['patient_name']:<24} "
+                      f"{r['description']}")
+            if not rows:
+                print("(no reports)")
     elif a == "outbox":
         rows = service.delivery_status(args.report, args.status, args.limit)
         if args.json:

@@ -268,6 +268,16 @@ def test_dicom_sr_is_stored_by_a_pacs_and_read_by_dsrdump(tmp_path, pacs):
     texts = [item.TextValue for c in ds.ContentSequence if "ContentSequence" in c
              for item in c.ContentSequence if "TextValue" in item]
     assert any("UNVERIFIED" in t for t in texts)
+    # an addendum is a new SR that names the first one as its predecessor
+    stack.service.addendum(report_id, "dr_lee", "Compared with the outside study: unchanged.")
+    stack.drain()
+    second = [p for p in folder.iterdir() if p != stored[0]]
+    assert len(second) == 1
+    addendum = pydicom.dcmread(second[0])
+    predecessor = addendum.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
+    assert predecessor.ReferencedSOPInstanceUID == ds.SOPInstanceUID
+    dump = subprocess.run([str(DCMTK / "dsrdump"), str(second[0])], capture_output=True, text=True, timeout=30)
+    assert dump.returncode == 0 and "E:" not in dump.stderr and "Addendum" in dump.stdout, dump.stderr
     stack.db.dispose()
 
 

@@ -152,6 +152,15 @@ def test_addendum_and_correction_keep_every_version(service, db):
     assert versions[0].text == first.text
 
 
+def test_list_reports_by_state(service, db):
+    first = draft(service, db)
+    second = draft(service, db, uid="1.2.826.0.1.3680043.8.498.3", accession="ACC3")
+    service.sign(first.id, "dr_lee", final=True)
+    assert [r["id"] for r in service.list_reports(status="draft")] == [second.id]
+    assert [r["status"] for r in service.list_reports()] == ["final", "draft"]
+    assert service.list_reports(user="dr_kim") == []
+
+
 def test_audit_query_filters(service, db):
     view = draft(service, db)
     service.get(view.id, user="dr_kim")

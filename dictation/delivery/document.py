@@ -57,6 +57,8 @@ class DeliveryDoc:
     site: str
     ai_findings: list[dict[str, Any]] = field(default_factory=list)
     instances: list[InstanceRef] = field(default_factory=list)
+    # Earlier signed versions of the same report: (version id, sha256), oldest first.
+    previous: list[tuple[int, str]] = field(default_factory=list)
 
     @property
     def modality(self) -> str:
@@ -87,4 +89,5 @@ def load_document(session: Session, version_id: int) -> DeliveryDoc:
         description=study.description, referring_physician=study.referring_physician,
         site=study.site.name if study.site else "", ai_findings=list(content.get("ai_findings", [])),
         instances=instances,
+        previous=[(v.id, v.sha256) for v in record.versions if v.number < version.number],
     )

@@ -86,6 +86,24 @@ def evidence_datasets(doc: DeliveryDoc) -> list[Dataset]:
     return out
 
 
+def sr_uids(study_uid: str, version_id: int, sha256: str) -> tuple[str, str]:
+    """Series and SOP Instance UIDs of a version's SR: derived from it, so a resend is the same object."""
+    seed = [study_uid, str(version_id), sha256]
+    return generate_uid(entropy_srcs=[*seed, "series"]), generate_uid(entropy_srcs=[*seed, "sop"])
+
+
+def _predecessors(doc: DeliveryDoc) -> list[Dataset]:
+    """The SRs of the earlier versions (addendum, corrected), as Predecessor Documents."""
+    out = []
+    for version_id, sha256 in doc.previous:
+        series_uid, sop_uid = sr_uids(doc.study_uid, version_id, sha256)
+        ds = Dataset()
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = doc.study_uid, series_uid, sop_uid
+        ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.88.33"  # Comprehensive SR
+        out.append(ds)
+    return out
+
+
 def build_sr(doc: DeliveryDoc, institution: str = "", organization: str = "ReadingRoom") -> Dataset:
     evidence = evidence_datasets(doc)
     if not evidence:
@@ -112,11 +130,11 @@ def build_sr(doc: DeliveryDoc, institution: str = "", organization: str = "Readi
     summary.append(NOT_FOR_CLINICAL_USE)
     content.append(_section(SUMMARY, [t for s in summary for t in _texts(SUMMARY, s)]))
     root.ContentSequence = content
-    seed = [doc.study_uid, str(doc.version_id), doc.sha256]
+    series_uid, sop_uid = sr_uids(doc.study_uid, doc.version_id, doc.sha256)
     sr = ComprehensiveSR(
-        evidence=evidence, content=root,
-        series_instance_uid=generate_uid(entropy_srcs=[*seed, "series"]), series_number=900 + doc.version,
-        sop_instance_uid=generate_uid(entropy_srcs=[*seed, "sop"]), instance_number=1,
+        evidence=evidence, content=root, previous_versions=_predecessors(doc) or None,
+        series_instance_uid=series_uid, series_number=900 + doc.version,
+        sop_instance_uid=sop_uid, instance_number=1,
         manufacturer="ReadingRoom", is_complete=True, is_final=doc.status != "preliminary",
         is_verified=doc.status != "preliminary", institution_name=(institution or doc.site)[:64] or None,
         verifying_observer_name=person_name(doc.signed_by) if doc.status != "preliminary" else None,

@@ -63,6 +63,8 @@ def test_report_lifecycle_from_the_command_line(tmp_path):
         shown = json.loads(out)
         assert shown["status"] == "final" and "CRITICAL RESULT COMMUNICATION" in shown["versions"][0]["text"]
         assert "v1 final: ok" in rr("verify", "1")[1]
+        rc, out = rr("list", "--json")
+        assert [(r["id"], r["status"]) for r in json.loads(out)] == [(1, "final")]
         rc, out = rr("export", "1", "--format", "pdf", "--out", str(tmp_path / "r.pdf"))
         assert rc == 0 and (tmp_path / "r.pdf").read_bytes().startswith(b"%PDF")
         rc, out = rr("audit", "--json")
