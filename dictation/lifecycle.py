@@ -160,8 +160,9 @@ class ReportService:
         self.templates_dir = settings.config_dir / "templates"
 
     # --- reading ----------------------------------------------------------------------------
-    def _record(self, session: Session, report_id: int) -> ReportRecord:
-        record = session.get(ReportRecord, report_id)
+    def _record(self, session: Session, report_id: int, lock: bool = False) -> ReportRecord:
+        # lock: SELECT ... FOR UPDATE on PostgreSQL (SQLite writers are serialised by BEGIN IMMEDIATE)
+        record = session.get(ReportRecord, report_id, with_for_update=lock or None)
         if record is None:
             raise ReportError(f"no report {report_id}; list a study's report with `readingroom report show` "
                               "or create one with `readingroom report new STUDY_UID`")
@@ -272,7 +273,7 @@ class ReportService:
         if report is not None:
             sections, fields = dict(report.sections), {k: dict(v) for k, v in report.fields.items()}
         with self.db.session() as session:
-            record = self._record(session, report_id)
+            record = self._record(session, report_id, lock=True)
             if record.status in SIGNED:
                 raise ReportError(f"report {report_id} is {record.status} and cannot change; add an addendum "
                                   f"(`readingroom report addendum {report_id} --user NAME --text ...`) or a "
@@ -426,7 +427,7 @@ class ReportService:
     def sign(self, report_id: int, user: str, final: bool = True) -> VersionView:
         """Sign the draft as preliminary or final; queue it for delivery. Raises ChecksNotResolved."""
         with self.db.session() as session:
-            record = self._record(session, report_id)
+            record = self._record(session, report_id, lock=True)
             if record.status in SIGNED:
                 raise ReportError(f"report {report_id} is already {record.status}; add an addendum or a "
                                   "corrected version instead of signing again")
@@ -442,7 +443,7 @@ class ReportService:
         if not text.strip():
             raise ReportError("an addendum needs text")
         with self.db.session() as session:
-            record = self._record(session, report_id)
+            record = self._record(session, report_id, lock=True)
             if record.status not in SIGNED:
                 raise ReportError(f"report {report_id} is {record.status}; an addendum follows a final report. "
                                   "Edit the draft and sign it instead")
@@ -462,7 +463,7 @@ class ReportService:
         if not reason.strip():
             raise ReportError("a corrected report needs a reason")
         with self.db.session() as session:
-            record = self._record(session, report_id)
+            record = self._record(session, report_id, lock=True)
             if record.status not in SIGNED:
                 raise ReportError(f"report {report_id} is {record.status}; edit the draft and sign it instead")
             unknown = sorted(set(sections) - set(SECTION_ORDER))

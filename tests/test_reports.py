@@ -211,3 +211,24 @@ def test_ordered_side_comes_from_the_stored_images_dicom_laterality(service, db,
     service.save_draft(view.id, "dr_lee", sections={"technique": "Three views of the right knee.",
                                                     "findings": "No fracture.", "impression": "Normal right knee."})
     assert [c.issue.key for c in service.run_checks(view.id)] == ["laterality:order:right"]
+
+
+def test_two_signatures_at_once_make_one_version(service, db):
+    import threading
+
+    view = draft(service, db)
+    outcomes: list[str] = []
+
+    def sign() -> None:
+        try:
+            outcomes.append(service.sign(view.id, "dr_lee", final=True).status)
+        except ReportError as exc:
+            outcomes.append(str(exc))
+
+    threads = [threading.Thread(target=sign) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(outcomes)[0] == "final" and "already final" in sorted(outcomes)[1]
+    assert [v.number for v in service.get(view.id).versions] == [1]
