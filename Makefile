@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 APT_PACKAGES := dcmtk espeak-ng chromium
 
-.PHONY: run test install system-deps bench bench-dictation clean
+.PHONY: run test install system-deps bench bench-dictation bench-reports clean
 
 run: install
 	$(BIN)/readingroom run --demo
@@ -36,6 +36,10 @@ bench: install
 	$(BIN)/python bench/intake.py
 	$(BIN)/python bench/worklist.py
 	$(BIN)/python bench/orders.py
+
+bench-reports: install
+	$(BIN)/python bench/checks.py
+	$(BIN)/python bench/report_delivery.py
 
 bench-dictation: install
 	$(BIN)/python bench/dictation.py

@@ -9,6 +9,8 @@ commands ("next field", "scratch that", "insert normal") edit the report. Not fo
 Modules: settings, models (install/load), audio, vad, transcribe (one utterance), stream
 (partials and finals), lexicon (bias and post-correction), normalize, commands, report,
 session (glue), cli (``readingroom transcribe``), install (``python -m dictation.install``).
+Sign-off: lifecycle (ReportService), checks (pre-sign), delivery/ (outbox: HL7, FHIR, SR, PDF),
+report_cli (``readingroom report``); see docs/reporting.md.
 """
 
 from dictation.commands import Command, CommandGrammar

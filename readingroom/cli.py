@@ -231,6 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("orders", help="review imaging orders: list, show, approve, reject (see its --help)")
     sub.add_parser("simulate", help="night-shift simulator: report turnaround under FIFO and AI ordering "
                                     "(see its --help)")
+    sub.add_parser("report", help="report lifecycle: new, set, check, sign, addendum, export, outbox, audit "
+                                  "(see its --help)")
 
     p = sub.add_parser("jobs", help="list queued, running, done and dead jobs; retry a dead one")
     jobs_sub = p.add_subparsers(dest="jobs_command", required=True, metavar="ACTION")
@@ -250,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Subcommands with their own argument parser: everything after the name is theirs.
 PASSTHROUGH = {"simulate": ("triage.simulate", "main"), "transcribe": ("dictation.cli", "main"),
-               "orders": ("triage.orders.cli", "main")}
+               "orders": ("triage.orders.cli", "main"), "report": ("dictation.report_cli", "main")}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

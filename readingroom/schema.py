@@ -255,3 +255,112 @@ class OrderEvent(Base):
 # the orders table, so that this block stays in one piece; declarative maps a column added later.
 Study.order_id = mapped_column(Integer, ForeignKey("orders.id"), nullable=True, index=True)
 # ---- end of orders ---------------------------------------------------------------------------------
+
+
+# --- Reports: lifecycle, signatures, checks, critical communication, delivery, audit (issue 7) ---
+# A report has one mutable draft (the working text, autosaved) and immutable signed versions.
+# Report states, in order; "addendum" and "corrected" follow "final".
+REPORT_STATUSES = ("draft", "preliminary", "final", "addendum", "corrected")
+# Delivery states of one report version to one destination.
+OUTBOX_STATUSES = ("pending", "delivered", "failed")
+
+
+class ReportRecord(Base):
+    """The report of one study: template, working text (the draft) and its current state."""
+
+    __tablename__ = "reports"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    template: Mapped[str] = mapped_column(String(64), default="free")
+    status: Mapped[str] = mapped_column(String(16), default="draft", index=True)
+    # Working text: {section: free text} and {section: {field: text}} (dictation.report.Report).
+    sections: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    fields: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # Bumped by every save; a save that names an older revision is refused (two tabs, one report).
+    revision: Mapped[int] = mapped_column(Integer, default=0)
+    created_by: Mapped[str] = mapped_column(String(64), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+    study: Mapped[Study] = relationship()
+    versions: Mapped[list["ReportVersion"]] = relationship(back_populates="report", order_by="ReportVersion.number")
+
+
+class ReportVersion(Base):
+    """One signed version: never updated or deleted. The signature is who, when and a SHA-256."""
+
+    __tablename__ = "report_versions"
+    __table_args__ = (Index("ix_report_versions_number", "report_id", "number", unique=True),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    report_id: Mapped[int] = mapped_column(ForeignKey("reports.id"))
+    number: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16))  # preliminary, final, addendum, corrected
+    # The signed content: canonical JSON (study, sections, text...); sha256 is its hash.
+    content: Mapped[dict[str, Any]] = mapped_column(JSON)
+    text: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64))
+    signed_by: Mapped[str] = mapped_column(String(64))
+    signed_at: Mapped[datetime] = mapped_column(DateTime)
+    reason: Mapped[str] = mapped_column(Text, default="")  # why a corrected version was made
+
+    report: Mapped[ReportRecord] = relationship(back_populates="versions")
+
+
+class CriticalCommunication(Base):
+    """A critical result told to a clinician: who, how, when, and whether it was read back."""
+
+    __tablename__ = "critical_communications"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    report_id: Mapped[int] = mapped_column(ForeignKey("reports.id"), index=True)
+    finding: Mapped[str] = mapped_column(String(200), default="")
+    recipient: Mapped[str] = mapped_column(String(200))
+    method: Mapped[str] = mapped_column(String(32))
+    communicated_at: Mapped[datetime] = mapped_column(DateTime)
+    read_back: Mapped[bool] = mapped_column(Boolean)
+    recorded_by: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class CheckOverride(Base):
+    """A pre-sign check overridden (with a reason) or a warning acknowledged, by whom."""
+
+    __tablename__ = "check_overrides"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    report_id: Mapped[int] = mapped_column(ForeignKey("reports.id"), index=True)
+    check_key: Mapped[str] = mapped_column(String(200))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    user: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class OutboxItem(Base):
+    """One report version for one destination (hl7, fhir, dicom, pdf): delivered exactly once."""
+
+    __tablename__ = "report_outbox"
+    __table_args__ = (Index("ix_report_outbox_version_destination", "version_id", "destination", unique=True),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version_id: Mapped[int] = mapped_column(ForeignKey("report_versions.id"))
+    destination: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16), default="pending", index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    job_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    acknowledgement: Mapped[str | None] = mapped_column(Text, nullable=True)  # ACK text, C-STORE status, path
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+    version: Mapped[ReportVersion] = relationship()
+
+
+class AuditEntry(Base):
+    """Append-only: who viewed, edited, signed, overrode, communicated or exported what, and when."""
+
+    __tablename__ = "audit_log"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    user: Mapped[str] = mapped_column(String(64), index=True)
+    action: Mapped[str] = mapped_column(String(32), index=True)
+    study_uid: Mapped[str] = mapped_column(String(64), default="", index=True)
+    report_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+# --- end of issue 7 tables ---

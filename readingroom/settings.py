@@ -98,6 +98,17 @@ class HL7Settings(_Section):
     facility: str = "READINGROOM"             # our MSH-4 sending facility
 
 
+class ReportSettings(_Section):
+    """Sign-off and delivery of reports (dictation/lifecycle.py, dictation/delivery)."""
+
+    # Tries per destination before a delivery goes to the dead-letter state (admin retries it).
+    delivery_max_attempts: int = Field(12, ge=1)
+    sending_application: str = Field("READINGROOM", min_length=1)   # MSH-3
+    sending_facility: str = Field("READINGROOM", min_length=1)      # MSH-4
+    # Edits of one report by one user within this many seconds make one audit entry.
+    edit_audit_interval_s: float = Field(60, ge=0)
+
+
 class HL7Peer(_Section):
     """An HL7 v2 system reached over MLLP (the site's RIS)."""
 
@@ -163,6 +174,7 @@ class Settings(_Section):
     worklist: WorklistSettings = WorklistSettings()
     notifications: NotificationSettings = NotificationSettings()
     hl7: HL7Settings = HL7Settings()
+    reports: ReportSettings = ReportSettings()
     # Checked here, typed in dictation/settings.py (DictationSettings.from_mapping).
     dictation: dict[str, Any] = Field(default_factory=dict)
 

@@ -52,14 +52,16 @@ class IntakeService:
 
 
 def build_workers(db: Database, settings: Settings, queue: JobQueue) -> WorkerPool:
-    """The worker pool with every job handler registered (triage now; delivery later)."""
+    """The worker pool with every job handler registered: triage, notices to a site's RIS
+    (order rejections and questions), and report delivery (outbox)."""
+    from dictation.delivery.outbox import DELIVERY_JOB, Deliverer
     from triage.notify import Notifier
+    from triage.orders.review import SEND_JOB, OrderNoticeSender
     from triage.pipeline import TriagePipeline
     from triage.studies import TRIAGE_JOB
 
     workers = WorkerPool(queue, settings.jobs)
     workers.register(TRIAGE_JOB, TriagePipeline(db, settings, Notifier(db, settings)))
-    from triage.orders.review import SEND_JOB, OrderNoticeSender
-
     workers.register(SEND_JOB, OrderNoticeSender(db, settings))
+    workers.register(DELIVERY_JOB, Deliverer(db, settings))
     return workers
