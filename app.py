@@ -21,8 +21,9 @@ log = logging.getLogger(__name__)
 DEMO_SEEDED_KEY = "demo_seeded"
 
 
-def build_web_app(settings: Settings, db: Database):  # noqa: ANN201
-    """FastAPI app: /healthz, the login and viewer routes, and the Gradio page at /."""
+def build_web_app(settings: Settings, db: Database, queue: Any = None, wake: Any = None):  # noqa: ANN201
+    """FastAPI app: /healthz, login, the viewer and dictation routes, the FHIR ServiceRequest
+    endpoint, and the Gradio page at /."""
     import gradio as gr
     from fastapi import FastAPI
 
@@ -41,8 +42,11 @@ def build_web_app(settings: Settings, db: Database):  # noqa: ANN201
             studies = session.scalar(select(func.count(Study.id)))
         return {"status": "ok", "studies": studies, "notice": NOT_FOR_CLINICAL_USE}
 
+    from triage.orders.fhir import build_router
+
+    api.include_router(build_router(db, settings))
     auth_dependency = install_routes(api, settings, db)
-    blocks = build_blocks(settings, db)
+    blocks = build_blocks(settings, db, queue=queue, wake=wake)
     return gr.mount_gradio_app(
         api, blocks, path="/", auth_dependency=auth_dependency, head=head_html(),
         theme=gr.themes.Default(primary_hue="blue", neutral_hue="slate"), footer_links=[],
@@ -51,11 +55,15 @@ def build_web_app(settings: Settings, db: Database):  # noqa: ANN201
 
 
 def _seed_demo_once(settings: Settings, db: Database, port: int) -> None:
+    """The demo's orders (through the HL7 path), then its images (through the DICOM listener):
+    the studies link to their orders by accession number as they arrive."""
     from triage.demo import seed_demo
+    from triage.orders.demo import seed_demo_orders
 
     if get_kv(db, DEMO_SEEDED_KEY):
         return
     try:
+        seed_demo_orders(db, settings)
         count = seed_demo(settings, port=port)
     except Exception:  # noqa: BLE001 - the workstation runs on without demo data
         log.exception("could not seed the demo worklist")
@@ -84,7 +92,7 @@ def serve(settings: Settings, db: Database, demo: bool = False) -> int:
                                   name="demo-seed", daemon=True)
         seeder.start()
     try:
-        web = build_web_app(settings, db)
+        web = build_web_app(settings, db, queue=queue, wake=workers.wake)
         server = uvicorn.Server(uvicorn.Config(web, host=settings.web.host, port=settings.web.port,
                                                log_level="warning", lifespan="on", timeout_graceful_shutdown=5))
         url = f"http://{settings.web.host}:{settings.web.port}"
@@ -94,6 +102,8 @@ def serve(settings: Settings, db: Database, demo: bool = False) -> int:
               + f"\n  Logins:         {settings.demo.username} / {settings.demo.password} (radiologist), "
               + f"{settings.demo.admin_username} / {settings.demo.admin_password} (admin)"
               + f"\n  DICOM listener: AE {settings.dicom.ae_title} on {settings.dicom.host}:{intake.listener.port}"
+              + " (C-STORE, C-ECHO, modality worklist C-FIND)"
+              + (f"\n  HL7 orders:     MLLP on {settings.hl7.host}:{intake.orders.port}" if intake.orders else "")
               + f"\n  Data folder:    {settings.home}"
               + "\n  Stop:           Ctrl-C\n" + "=" * 72 + "\n", flush=True)
         try:

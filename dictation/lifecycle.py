@@ -301,6 +301,24 @@ class ReportService:
             self._audit_coalesced(session, user, "edit", record)
             return self._view(session, record)
 
+    def change_template(self, report_id: int, user: str, template: str) -> ReportView:
+        """Switch a draft to another template: section texts stay, template fields start empty."""
+        tmpl = load_template(template, self.templates_dir)
+        with self.db.session() as session:
+            record = self._record(session, report_id, lock=True)
+            if record.status != "draft":
+                raise ReportError(f"report {report_id} is {record.status}; the template of a signed report "
+                                  "cannot change")
+            if record.template == tmpl.name:
+                return self._view(session, record)
+            record.template = tmpl.name
+            record.fields = Report(template=tmpl).fields
+            record.revision += 1
+            record.updated_at = utcnow()
+            audit.record(session, user, "edit", study_uid=record.study.study_uid, report_id=record.id,
+                         detail={"template": tmpl.name})
+            return self._view(session, record)
+
     def set_section(self, report_id: int, user: str, section: str, text: str) -> ReportView:
         """Replace one section's free text (``section`` is a name or a title: "impression")."""
         key = section.strip().lower().replace(" ", "_")

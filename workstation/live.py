@@ -82,13 +82,23 @@ class LiveDictation:
     """A dictation into one report. Thread-safe: Gradio may call feed() from worker threads."""
 
     def __init__(self, template: str = "free", settings: DictationSettings | None = None,
-                 sections: dict[str, str] | None = None, engine=None) -> None:  # noqa: ANN001
+                 sections: dict[str, str] | None = None, engine=None,  # noqa: ANN001
+                 fields: dict[str, dict[str, str]] | None = None) -> None:
         self.settings = settings or DictationSettings()
         self.session = DictationSession(self.settings, template=template)
-        if sections:
-            for name, text in sections.items():
-                if name in self.session.report.sections:
-                    self.session.report.sections[name] = text
+        report = self.session.report
+        for name, text in (sections or {}).items():
+            if name in report.sections:
+                report.sections[name] = text or ""
+        for name, values in (fields or {}).items():
+            for key, value in (values or {}).items():
+                if key in report.fields.get(name, {}):
+                    report.fields[name][key] = value or ""
+        # The stored draft this dictation autosaves into (dictation.lifecycle.ReportService).
+        self.report_id: int | None = None
+        self.revision: int | None = None
+        self.saved_key = self.content_key()
+        self.shown: tuple[str, str, str] | None = None   # (partial, command, view_key) on the page
         self._engine = engine
         self._stream = None
         self._lock = threading.Lock()
@@ -187,6 +197,18 @@ class LiveDictation:
             report.sections[section] = text
             for name in report.fields.get(section, {}):
                 report.fields[section][name] = ""
+
+    def content_key(self) -> str:
+        """Changes when the report's text changes (autosave compares it)."""
+        import json
+
+        report = self.session.report
+        return json.dumps([report.sections, report.fields], sort_keys=True)
+
+    def view_key(self) -> str:
+        """Changes when the page's report boxes must change: text, or the active section."""
+        report = self.session.report
+        return f"{self.content_key()}|{report.section}|{report.field_index}"
 
     def goto(self, section: str) -> None:
         self.session.report.goto(section)

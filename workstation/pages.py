@@ -13,7 +13,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import gradio as gr   # at module level: Gradio resolves the ``gr.Request`` annotations of callbacks here
+import gradio as gr   # at module level: Gradio resolves the callbacks' annotations (gr.Request...) here
+
+from workstation.live import REGISTRY, LiveDictation   # module level too: callbacks are annotated with it
 
 from readingroom import NOT_FOR_CLINICAL_USE
 from readingroom.db import Database
@@ -123,13 +125,27 @@ def viewer_html(study_uid: str | None) -> str:
 </div>"""
 
 
-def build_blocks(settings: Settings, db: Database) -> gr.Blocks:  # noqa: C901 - one page, wired in one place
+def build_blocks(settings: Settings, db: Database, queue: Any = None,  # noqa: C901 - one page, wired in one place
+                 wake: Any = None) -> gr.Blocks:
+    """The page. ``queue`` and ``wake`` (the worker pool's) let signed reports and order notices
+    go out at once; without them a queue on the same database is used and the workers poll."""
+    from dictation.lifecycle import METHODS, SIGNED, ChecksNotResolved, ReportService
     from dictation.report import SECTION_ORDER, SECTION_TITLES, list_templates
     from dictation.settings import DictationSettings
     from readingroom.auth import user_role
+    from readingroom.errors import ReadingRoomError
+    from readingroom.jobs import DatabaseJobQueue
+    from triage import orders as order_api
     from triage.notify import CRITICAL_FINDING, events_since, latest_event_id
+    from triage.orders.protocols import load_library
     from triage.worklist import ClaimError, claim
-    from workstation.live import REGISTRY, LiveDictation
+    from workstation.signoff import (
+        AUDIT_COLUMNS, DELIVERY_COLUMNS, ORDER_COLUMNS, audit_rows, checks_markdown, delivery_rows, open_issue_keys,
+        order_markdown, order_rows,
+    )
+
+    queue = queue or DatabaseJobQueue(db, settings.jobs)
+    reports = ReportService(db, settings, queue, wake=wake)
 
     dictation_settings = DictationSettings.from_mapping(settings.dictation)
     templates = ["free", *[t for t in list_templates(dictation_settings.templates_dir) if t != "free"]]
@@ -177,6 +193,51 @@ def build_blocks(settings: Settings, db: Database) -> gr.Blocks:  # noqa: C901 -
                         boxes = {s: gr.Textbox(label=SECTION_TITLES[s], lines=3 if s in ("findings", "impression") else 1,
                                                max_lines=20, elem_id=f"rr-section-{s}", interactive=True)
                                  for s in SECTION_ORDER}
+                        autosaved = gr.Markdown("", elem_id="rr-autosave")
+                        with gr.Group(elem_id="rr-signoff"):
+                            gr.Markdown("#### Checks and sign-off")
+                            with gr.Row():
+                                check_btn = gr.Button("Run checks", size="sm", elem_id="rr-check")
+                                sign_prelim = gr.Button("Sign preliminary", size="sm", elem_id="rr-sign-prelim")
+                                sign_final = gr.Button("Sign final", size="sm", variant="primary",
+                                                       elem_id="rr-sign-final")
+                            checks_md = gr.Markdown("", elem_id="rr-checks")
+                            with gr.Row():
+                                issue_key = gr.Dropdown([], label="Open issue", scale=2, elem_id="rr-issue")
+                                issue_note = gr.Textbox(label="Reason (override) or note (acknowledge)", scale=3)
+                                override_btn = gr.Button("Override", size="sm", scale=1)
+                                ack_btn = gr.Button("Acknowledge", size="sm", scale=1)
+                            with gr.Accordion("Critical-result communication", open=False):
+                                with gr.Row():
+                                    comm_recipient = gr.Textbox(label="Recipient (name, role)", scale=3)
+                                    comm_method = gr.Dropdown(list(METHODS), value="phone", label="Method", scale=2)
+                                    comm_readback = gr.Checkbox(label="Read back", value=True, scale=1)
+                                comm_finding = gr.Textbox(label="Finding communicated")
+                                comm_btn = gr.Button("Record communication", size="sm")
+                            signed_md = gr.Markdown("", elem_id="rr-signed")
+                            with gr.Row():
+                                addendum_text = gr.Textbox(label="Addendum (to a final report)", scale=4)
+                                addendum_btn = gr.Button("Sign addendum", size="sm", scale=1)
+                            delivery = gr.Dataframe(headers=DELIVERY_COLUMNS, interactive=False, elem_id="rr-delivery",
+                                                    label="Delivery to the site")
+            # ---------------------------------------------------------------- requests
+            with gr.Tab("Requests", id="requests"):
+                gr.Markdown("### Requests waiting for review\nApprove with a protocol (the order joins the "
+                            "modality worklist), reject with a reason (the site's RIS is told), or ask a question.")
+                with gr.Row():
+                    order_status = gr.Dropdown(["new", "question", "approved", "rejected", "cancelled", ""],
+                                               value="new", label="Status", scale=1)
+                    orders_refresh = gr.Button("Refresh", size="sm", scale=0)
+                orders_table = gr.Dataframe(headers=ORDER_COLUMNS, interactive=False, elem_id="rr-orders")
+                order_acc = gr.State("")
+                order_md = gr.Markdown("Click a request to review it.", elem_id="rr-order")
+                with gr.Row():
+                    protocol = gr.Dropdown([], label="Protocol", scale=2, elem_id="rr-protocol")
+                    approve_btn = gr.Button("Approve", variant="primary", size="sm", scale=1)
+                with gr.Row():
+                    review_text = gr.Textbox(label="Reason (reject) or question (ask)", scale=3)
+                    reject_btn = gr.Button("Reject", size="sm", scale=1)
+                    ask_btn = gr.Button("Ask", size="sm", scale=1)
             # ---------------------------------------------------------------- lab
             with gr.Tab("Lab", id="lab"):
                 from triage.simulate import shipped_scenarios
@@ -202,8 +263,21 @@ def build_blocks(settings: Settings, db: Database) -> gr.Blocks:  # noqa: C901 -
                     new_password = gr.Textbox(label="Password", type="password", scale=2)
                     new_role = gr.Dropdown(["radiologist", "admin"], value="radiologist", label="Role", scale=1)
                     add_user = gr.Button("Add user", scale=1)
+                gr.Markdown("### Report delivery (outbox)")
+                outbox = gr.Dataframe(headers=DELIVERY_COLUMNS, interactive=False, elem_id="rr-outbox")
+                with gr.Row():
+                    retry_id = gr.Number(label="Outbox id to retry", precision=0, scale=1)
+                    retry_btn = gr.Button("Retry delivery", size="sm", scale=1)
                 gr.Markdown("### Dead-letter jobs")
                 dead = gr.Dataframe(headers=["Job", "Kind", "Payload", "Attempts", "Last error"], interactive=False)
+                gr.Markdown("### Audit log")
+                with gr.Row():
+                    audit_user = gr.Textbox(label="User", scale=1)
+                    audit_action = gr.Textbox(label="Action (view, edit, sign, override, communicate, export…)",
+                                              scale=2)
+                    audit_study = gr.Textbox(label="Study UID", scale=2)
+                    audit_btn = gr.Button("Search", size="sm", scale=0)
+                audit_table = gr.Dataframe(headers=AUDIT_COLUMNS, interactive=False, elem_id="rr-audit")
                 admin_refresh = gr.Button("Refresh", size="sm")
 
         # ===================================================================== callbacks
@@ -211,14 +285,14 @@ def build_blocks(settings: Settings, db: Database) -> gr.Blocks:  # noqa: C901 -
             user = username(request)
             role = user_role(db, user) if user else None
             return (f"{html.escape(user or '')} ({role}) · [Log out](/logout)", gr.update(visible=role == "admin"),
-                    latest_event_id(db), styled(worklist_rows(db, settings, user)))
+                    latest_event_id(db), styled(worklist_rows(db, settings, user)), list_requests("new"))
 
         def refresh_worklist(site: str, modality: str, status: str, request: gr.Request):  # noqa: ANN202
             return styled(worklist_rows(db, settings, username(request), site, modality, status))
 
         filters = [f_site, f_modality, f_status]
         last_event = gr.State(0)
-        blocks.load(page_load, outputs=[who, admin_tab, last_event, table])
+        blocks.load(page_load, outputs=[who, admin_tab, last_event, table, orders_table])
         for control in filters:
             control.change(refresh_worklist, inputs=filters, outputs=table, show_progress="hidden")
         refresh.click(refresh_worklist, inputs=filters, outputs=table, api_name="refresh")
@@ -244,28 +318,44 @@ def build_blocks(settings: Settings, db: Database) -> gr.Blocks:  # noqa: C901 -
             row = evt.row_value if evt.row_value is not None else []
             uid = row[-1] if row else ""
             user = username(request) or "unknown"
+            skip = (gr.skip(),) * (10 + len(SECTION_ORDER))
             if not uid:
-                return (gr.skip(),) * (6 + len(SECTION_ORDER))
+                return skip
             try:
                 until = claim(db, settings, uid, user)
-            except ClaimError as exc:
+                view = reports.create(uid, user, template=suggest_template(row[4], row[8], templates))
+            except (ClaimError, ReadingRoomError) as exc:
                 gr.Warning(str(exc))
-                return (gr.skip(),) * (6 + len(SECTION_ORDER))
-            name = suggest_template(row[4], row[8], templates)
-            session = LiveDictation(name, dictation_settings)
+                return skip
+            session = LiveDictation(view.template, dictation_settings, sections=view.sections, fields=view.fields)
+            session.report_id, session.revision = view.id, view.revision
             REGISTRY.put(user, uid, session)
             texts = session.sections()
             header = (f"**{html.escape(str(row[6]))}** · {html.escape(str(row[8]))} · accession "
-                      f"{html.escape(str(row[7]))} · claimed by {html.escape(user)} until {until:%H:%M} UTC")
-            return (uid, viewer_html(uid), header, gr.Tabs(selected="reading"), session, name,
+                      f"{html.escape(str(row[7]))} · claimed by {html.escape(user)} until {until:%H:%M} UTC · "
+                      f"report {view.id} ({view.status})")
+            return (uid, viewer_html(uid), header, gr.Tabs(selected="reading"), session, view.template,
+                    "", gr.update(choices=[], value=None), signed_text(view), delivery_rows(
+                        reports.delivery_status(report_id=view.id)),
                     *[gr.update(value=texts[s], label=_label(s, session)) for s in SECTION_ORDER])
+
+        def signed_text(view) -> str:  # noqa: ANN001
+            if not view.versions:
+                return f"Report {view.id}: **{view.status}** (not signed yet). Drafts save themselves."
+            lines = [f"Report {view.id}: **{view.status.upper()}**. Every signed version is kept; a final report "
+                     "changes only by addendum."]
+            for v in view.versions:
+                lines.append(f"- v{v.number} {v.status} signed by {html.escape(v.signed_by)} at "
+                             f"{v.signed_at:%Y-%m-%d %H:%M:%S} UTC · SHA-256 `{v.sha256[:16]}…`")
+            return "\n".join(lines)
 
         def _label(section: str, session: LiveDictation | None) -> str:
             title = SECTION_TITLES[section]
             return f"▶ {title} (dictating here)" if session and session.active_section == section else title
 
         section_boxes = [boxes[s] for s in SECTION_ORDER]
-        table.select(open_study, outputs=[open_uid, viewer, opened, tabs, live, template, *section_boxes])
+        table.select(open_study, outputs=[open_uid, viewer, opened, tabs, live, template, checks_md, issue_key,
+                                          signed_md, delivery, *section_boxes])
 
         def report_updates(session: LiveDictation):  # noqa: ANN202
             texts = session.sections()
@@ -273,12 +363,17 @@ def build_blocks(settings: Settings, db: Database) -> gr.Blocks:  # noqa: C901 -
 
         def change_template(name: str, session: LiveDictation | None, uid: str,
                             request: gr.Request):  # noqa: ANN202
-            if not uid:
+            if not uid or session is None or session.report_id is None:
                 return session, *[gr.skip()] * len(SECTION_ORDER)
-            keep = session.sections() if session else None
-            fresh = LiveDictation(name, dictation_settings,
-                                  sections={k: v for k, v in (keep or {}).items() if v} or None)
-            REGISTRY.put(username(request) or "unknown", uid, fresh)
+            user = username(request) or "unknown"
+            try:
+                flush(session, user)
+                view = reports.change_template(session.report_id, user, name)
+            except ReadingRoomError as exc:
+                raise gr.Error(str(exc)) from exc
+            fresh = LiveDictation(view.template, dictation_settings, sections=view.sections, fields=view.fields)
+            fresh.report_id, fresh.revision = view.id, view.revision
+            REGISTRY.put(user, uid, fresh)
             return fresh, *report_updates(fresh)
 
         template.input(change_template, inputs=[template, live, open_uid], outputs=[live, *section_boxes])
@@ -294,12 +389,17 @@ def build_blocks(settings: Settings, db: Database) -> gr.Blocks:  # noqa: C901 -
         def typed(section: str):  # noqa: ANN202
             def handler(text: str, session: LiveDictation | None):  # noqa: ANN202
                 if session is not None:
+                    if text == session.sections()[section]:
+                        return
                     session.edit(section, text)
                     session.goto(section)
+                    # what the page shows now: the poll must not write it back over the typing
+                    session.shown = (*(session.shown or ("", ""))[:2], session.view_key())
             return handler
 
-        for s in SECTION_ORDER:
+        for s in SECTION_ORDER:   # typing, and (for pasted or scripted text) leaving the box
             boxes[s].input(typed(s), inputs=[boxes[s], live], show_progress="hidden")
+            boxes[s].blur(typed(s), inputs=[boxes[s], live], show_progress="hidden")
 
         # ---- dictation: microphone chunks stream in; partials, commands and text stream out
         def feedback_text(session: LiveDictation) -> tuple[str, str]:
@@ -315,9 +415,170 @@ def build_blocks(settings: Settings, db: Database) -> gr.Blocks:  # noqa: C901 -
                 return gr.skip(), gr.skip(), gr.skip(), *[gr.skip()] * len(SECTION_ORDER)
             session.poll()
             partial_text, command = feedback_text(session)
-            return session, partial_text, command, *report_updates(session)
+            shown = (partial_text, command, session.view_key())
+            if shown == session.shown:        # nothing new: leave the page (and any typing) alone
+                return gr.skip(), gr.skip(), gr.skip(), *[gr.skip()] * len(SECTION_ORDER)
+            report_changed = shown[2] != (session.shown or ("", "", ""))[2]
+            session.shown = shown
+            boxes_out = report_updates(session) if report_changed else [gr.skip()] * len(SECTION_ORDER)
+            return gr.skip(), partial_text, command, *boxes_out
 
         gr.Timer(0.3).tick(poll_dictation, inputs=live, outputs=dictation_outputs, show_progress="hidden")
+
+        # ---- drafts autosave; checks; sign-off; delivery
+        def autosave(session: LiveDictation | None, request: gr.Request):  # noqa: ANN202
+            if session is None or session.report_id is None:
+                return gr.skip()
+            key = session.content_key()
+            if key == session.saved_key:
+                return gr.skip()
+            try:
+                view = reports.save_draft(session.report_id, username(request) or "unknown",
+                                          report=session.session.report, revision=session.revision)
+            except ReadingRoomError as exc:
+                return f"⚠ Not saved: {html.escape(str(exc))}"
+            session.revision, session.saved_key = view.revision, key
+            return f"Draft saved {time.strftime('%H:%M:%S')} (revision {view.revision})"
+
+        gr.Timer(2).tick(autosave, inputs=live, outputs=autosaved, show_progress="hidden")
+
+        def flush(session: LiveDictation, user: str) -> None:
+            if session.content_key() != session.saved_key:
+                view = reports.save_draft(session.report_id, user, report=session.session.report,
+                                          revision=session.revision)
+                session.revision, session.saved_key = view.revision, session.content_key()
+
+        def run_checks(session: LiveDictation | None, request: gr.Request):  # noqa: ANN202
+            if session is None or session.report_id is None:
+                raise gr.Error("Open a study first.")
+            flush(session, username(request) or "unknown")
+            results = reports.run_checks(session.report_id)
+            keys = open_issue_keys(results)
+            return checks_markdown(results), gr.update(choices=keys, value=keys[0] if keys else None)
+
+        check_btn.click(run_checks, inputs=live, outputs=[checks_md, issue_key])
+
+        def resolve(kind: str):  # noqa: ANN202
+            def handler(session: LiveDictation | None, key: str | None, note: str, request: gr.Request):  # noqa: ANN202
+                if session is None or session.report_id is None or not key:
+                    raise gr.Error("Run the checks and choose an open issue first.")
+                try:
+                    if kind == "override":
+                        reports.override(session.report_id, key, username(request) or "unknown", note)
+                    else:
+                        reports.acknowledge(session.report_id, key, username(request) or "unknown", note)
+                except ReadingRoomError as exc:
+                    raise gr.Error(str(exc)) from exc
+                return run_checks(session, request)
+            return handler
+
+        override_btn.click(resolve("override"), inputs=[live, issue_key, issue_note], outputs=[checks_md, issue_key])
+        ack_btn.click(resolve("acknowledge"), inputs=[live, issue_key, issue_note], outputs=[checks_md, issue_key])
+
+        def communicate(session: LiveDictation | None, recipient: str, method: str, read_back: bool, finding: str,
+                        request: gr.Request):  # noqa: ANN202
+            if session is None or session.report_id is None:
+                raise gr.Error("Open a study first.")
+            try:
+                done = reports.record_communication(session.report_id, username(request) or "unknown",
+                                                    recipient=recipient, method=method, read_back=read_back,
+                                                    finding=finding)
+            except ReadingRoomError as exc:
+                raise gr.Error(str(exc)) from exc
+            gr.Info(done["statement"])
+            return run_checks(session, request)
+
+        comm_btn.click(communicate, inputs=[live, comm_recipient, comm_method, comm_readback, comm_finding],
+                       outputs=[checks_md, issue_key])
+
+        def sign(final: bool):  # noqa: ANN202
+            def handler(session: LiveDictation | None, request: gr.Request):  # noqa: ANN202
+                if session is None or session.report_id is None:
+                    raise gr.Error("Open a study first.")
+                user = username(request) or "unknown"
+                try:
+                    flush(session, user)
+                    reports.sign(session.report_id, user, final=final)
+                except ChecksNotResolved as exc:
+                    keys = open_issue_keys(exc.open_issues)
+                    gr.Warning("Not signed: resolve the open issues first.")
+                    return (checks_markdown(reports.run_checks(session.report_id)),
+                            gr.update(choices=keys, value=keys[0] if keys else None), gr.skip(), gr.skip())
+                except ReadingRoomError as exc:
+                    raise gr.Error(str(exc)) from exc
+                view = reports.get(session.report_id)
+                gr.Info(f"Report {view.id} signed {view.status}; delivery to the site has started.")
+                return ("✔ Signed.", gr.update(choices=[], value=None), signed_text(view),
+                        delivery_rows(reports.delivery_status(report_id=view.id)))
+            return handler
+
+        sign_outputs = [checks_md, issue_key, signed_md, delivery]
+        sign_prelim.click(sign(False), inputs=live, outputs=sign_outputs)
+        sign_final.click(sign(True), inputs=live, outputs=sign_outputs)
+
+        def add_addendum(session: LiveDictation | None, text: str, request: gr.Request):  # noqa: ANN202
+            if session is None or session.report_id is None:
+                raise gr.Error("Open a study first.")
+            try:
+                reports.addendum(session.report_id, username(request) or "unknown", text)
+            except ReadingRoomError as exc:
+                raise gr.Error(str(exc)) from exc
+            view = reports.get(session.report_id)
+            return "", signed_text(view), delivery_rows(reports.delivery_status(report_id=view.id))
+
+        addendum_btn.click(add_addendum, inputs=[live, addendum_text], outputs=[addendum_text, signed_md, delivery])
+
+        def refresh_delivery(session: LiveDictation | None):  # noqa: ANN202
+            if session is None or session.report_id is None:
+                return gr.skip()
+            return delivery_rows(reports.delivery_status(report_id=session.report_id))
+
+        gr.Timer(3).tick(refresh_delivery, inputs=live, outputs=delivery, show_progress="hidden")
+
+        # ---- requests (orders): review, protocol, approve / reject / ask
+        protocol_names = sorted(load_library(settings).protocols)
+
+        def list_requests(status: str):  # noqa: ANN202
+            return order_rows(order_api.list_orders(db, status=status or None))
+
+        def pick_request(evt: gr.SelectData):  # noqa: ANN202
+            row = evt.row_value if evt.row_value is not None else []
+            if not row:
+                return gr.skip(), gr.skip(), gr.skip()
+            order = order_api.get_order(db, str(row[0]), settings)
+            suggestion = (order.get("suggestion") or {}).get("name")
+            chosen = order.get("protocol_name") or suggestion
+            return (str(row[0]), order_markdown(order),
+                    gr.update(choices=protocol_names, value=chosen if chosen in protocol_names else None))
+
+        def review(kind: str):  # noqa: ANN202
+            def handler(accession: str, protocol_name: str | None, text: str, status: str,
+                        request: gr.Request):  # noqa: ANN202
+                if not accession:
+                    raise gr.Error("Click a request first.")
+                user = username(request) or "unknown"
+                try:
+                    if kind == "approve":
+                        order_api.approve(db, settings, accession, protocol_name=protocol_name or None, user=user)
+                    elif kind == "reject":
+                        order_api.reject(db, settings, queue, accession, text, user=user)
+                    else:
+                        order_api.ask(db, accession, text, user=user, queue=queue)
+                except ReadingRoomError as exc:
+                    raise gr.Error(str(exc)) from exc
+                if wake is not None:
+                    wake()
+                gr.Info(f"Order {accession}: {kind} done.")
+                return order_markdown(order_api.get_order(db, accession, settings)), list_requests(status)
+            return handler
+
+        orders_refresh.click(list_requests, inputs=order_status, outputs=orders_table)
+        order_status.change(list_requests, inputs=order_status, outputs=orders_table)
+        orders_table.select(pick_request, outputs=[order_acc, order_md, protocol])
+        review_inputs = [order_acc, protocol, review_text, order_status]
+        approve_btn.click(review("approve"), inputs=review_inputs, outputs=[order_md, orders_table])
+        reject_btn.click(review("reject"), inputs=review_inputs, outputs=[order_md, orders_table])
+        ask_btn.click(review("ask"), inputs=review_inputs, outputs=[order_md, orders_table])
 
         # ---- lab
         def run_simulation(name: str, n_seeds: float, progress=gr.Progress()):  # noqa: ANN001, ANN202, B008
@@ -355,7 +616,7 @@ def build_blocks(settings: Settings, db: Database) -> gr.Blocks:  # noqa: C901 -
             with db.reader() as session:
                 users = [[u.username, u.role, ", ".join(u.sites or [])]
                          for u in session.scalars(select(User).order_by(User.username))]
-            return sites, users, dead_job_rows(db, settings)
+            return sites, users, delivery_rows(reports.delivery_status()), dead_job_rows(db, settings)
 
         def create_user(name: str, password: str, role: str, request: gr.Request):  # noqa: ANN202
             from readingroom.auth import ensure_user
@@ -369,7 +630,27 @@ def build_blocks(settings: Settings, db: Database) -> gr.Blocks:  # noqa: C901 -
             gr.Info(f"User {name} ({role}) added.")
             return admin_tables(request)
 
-        admin_outputs = [sites_table, users_table, dead]
+        admin_outputs = [sites_table, users_table, outbox, dead]
+
+        def retry_delivery(outbox_id: float | None, request: gr.Request):  # noqa: ANN202
+            if user_role(db, username(request) or "") != "admin":
+                raise gr.Error("Only an admin may retry deliveries.")
+            if not outbox_id:
+                raise gr.Error("Give the outbox id of a failed delivery.")
+            try:
+                reports.retry_delivery(int(outbox_id), username(request) or "unknown")
+            except ReadingRoomError as exc:
+                raise gr.Error(str(exc)) from exc
+            return admin_tables(request)
+
+        def search_audit(user: str, action: str, study: str, request: gr.Request):  # noqa: ANN202
+            if user_role(db, username(request) or "") != "admin":
+                raise gr.Error("Only an admin may search the audit log.")
+            return audit_rows(reports.audit(user=user.strip() or None, action=action.strip() or None,
+                                            study_uid=study.strip() or None))
+
+        retry_btn.click(retry_delivery, inputs=retry_id, outputs=admin_outputs)
+        audit_btn.click(search_audit, inputs=[audit_user, audit_action, audit_study], outputs=audit_table)
         admin_tab.select(admin_tables, outputs=admin_outputs)
         admin_refresh.click(admin_tables, outputs=admin_outputs)
         add_user.click(create_user, inputs=[new_user, new_password, new_role], outputs=admin_outputs)

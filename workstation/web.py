@@ -9,6 +9,8 @@ Viewer API (JSON and PNG; the browser code is ``workstation/static/viewer.js``):
     GET /api/viewer/series/{series_uid}/{index}.png   one slice, windowed (?c=&w=&invert=0|1)
     GET /api/viewer/heatmap/{finding_id}/{index}.png  the AI heatmap of that slice (RGBA)
 
+FHIR (triage.orders.fhir): POST /fhir/ServiceRequest, with a session or HTTP Basic credentials.
+
 Dictation API (the page's microphone, workstation/static/viewer.js):
     POST /api/dictation/{study_uid}/audio?rate=R      16-bit mono PCM, in order
     POST /api/dictation/{study_uid}/stop              end of recording
@@ -29,7 +31,7 @@ from sqlalchemy import select
 from readingroom import NOT_FOR_CLINICAL_USE
 from readingroom.auth import authenticate, check_session, issue_session, session_key
 from readingroom.db import Database
-from readingroom.schema import AIFinding, Instance, Series, Study
+from readingroom.schema import AIFinding, Instance, Order, Series, Study
 from readingroom.settings import Settings
 from workstation.viewer import PRESETS, VolumeCache, ViewerError, encode_png, heatmap_rgba, render_slice
 
@@ -37,6 +39,9 @@ log = logging.getLogger(__name__)
 
 COOKIE = "rr_session"
 PUBLIC_PATHS = ("/login", "/healthz", "/favicon.ico")
+# Machine clients (a site's order system posting FHIR ServiceRequests) may use HTTP Basic
+# authentication with an account instead of the browser's session cookie.
+API_CLIENT_PREFIXES = ("/fhir/",)
 
 LOGIN_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>ReadingRoom login</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -90,6 +95,12 @@ def study_payload(db: Database, study_uid: str) -> dict[str, Any] | None:
             "order_priority": study.order_priority, "site": study.site.name if study.site else "",
             "status": study.status, "ai_status": study.ai_status,
         }
+        order = session.get(Order, study.order_id) if getattr(study, "order_id", None) else None
+        if order is not None:
+            info.update(indication=order.indication, laterality=order.laterality,
+                        ordering_physician=order.ordering_physician, order_priority=order.priority or info["order_priority"],
+                        protocol=order.protocol_name, contrast_allergy=order.contrast_allergy)
+        info["linked_order"] = order is not None
     return {"study_uid": study_uid, "info": info, "series": series, "ai": ai, "priors": priors,
             "presets": {k: list(v) for k, v in PRESETS.items()}, "notice": NOT_FOR_CLINICAL_USE}
 
@@ -108,12 +119,28 @@ def install_routes(api: Any, settings: Settings, db: Database, cache: VolumeCach
     ``auth_dependency`` to give Gradio."""
     key = session_key(db)
     ttl_s = settings.web.session_ttl_min * 60
+
+    def basic_user(request: Request) -> str | None:
+        import base64
+        import binascii
+
+        header = request.headers.get("authorization", "")
+        if not header.lower().startswith("basic "):
+            return None
+        try:
+            name, _, password = base64.b64decode(header[6:]).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        user = authenticate(db, name, password)
+        return user.username if user else None
     cache = cache or VolumeCache(settings.web.viewer_cache_mb << 20)
 
     @api.middleware("http")
     async def session_gate(request: Request, call_next):  # noqa: ANN202 - FastAPI middleware
         path = request.url.path
         if path in PUBLIC_PATHS or current_user(request, key):
+            return await call_next(request)
+        if path.startswith(API_CLIENT_PREFIXES) and basic_user(request):
             return await call_next(request)
         if request.method == "GET" and "text/html" in request.headers.get("accept", ""):
             return RedirectResponse("/login", status_code=303)

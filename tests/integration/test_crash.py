@@ -98,13 +98,17 @@ def test_a_job_whose_worker_died_is_run_by_the_next_worker(tmp_path):
     jobs = json.loads(readingroom("jobs", "list", "--json", home=home).stdout)
     assert [(j["kind"], j["status"]) for j in jobs] == [("triage_study", "queued")]
 
-    # A worker claims the job with a 1 s lease, then vanishes without a word.
-    settings = load_settings(environ={}, overrides={"home": str(home), "jobs": {"lease_s": 1}})
+    # A worker claims the job with a short lease, then vanishes without a word. (The lease is
+    # long enough for the next worker process to start while it holds: ~1.5 s on a busy CPU.)
+    lease_s = 8
+    settings = load_settings(environ={}, overrides={"home": str(home), "jobs": {"lease_s": lease_s}})
     db = Database(settings)
+    claimed_at = time.monotonic()
     assert DatabaseJobQueue(db, settings.jobs).claim("doomed-worker", ["triage_study"]) is not None
     db.dispose()
     assert "ran 0 job" in readingroom("worker", "--once", home=home).stdout     # still leased
-    time.sleep(1.2)
+    assert time.monotonic() - claimed_at < lease_s, "the check above ran after the lease ended"
+    time.sleep(max(0.0, claimed_at + lease_s + 0.3 - time.monotonic()))
     assert "ran 1 job" in readingroom("worker", "--once", home=home).stdout
     jobs = json.loads(readingroom("jobs", "list", "--json", home=home).stdout)
     assert (jobs[0]["status"], jobs[0]["attempts"]) == ("done", 2)

@@ -180,8 +180,10 @@
     const i = V.data.info;
     [["Patient", `${i.patient_name} (${i.patient_id}) ${i.sex || ""} ${i.birth_date || ""}`],
      ["Study", `${i.description} ${i.date}, accession ${i.accession}`], ["Site", i.site],
-     ["Referring", i.referring_physician], ["Order priority", i.order_priority],
-     ["Indication", i.indication || ""], ["Laterality", i.laterality || ""]]
+     ["Referring", i.referring_physician], ["Ordering physician", i.ordering_physician || ""],
+     ["Order priority", i.order_priority], ["Indication", i.indication || ""], ["Laterality", i.laterality || ""],
+     ["Protocol", i.protocol || ""], ["Contrast allergy", i.contrast_allergy || ""],
+     ["Order", i.linked_order === false ? "NOT LINKED to an order" : ""]]
       .filter(([, v]) => v && v.trim()).forEach(([k, v]) => {
         const row = el("div", { class: "rr-tag" });
         row.append(el("span", { class: "rr-k" }, k), el("span", { class: "rr-v" }, v));

@@ -1,0 +1,235 @@
+"""The workstation in a real browser: Debian's chromium driven by Playwright, a WAV file as the
+microphone. Logs in, checks the critical demo study is first, opens it, changes the window,
+scrolls a CT series, dictates into Findings, moves to Impression by voice, records the
+critical-result communication, signs final, and the ORU reaches a test MLLP listener (the
+site's RIS). Screenshots of every step go to var/test-artifacts/e2e/ (kept after the run)."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import time
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from readingroom.settings import PROJECT_ROOT
+from tests.conftest import free_port
+from tests.integration.helpers import start, stop
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = PROJECT_ROOT / "var" / "test-artifacts" / "e2e"
+UTTERANCES = ["Findings. There is an acute subdural hematoma along the left convexity.",
+              "Go to impression.",
+              "Acute left subdural hematoma."]
+
+
+def dictation_wav(path: Path) -> Path:
+    """espeak-ng speech with pauses between utterances, at 48 kHz (what Chromium's fake
+    microphone plays at real speed)."""
+    parts = [np.zeros(48000, np.int16)]
+    for i, text in enumerate(UTTERANCES):
+        raw = path.parent / f"u{i}.wav"
+        speed = "125" if i == 1 else "145"                    # the command a little slower, as people do
+        subprocess.run(["espeak-ng", "-v", "en-us", "-s", speed, "-w", str(raw), text], check=True)
+        with wave.open(str(raw)) as w:
+            rate, data = w.getframerate(), np.frombuffer(w.readframes(w.getnframes()), np.int16)
+        n = int(len(data) * 48000 / rate)
+        parts += [np.interp(np.linspace(0, len(data) - 1, n), np.arange(len(data)), data).astype(np.int16),
+                  np.zeros(int(48000 * 1.8), np.int16)]
+    parts.append(np.zeros(48000 * 4, np.int16))
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(48000)
+        w.writeframes(np.concatenate(parts).tobytes())
+    return path
+
+
+@pytest.fixture(scope="module")
+def ris():
+    """The demo hospital's RIS: an MLLP listener that validates each ORU with hl7apy and acks it."""
+    from dictation.delivery import hl7
+    from readingroom.mllp import MLLPServer
+
+    received: list[str] = []
+
+    def handle(message: str) -> str:
+        hl7.parse(message)
+        received.append(message)
+        return hl7.build_ack(message)
+
+    server = MLLPServer(("127.0.0.1", 0), handle).start()
+    yield server, received
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, ris):
+    import json
+    import urllib.request
+
+    import yaml
+
+    tmp = tmp_path_factory.mktemp("e2e")
+    sites = yaml.safe_load((PROJECT_ROOT / "configs" / "sites.yaml").read_text())["sites"]
+    for site in sites:                    # the shipped demo sites, with St. Mary's RIS pointing here
+        if site["name"] == "St. Mary's Hospital":
+            site["destinations"] = {"hl7": {"host": "127.0.0.1", "port": ris[0].port, "facility": "STMARY"}}
+    web_port = free_port()
+    proc = start("run", "--demo", "--port", str(free_port()), "--web-port", str(web_port), home=tmp / "home",
+                 log=tmp / "run.log", READINGROOM_SITES=json.dumps(sites))
+    url = f"http://127.0.0.1:{web_port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, (tmp / "run.log").read_text()[-3000:]
+        try:
+            with urllib.request.urlopen(url + "/healthz", timeout=5) as r:
+                if json.loads(r.read())["studies"] >= 10:
+                    break
+        except OSError:
+            pass
+        time.sleep(0.5)
+    time.sleep(3)                           # the demo's quiet period: every study complete
+    yield url, tmp
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(30)
+    finally:
+        stop(proc)
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    if not Path(CHROMIUM).exists():
+        pytest.fail("Debian chromium is missing: `make test` installs it (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    url, tmp = server
+    wav = dictation_wav(tmp / "dictation.wav")
+    shutil.rmtree(ARTIFACTS, ignore_errors=True)
+    ARTIFACTS.mkdir(parents=True)
+    args = ["--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--use-fake-ui-for-media-stream",
+            "--use-fake-device-for-media-stream", f"--use-file-for-fake-audio-capture={wav}%noloop"]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=args)   # a fresh profile each run
+        context = browser.new_context(viewport={"width": 1600, "height": 1000}, permissions=["microphone"])
+        pg = context.new_page()
+        pg.set_default_timeout(30000)
+        pg.base_url = url
+        yield pg
+        browser.close()
+
+
+def row_cell(page, text: str):
+    """The visible worklist cell with exactly this text (Gradio keeps hidden copies of cells)."""
+    return page.locator("#worklist").get_by_text(text, exact=True).filter(visible=True).first
+
+
+def shot(page, name: str) -> None:
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
+
+
+def test_login_is_required_and_the_critical_study_is_first(page):
+    page.goto(page.base_url + "/")
+    assert page.url.endswith("/login")
+    page.fill("#username", "demo")
+    page.fill("#password", "wrong")
+    page.click("#login-button")
+    assert page.locator("#login-error").is_visible()
+    page.fill("#username", "demo")
+    page.fill("#password", "demo")
+    page.click("#login-button")
+    first = row_cell(page, "DOE^JOHN")
+    first.wait_for()
+    shot(page, "01-worklist")
+    rows = page.locator("#worklist").get_by_role("row")
+    assert "DOE^JOHN" in rows.nth(1).inner_text() and "critical" in rows.nth(1).inner_text()
+    assert "demo (radiologist)" in page.inner_text("#rr-user")
+
+
+def test_open_the_critical_study_and_change_the_window(page):
+    row_cell(page, "DOE^JOHN").click()
+    page.wait_for_selector("#rr-image[data-index]")
+    assert "claimed by demo" in page.inner_text("#rr-opened")
+    assert page.locator("#rr-template input").input_value() == "ct_head"
+    status = page.locator("#rr-status")
+    default = status.get_attribute("data-window")
+    page.locator("#rr-stage").hover()
+    page.keyboard.press("4")                                  # bone preset
+    page.wait_for_function("document.querySelector('#rr-status').dataset.window === '500/2000'")
+    assert default != "500/2000"
+    shot(page, "02-critical-study-bone-window")
+
+
+def test_scroll_a_ct_series_with_the_wheel_and_the_keys(page):
+    page.get_by_role("tab", name="Worklist").click()
+    row_cell(page, "SYNTHETIC^HEAD^TWO").click()
+    page.wait_for_function("document.querySelector('#rr-viewer')?.dataset.study && "
+                           "document.querySelector('#rr-image')?.dataset.index !== undefined && "
+                           "window.rrViewer.info && window.rrViewer.info.slices === 24")
+    start_index = int(page.evaluate("window.rrViewer.index"))
+    page.wait_for_function(f"document.querySelector('#rr-image').dataset.index === '{start_index}'")
+    page.locator("#rr-stage").hover()
+    page.mouse.wheel(0, 120)
+    page.wait_for_function(f"Number(document.querySelector('#rr-image').dataset.index) > {start_index}")
+    after_wheel = int(page.evaluate("window.rrViewer.index"))
+    page.keyboard.press("ArrowDown")
+    page.wait_for_function(f"document.querySelector('#rr-image').dataset.index === '{after_wheel + 1}'")
+    page.keyboard.press("End")
+    page.wait_for_function("document.querySelector('#rr-image').dataset.index === '23'")
+    shot(page, "03-scrolled")
+
+
+def test_dictate_into_findings_and_move_to_impression_by_voice(page):
+    page.get_by_role("tab", name="Worklist").click()
+    row_cell(page, "DOE^JOHN").click()
+    page.wait_for_function("window.rrViewer.info && window.rrViewer.study && "
+                           "document.querySelector('#rr-opened').innerText.includes('DOE^JOHN')")
+    page.locator("#rr-template input").click()               # free text: no template fields to fill
+    page.get_by_role("option", name="free", exact=True).click()
+    page.wait_for_function("document.querySelector('#rr-autosave').innerText.includes('saved') || "
+                           "document.querySelector('#rr-template input').value === 'free'")
+    page.keyboard.press("F4")                                 # the record button, like a PowerMic
+    page.wait_for_function("document.querySelector('#rr-record').dataset.recording === '1'")
+    findings = page.locator("#rr-section-findings textarea")
+    page.wait_for_function("document.querySelector('#rr-section-findings textarea').value.length > 10",
+                           timeout=90000)
+    shot(page, "04-findings-dictated")
+    page.wait_for_function("document.querySelector('#rr-command').innerText.includes('impression')", timeout=90000)
+    page.wait_for_function("document.querySelector('#rr-section-impression textarea').value.length > 5",
+                           timeout=90000)
+    page.keyboard.press("F4")
+    shot(page, "05-impression-dictated")
+    text = findings.input_value().lower()
+    assert any(word in text for word in ("subdural", "hematoma", "convexity", "acute")), text
+    assert "impression" not in text                           # the command was not typed as text
+    impression = page.locator("#rr-section-impression textarea").input_value().lower()
+    assert any(word in impression for word in ("subdural", "hematoma", "acute")), impression
+    page.wait_for_function("document.querySelector('#rr-autosave').innerText.includes('Draft saved')")
+
+
+def test_critical_result_is_communicated_then_signed_final_and_the_oru_arrives(page, ris):
+    _server, received = ris
+    page.click("#rr-sign-final")                              # refused: the critical finding needs a record
+    page.wait_for_function("document.querySelector('#rr-checks').innerText.includes('CRITICAL')")
+    assert not received
+    shot(page, "06-checks-block-signing")
+    page.get_by_text("Critical-result communication").click()
+    page.get_by_label("Recipient (name, role)").fill("Dr. Ada Lovelace, emergency physician")
+    page.get_by_label("Finding communicated").fill("acute left subdural hematoma")
+    page.get_by_role("button", name="Record communication").click()
+    page.wait_for_function("document.querySelector('#rr-checks').innerText.includes('communicated')")
+    page.click("#rr-sign-final")
+    page.wait_for_function("document.querySelector('#rr-signed').innerText.includes('FINAL')", timeout=60000)
+    deadline = time.monotonic() + 60
+    while not received and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert received, "the ORU did not reach the site's RIS"
+    oru = received[-1]
+    assert "ORU^R01" in oru and "|F|" in oru.split("OBR|", 1)[1] and "Lovelace" in oru
+    page.wait_for_function("document.querySelector('#rr-delivery').innerText.includes('delivered')", timeout=30000)
+    shot(page, "07-signed-final-delivered")
