@@ -43,7 +43,7 @@ class DictationSettings:
     # ...and confirmed by a decode without the prompt (see StreamingTranscriber._confirm_command).
     command_confirm: bool = True
     command_confirm_similarity: float = 0.6
-    command_confirm_extra_words: int = 2
+    command_confirm_extra_words: int = 3
     # Biasing: hotwords/prompt from the lexicon and the active template.
     use_prompt: bool = True
     use_hotwords: bool = False

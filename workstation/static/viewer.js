@@ -319,12 +319,10 @@ window.rrBeep = function () {
       audio: { channelCount: 1, echoCancellation: false, noiseSuppression: false, autoGainControl: false } });
     D.ctx = new AudioContext();
     const source = D.ctx.createMediaStreamSource(D.stream);
-    D.node = D.ctx.createScriptProcessor(4096, 1, 1);
     let pending = [], samples = 0;
     const rate = D.ctx.sampleRate;
-    D.node.onaudioprocess = (e) => {
+    const take = (input) => {                    // Float32 samples from the capture node
       if (!D.recording) return;
-      const input = e.inputBuffer.getChannelData(0);
       const pcm = new Int16Array(input.length);
       for (let i = 0; i < input.length; i++) pcm[i] = Math.max(-32768, Math.min(32767, Math.round(input[i] * 32767)));
       pending.push(pcm); samples += pcm.length;
@@ -335,7 +333,20 @@ window.rrBeep = function () {
         pump();
       }
     };
-    source.connect(D.node); D.node.connect(D.ctx.destination);
+    const silent = D.ctx.createGain();
+    silent.gain.value = 0;                         // the graph must reach the output to run; no sound
+    if (D.ctx.audioWorklet) {                      // the audio thread: no samples lost when the page is busy
+      const code = "class RRCapture extends AudioWorkletProcessor { process(inputs) { " +
+        "const ch = inputs[0] && inputs[0][0]; if (ch) this.port.postMessage(ch.slice(0)); return true; } } " +
+        "registerProcessor('rr-capture', RRCapture);";
+      await D.ctx.audioWorklet.addModule(URL.createObjectURL(new Blob([code], { type: "application/javascript" })));
+      D.node = new AudioWorkletNode(D.ctx, "rr-capture");
+      D.node.port.onmessage = (e) => take(e.data);
+    } else {                                       // older browsers
+      D.node = D.ctx.createScriptProcessor(4096, 1, 1);
+      D.node.onaudioprocess = (e) => take(e.inputBuffer.getChannelData(0));
+    }
+    source.connect(D.node); D.node.connect(silent); silent.connect(D.ctx.destination);
     D.recording = true;
     show("■ Stop (F4)");
   }
