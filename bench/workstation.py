@@ -183,9 +183,7 @@ WATCH_JS = """() => {
   const tick = () => {
     const boxes = document.querySelectorAll('[id^=rr-section-] textarea');
     let total = ''; boxes.forEach((b) => total += '|' + b.value);
-    const cmd = document.querySelector('#rr-command').innerText;
-    const key = total + '#' + cmd;
-    if (!seen.has(key)) { seen.set(key, 1); window.rrTextTimes.push([performance.now(), total, cmd]); }
+    if (!seen.has(total)) { seen.set(total, 1); window.rrTextTimes.push([performance.now(), total]); }
     requestAnimationFrame(tick);
   };
   tick();
@@ -202,18 +200,22 @@ def bench_dictation(browser_factory, url: str, folder: Path) -> list[float]:
     page.wait_for_function("window.rrViewer.info && document.querySelector('#rr-opened').innerText.includes('DOE^JOHN')")
     page.evaluate(WATCH_JS)
     page.evaluate("window.rrDictation.toggle()")
-    page.wait_for_function("window.rrDictation.ctx && window.rrDictation.ctx.state === 'running'")
-    started = page.evaluate("performance.now() - (window.rrDictation.ctx.currentTime * 1000)")
+    page.wait_for_function("typeof window.rrDictation.firstSoundAt === 'number'", timeout=30000)
+    onset = page.evaluate("window.rrDictation.firstSoundAt")   # the first utterance starts at 1.0 s in the file
     time.sleep(ends[-1] + PAUSE_S + 8)
     page.evaluate("window.rrDictation.toggle()")
     time.sleep(3)
     changes = page.evaluate("window.rrTextTimes")
     browser.close()
-    # The first change after each utterance's end in the audio is its text (or command) arriving.
-    latencies, i = [], 0
-    for end in ends:
-        end_ms = started + end * 1000
-        after = [t for t, _text, _cmd in changes[1:] if t >= end_ms - 300]
+    # Text utterances only (a command changes no text): the first change of the report text after
+    # the utterance's end in the audio is its final text arriving.
+    latencies = []
+    texts = [t for t in changes[1:]]
+    for i, end in enumerate(ends):
+        if UTTERANCES[i].lower().startswith("go to"):
+            continue
+        end_ms = onset + (end - 1.0) * 1000
+        after = [t for t, _text in texts if t >= end_ms]
         if after:
             latencies.append(after[0] - end_ms)
     final = changes[-1][1] if changes else ""

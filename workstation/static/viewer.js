@@ -321,8 +321,14 @@ window.rrBeep = function () {
     const source = D.ctx.createMediaStreamSource(D.stream);
     let pending = [], samples = 0;
     const rate = D.ctx.sampleRate;
+    D.firstSoundAt = null;
     const take = (input) => {                    // Float32 samples from the capture node
       if (!D.recording) return;
+      if (D.firstSoundAt === null) {             // when sound first came (level check, benchmark)
+        for (let i = 0; i < input.length; i++) {
+          if (Math.abs(input[i]) > 0.02) { D.firstSoundAt = performance.now() - (input.length - i) / rate * 1000; break; }
+        }
+      }
       const pcm = new Int16Array(input.length);
       for (let i = 0; i < input.length; i++) pcm[i] = Math.max(-32768, Math.min(32767, Math.round(input[i] * 32767)));
       pending.push(pcm); samples += pcm.length;
