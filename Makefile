@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 APT_PACKAGES := dcmtk espeak-ng chromium
 
-.PHONY: run test install system-deps bench bench-dictation clean
+.PHONY: run test install system-deps bench bench-dictation bench-triage clean
 
 run: install
 	$(BIN)/readingroom run --demo
@@ -38,6 +38,9 @@ bench: install
 
 bench-dictation: install
 	$(BIN)/python bench/dictation.py
+
+bench-triage: install
+	$(BIN)/python bench/triage.py
 
 clean:
 	rm -rf $(VENV) var build *.egg-info

@@ -3,7 +3,7 @@
 The head is a 1x1 convolution giving one logit map per finding; a log-sum-exp pooling turns each
 map into the image's logit. The maps are the localization heatmaps (class activation maps, the
 model's own evidence; no second pass as Grad-CAM or occlusion would need), exported with the
-logits in the same ONNX graph. Inputs: CT (N, 5, 128, 128) per slice, CXR (N, 1, 256, 256).
+logits in the same ONNX graph. Inputs: CT (N, 5, 128, 128) per slice, CXR (N, 1, 192, 192).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Head CT (``ct_inputs``): HU volume -> slices resampled to ~5 mm -> a square crop around the head
 -> 128 x 128 -> five channels per slice (2.5D): brain window of the slice and its two
 neighbours, subdural window, bone window. Chest radiograph (``cxr_input``): stored pixels ->
-MONOCHROME1 inverted -> robust 1..99 percentile scaling -> 256 x 256.
+MONOCHROME1 inverted -> robust 1..99 percentile scaling -> 192 x 192.
 
 The windowing is the same as MONAI's ``ScaleIntensityRange(a_min=c-w/2, a_max=c+w/2, b_min=0,
 b_max=1, clip=True)`` (a test checks it); it is written in numpy so that a worker does not pay
@@ -20,7 +20,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 CT_SIZE = 128
-CXR_SIZE = 256
+CXR_SIZE = 192
 CT_WINDOWS = ((40.0, 80.0), (75.0, 215.0), (600.0, 2800.0))   # brain, subdural, bone (centre, width)
 CT_TARGET_THICKNESS_MM = 5.0
 CT_CHANNELS = 5

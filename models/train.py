@@ -258,7 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.seed == args.val_seed or args.seed >= 9000 or args.val_seed >= 9000:
         raise ReadingRoomError("training and validation seeds must differ and stay below 9000 (held-out seeds)")
-    defaults = {"ich": (320, 100, 32), "cxr": (1400, 250, 32)}[args.task]
+    defaults = {"ich": (320, 100, 32), "cxr": (1000, 250, 32)}[args.task]
     card = train(args.task, seed=args.seed, val_seed=args.val_seed, n_train=args.n_train or defaults[0],
                  n_val=args.n_val or defaults[1], minutes=args.minutes, batch=args.batch or defaults[2], lr=args.lr,
                  threads=args.threads, out_dir=args.out, target_sensitivity=args.target_sensitivity,

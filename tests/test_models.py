@@ -16,7 +16,7 @@ from sqlalchemy import select
 
 from models import phantoms
 from models.metrics import auroc, operating_point, threshold_for_sensitivity
-from models.preprocess import ct_inputs, cxr_input, window
+from models.preprocess import CXR_SIZE, ct_inputs, cxr_input, window
 from models.registry import WEIGHTS_DIR, installed_models
 from readingroom.schema import AIFinding, Study, utcnow
 from triage.intake import Intake
@@ -102,7 +102,7 @@ def test_ct_inputs_shape_and_thin_slices_are_grouped():
     assert 0 <= x.min() and x.max() <= 1
     img = np.arange(300 * 200, dtype=np.uint16).reshape(300, 200)
     a, b = cxr_input(img, "MONOCHROME2"), cxr_input(img.max() - img, "MONOCHROME1")
-    assert a.shape == (1, 256, 256) and np.allclose(a, b, atol=1e-5)
+    assert a.shape == (1, CXR_SIZE, CXR_SIZE) and np.allclose(a, b, atol=1e-5)
 
 
 def test_metrics():
