@@ -43,7 +43,7 @@ def timing(repeats: int, threads: int) -> dict:
     import torch
 
     from models import phantoms
-    from models.inference import Runner, SeriesInfo, read_ct, read_cxr
+    from models.inference import Runner, read_ct, read_cxr
     from models.networks import build
     from models.preprocess import ct_inputs, cxr_input
     from models.registry import installed_models

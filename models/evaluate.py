@@ -147,7 +147,8 @@ def _r(v: float | None) -> float | None:
 
 
 def breakdown(scored, finding: str, thr: float) -> dict[str, dict[str, Any]]:
-    """Sensitivity of the positives by subtype and by lesion size; specificity of the negatives."""
+    """Sensitivity of the positives by subtype, lesion size and source (synthetic or inserted into
+    a real image); specificity of the negatives, with mimics, and by source."""
     from models.phantoms import size_bin
 
     groups: dict[str, list[tuple[int, float]]] = defaultdict(list)
@@ -164,6 +165,8 @@ def breakdown(scored, finding: str, thr: float) -> dict[str, dict[str, Any]]:
             groups["negatives"].append((y, probs[finding]))
             if row.get("mimics"):
                 groups["negatives with mimics"].append((y, probs[finding]))
+        if row.get("source"):
+            groups[f"source: {row['source']}, {'positives' if y else 'negatives'}"].append((y, probs[finding]))
     out = {}
     for key in sorted(groups):
         ys = np.array([g[0] for g in groups[key]])

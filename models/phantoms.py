@@ -554,7 +554,7 @@ def cxr_image(rng: np.random.Generator, *, size: int = 512, findings: dict[str, 
     img += rng.normal(0, rng.uniform(0.01, 0.025) * math.sqrt(512 / size), img.shape).astype(np.float32)
     present = [f for f in CXR_FINDINGS if findings.get(f)]
     return CXRCase(image=img.astype(np.float32), labels={f: int(bool(findings.get(f))) for f in CXR_FINDINGS},
-                   masks=masks, view="AP" if ap else "PA", subtype="+".join(present),
+                   masks=masks, view="PA" if real else ("AP" if ap else "PA"), subtype="+".join(present),
                    size_mm=round(max(sizes), 1) if sizes else 0.0, pixel_mm=pixel_mm,
                    source="real" if real else "synthetic")
 
@@ -564,7 +564,6 @@ def _real_cxr_pixels() -> np.ndarray:
     """The real chest CR of pydicom-data (RG1), as attenuation (MONOCHROME1 inverted), 0..1."""
     from pydicom import dcmread
 
-    from models.preprocess import cxr_input
     from triage.demo import sample_dir
 
     ds = dcmread(sample_dir() / "RG1_UNCI.dcm")
