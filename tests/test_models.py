@@ -282,7 +282,10 @@ def test_evaluate_writes_its_files_and_the_simulator_reads_the_scores(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n_scored"] == 6 and set(summary["findings"]) == set(phantoms.CXR_FINDINGS)
     table = _read_scores(str(out / "scores.csv"), None, "{finding}", "{finding}_label")
-    assert set(table.findings) == set(phantoms.CXR_FINDINGS) and len(table.study_uids) == 6
+    assert set(table.findings) == set(phantoms.CXR_FINDINGS) and len(table.uids) == 6
+    labels = {r["study_uid"]: r for r in csv.DictReader((tmp_path / "data" / "labels.csv").open())}
+    k = table.findings.index("effusion")
+    assert [bool(int(labels[u]["effusion"])) for u in table.uids] == list(table.labels[:, k])
 
 
 def test_evaluate_refuses_a_bad_folder_or_labels(tmp_path, capsys):
