@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 APT_PACKAGES := dcmtk espeak-ng chromium
 
-.PHONY: run test install system-deps bench bench-dictation bench-reports clean
+.PHONY: run test install system-deps bench bench-dictation bench-reports bench-triage clean
 
 run: install
 	$(BIN)/readingroom run --demo
@@ -43,6 +43,9 @@ bench-reports: install
 
 bench-dictation: install
 	$(BIN)/python bench/dictation.py
+
+bench-triage: install
+	$(BIN)/python bench/triage.py
 
 clean:
 	rm -rf $(VENV) var build *.egg-info

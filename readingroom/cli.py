@@ -252,7 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Subcommands with their own argument parser: everything after the name is theirs.
 PASSTHROUGH = {"simulate": ("triage.simulate", "main"), "transcribe": ("dictation.cli", "main"),
-               "orders": ("triage.orders.cli", "main"), "report": ("dictation.report_cli", "main")}
+               "orders": ("triage.orders.cli", "main"), "report": ("dictation.report_cli", "main"),
+               "phantoms": ("models.cli", "phantoms"), "train": ("models.cli", "train"),
+               "evaluate": ("models.cli", "evaluate")}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

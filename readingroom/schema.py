@@ -59,6 +59,8 @@ class Study(Base):
     # NULL while instances may still arrive; set when the quiet period has passed.
     completed_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True, index=True)
     ai_status: Mapped[str] = mapped_column(String(16), default="pending")
+    # Why there is no AI result (ai_status "unavailable"): shown to the radiologist. Issue 3.
+    ai_reason: Mapped[str] = mapped_column(String(255), default="")
     triaged_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     # STAT, URGENT, ROUTINE... from the order or DICOM Requested Procedure Priority (0040,1003).
     order_priority: Mapped[str] = mapped_column(String(16), default="")
@@ -118,6 +120,11 @@ class AIFinding(Base):
     model: Mapped[str] = mapped_column(String(64))
     version: Mapped[str] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    # Issue 3: the operating threshold used, the series analysed and its heatmap (.npy, float16,
+    # 0..1, relative to the home folder; docs/models.md describes the grid).
+    threshold: Mapped[float | None] = mapped_column(Float, nullable=True)
+    series_uid: Mapped[str] = mapped_column(String(64), default="")
+    heatmap_path: Mapped[str] = mapped_column(String(255), default="")
 
     study: Mapped[Study] = relationship(back_populates="findings")
 

@@ -158,6 +158,14 @@ class Site(_Section):
         return [validate_ae_title(v) for v in values]
 
 
+class ModelSettings(_Section):
+    """Triage models (models/): whether they run, and where their series rules are."""
+
+    enabled: bool = True                       # run the models on every completed study
+    file: str = "models.yaml"                  # series rules and registered models, in config_dir
+    heatmap_size: int = Field(128, ge=16, le=1024)   # largest side of a saved heatmap
+
+
 class Settings(_Section):
     home: Path = Path("var")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -175,6 +183,7 @@ class Settings(_Section):
     notifications: NotificationSettings = NotificationSettings()
     hl7: HL7Settings = HL7Settings()
     reports: ReportSettings = ReportSettings()
+    models: ModelSettings = ModelSettings()
     # Checked here, typed in dictation/settings.py (DictationSettings.from_mapping).
     dictation: dict[str, Any] = Field(default_factory=dict)
 

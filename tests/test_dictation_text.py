@@ -283,9 +283,12 @@ def _short_utterance_finals(live_text: str, final_texts: tuple[str, ...], **sett
 
 
 def test_a_command_must_also_be_heard_without_the_prompt():
-    # the command prompt turned a short sentence into "Paragraph."; the live model disagrees
-    assert _short_utterance_finals("Portable chest radiograph.",
+    # the command prompt turned "Portable chest radiograph." into "Paragraph."; without the prompt
+    # the live model heard a longer, different sentence (as measured in the benchmark)
+    assert _short_utterance_finals("or the new chest ready to unwrap.",
                                    ("Paragraph.", "Portable chest radiograph.")) == ["Portable chest radiograph."]
+    # two more words are not enough to overrule it ("Here we go." for "Period.")
+    assert _short_utterance_finals("Here we go.", ("Period.",)) == ["Period."]
     # a real command: the live model hears it too (or something close to it)
     assert _short_utterance_finals("Paragraph.", ("Paragraph.",)) == ["Paragraph."]
     assert _short_utterance_finals("Scratch that", ("Scratch that.",)) == ["Scratch that."]
@@ -293,5 +296,5 @@ def test_a_command_must_also_be_heard_without_the_prompt():
     assert _short_utterance_finals("Corin.", ("Colon.",)) == ["Colon."]
     assert _short_utterance_finals("", ("Undo.",)) == ["Undo."]
     # switched off: the prompted decode decides alone
-    assert _short_utterance_finals("Portable chest radiograph.", ("Paragraph.", "x"),
+    assert _short_utterance_finals("or the new chest ready to unwrap.", ("Paragraph.", "x"),
                                    command_confirm=False) == ["Paragraph."]

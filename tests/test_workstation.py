@@ -119,3 +119,16 @@ def test_template_suggestion():
     assert suggest_template("CR", "XR CHEST 1 VIEW", names) == "chest_radiograph"
     assert suggest_template("CT", "CT ABDOMEN PELVIS WITH CONTRAST", names) == "ct_abdomen_pelvis"
     assert suggest_template("MR", "MR SHOULDER", names) == "free"
+
+
+def test_heatmap_slices_follow_the_sop_uids_not_the_file_order():
+    from workstation.viewer import Volume, heatmap_layer, heatmap_rgba
+
+    vol = Volume("s", np.zeros((3, 4, 4), np.float32), sop_uids=["a", "b", "c"])
+    maps = np.stack([np.full((2, 2), v, np.float32) for v in (0.1, 0.2, 0.3)])   # model order: c, a, b
+    assert heatmap_layer(maps, vol, 0, ["c", "a", "b"])[0, 0] == pytest.approx(0.2)
+    assert heatmap_layer(maps, vol, 2, ["c", "a", "b"])[0, 0] == pytest.approx(0.1)
+    assert heatmap_layer(maps, vol, 1, ["x", "y", "z"]) is None                      # another series
+    assert heatmap_layer(maps[0], vol, 2, []).shape == (2, 2)                       # a radiograph: one map
+    rgba = heatmap_rgba(np.array([[0.0, 1.0]]), (4, 8))
+    assert rgba.shape == (4, 8, 4) and rgba[0, 0, 3] == 0 and rgba[0, -1, 3] > 150

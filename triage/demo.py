@@ -1,5 +1,6 @@
 """The demo worklist: real sample images from pydicom-data, grouped into plausible studies,
-plus two synthetic head CTs, sent through our own DICOM listener like a hospital would send them.
+plus two synthetic head CTs (the second with a phantom subdural hematoma), sent through our own
+DICOM listener like a hospital would send them.
 
 Each sample file gets new UIDs, a demo patient and an accession number, so that the studies
 look like a night's work from two sites. The pixel data and transfer syntax stay as they are
@@ -9,6 +10,7 @@ look like a night's work from two sites. The pixel data and transfer syntax stay
 from __future__ import annotations
 
 import datetime as dt
+from typing import TYPE_CHECKING
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +20,9 @@ from pydicom import Dataset, dcmread
 from readingroom.settings import Settings
 from triage import scu
 from triage.synthetic import ct_series, head_phantom, uid
+
+if TYPE_CHECKING:
+    import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -92,12 +97,26 @@ def demo_datasets() -> list[tuple[str, list[Dataset]]]:
         ("STMARY_CT", "demo-synthetic-head", 7, "SYNTHETIC^HEAD", "SM199999", "SM24099", "ROUTINE"),
         ("NORTHSIDE_PACS", "demo-synthetic-head-2", 11, "SYNTHETIC^HEAD^TWO", "NS59999", "NS8899", "HIGH"),
     ):
-        series = ct_series(head_phantom(24, seed=seed), key=key, patient_name=name, patient_id=patient_id,
-                           accession=accession)
+        volume, spacing = _demo_head(seed, hemorrhage=key.endswith("-2"))
+        series = ct_series(volume, key=key, patient_name=name, patient_id=patient_id, accession=accession,
+                           pixel_spacing_mm=spacing)
         for ds in series:
             ds.RequestedProcedurePriority = priority
         out.append((sender, series))
     return out
+
+
+def _demo_head(seed: int, hemorrhage: bool) -> tuple["np.ndarray", float]:
+    """A 24-slice synthetic head CT; the second demo head carries a phantom subdural hematoma
+    (models/phantoms.py), so that the demo shows what a positive AI finding does."""
+    if not hemorrhage:
+        return head_phantom(24, seed=seed), 0.45
+    import numpy as np
+
+    from models.phantoms import ct_head
+
+    case = ct_head(np.random.default_rng(seed), n_slices=24, size=256, positive=True, subtype="subdural")
+    return case.hu, round(case.pixel_mm, 4)
 
 
 def seed_demo(settings: Settings, host: str = "127.0.0.1", port: int | None = None) -> int:

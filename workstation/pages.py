@@ -240,7 +240,22 @@ def build_blocks(settings: Settings, db: Database, queue: Any = None,  # noqa: C
                     ask_btn = gr.Button("Ask", size="sm", scale=1)
             # ---------------------------------------------------------------- lab
             with gr.Tab("Lab", id="lab"):
+                from models.registry import WEIGHTS_DIR, all_models, load_config
+                from readingroom.settings import PROJECT_ROOT
                 from triage.simulate import shipped_scenarios
+
+                model_config = load_config(settings.config_dir / settings.models.file)
+                model_names = [c.name for c in all_models(WEIGHTS_DIR, model_config, PROJECT_ROOT)]
+                gr.Markdown("### Model evaluation\nScore a triage model on a folder of DICOM studies with a "
+                            "labels CSV (the phantom format, docs/models.md; make one with `readingroom phantoms`). "
+                            "Results are UNVERIFIED.")
+                with gr.Row():
+                    eval_model = gr.Dropdown(model_names, value=(model_names or [None])[0], label="Model", scale=1)
+                    eval_data = gr.Textbox(label="Data folder", placeholder="var/phantoms/ich-heldout", scale=2)
+                    eval_labels = gr.Textbox(label="Labels CSV (default: labels.csv in the folder)", scale=2)
+                    evaluate_btn = gr.Button("Run evaluation", variant="primary", scale=0)
+                eval_table = gr.Markdown(elem_id="rr-eval-table")
+                eval_plots = gr.Gallery(label="ROC, calibration and confusion plots", columns=3, height=360)
 
                 gr.Markdown("### Night-shift simulation\nWhat a triage policy does to report turnaround "
                             "(RTAT) per finding. Simulated studies; see docs/simulation.md.")
@@ -598,6 +613,28 @@ def build_blocks(settings: Settings, db: Database, queue: Any = None,  # noqa: C
             return f"{table_md}\n\n*{time.perf_counter() - started:.1f} s*", [str(p) for p in plots]
 
         simulate.click(run_simulation, inputs=[scenario, seeds], outputs=[sim_table, sim_plots])
+
+        def run_evaluation(name: str, data: str, labels: str, progress=gr.Progress(track_tqdm=True)):  # noqa: ANN001, ANN202, B008
+            import tempfile
+
+            from models.evaluate import evaluate, report
+            from models.registry import find_model
+
+            folder = Path(data.strip()).expanduser()
+            if not data.strip() or not folder.is_dir():
+                raise gr.Error(f"No such folder: {data!r}. Give a folder of DICOM studies with a labels.csv.")
+            card = find_model(name, WEIGHTS_DIR, model_config, PROJECT_ROOT)
+            if card is None:
+                raise gr.Error(f"No model {name!r}.")
+            out = Path(tempfile.mkdtemp(prefix="rr-eval-"))
+            labels_path = Path(labels.strip()).expanduser() if labels.strip() else folder / "labels.csv"
+            try:
+                summary = evaluate(card, folder, labels_path, out, config_rules=model_config["rules"], progress=True)
+            except ReadingRoomError as exc:
+                raise gr.Error(str(exc)) from exc
+            return report(summary), [str(p) for p in sorted(out.glob("*.png"))]
+
+        evaluate_btn.click(run_evaluation, inputs=[eval_model, eval_data, eval_labels], outputs=[eval_table, eval_plots])
 
         # ---- admin
         def admin_tables(request: gr.Request):  # noqa: ANN202

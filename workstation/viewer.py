@@ -57,6 +57,7 @@ class Volume:
     invert: bool = False                    # MONOCHROME1: high values are dark
     default_window: tuple[float, float] = (0.0, 1.0)
     tags: dict[str, str] = field(default_factory=dict)
+    sop_uids: list[str] = field(default_factory=list)   # of each slice (a multi-frame image repeats)
 
     @property
     def slices(self) -> int:
@@ -108,7 +109,7 @@ def load_volume(series_uid: str, paths: list[Path]) -> Volume:
 
     if not paths:
         raise ViewerError(f"series {series_uid} has no stored images")
-    slices: list[tuple[tuple[float, float], np.ndarray]] = []
+    slices: list[tuple[tuple[float, float], np.ndarray, str]] = []
     first = None
     problems: list[str] = []
     for path in paths:
@@ -128,7 +129,7 @@ def load_volume(series_uid: str, paths: list[Path]) -> Volume:
         else:
             data = apply_modality_lut(array, ds).astype(np.float32)
         for i in range(data.shape[0]):
-            slices.append((_slice_key(ds, i), data[i]))
+            slices.append((_slice_key(ds, i), data[i], str(ds.get("SOPInstanceUID", ""))))
     if first is None:
         raise ViewerError(f"no image of series {series_uid} could be decoded: {'; '.join(problems[:3])}")
     if problems:
@@ -139,7 +140,7 @@ def load_volume(series_uid: str, paths: list[Path]) -> Volume:
     pixels = np.stack([s[1] for s in slices])
     invert = str(first.get("PhotometricInterpretation", "")) == "MONOCHROME1"
     tags = {label: _tag_text(first, kw) for kw, label in KEY_TAGS if _tag_text(first, kw)}
-    return Volume(series_uid, pixels, invert, default_window(first, pixels), tags)
+    return Volume(series_uid, pixels, invert, default_window(first, pixels), tags, [s[2] for s in slices])
 
 
 def default_window(ds, pixels: np.ndarray) -> tuple[float, float]:
@@ -183,6 +184,18 @@ def render_slice(volume: Volume, index: int, center: float | None = None, width:
     image = window(volume.pixels[index], c if center is None else center, w if width is None else width,
                    volume.invert if invert is None else invert)
     return encode_png(image)
+
+
+def heatmap_layer(maps: np.ndarray, volume: Volume, index: int, map_sop_uids: list[str]) -> np.ndarray | None:
+    """The heatmap of the volume's slice ``index``: a 2D map is for every slice; a stack is in
+    the model's order, matched by SOP Instance UID when the sidecar lists them. None: no map."""
+    if maps.ndim == 2:
+        return maps
+    index = min(max(int(index), 0), volume.slices - 1)
+    if map_sop_uids and volume.sop_uids:
+        uid = volume.sop_uids[index]
+        return maps[map_sop_uids.index(uid)] if uid in map_sop_uids else None
+    return maps[index] if maps.shape[0] == volume.slices else None
 
 
 def heatmap_rgba(heatmap: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

@@ -33,7 +33,9 @@ from readingroom.auth import authenticate, check_session, issue_session, session
 from readingroom.db import Database
 from readingroom.schema import AIFinding, Instance, Order, Series, Study
 from readingroom.settings import Settings
-from workstation.viewer import PRESETS, VolumeCache, ViewerError, encode_png, heatmap_rgba, render_slice
+from workstation.viewer import (
+    PRESETS, VolumeCache, ViewerError, encode_png, heatmap_layer, heatmap_rgba, render_slice,
+)
 
 log = logging.getLogger(__name__)
 
@@ -209,10 +211,18 @@ def install_routes(api: Any, settings: Settings, db: Database, cache: VolumeCach
             series_uid = getattr(finding, "series_uid", None) if finding else None
         if not rel or not series_uid:
             raise HTTPException(404, "this AI finding has no heatmap")
-        maps = np.load(Path(settings.home) / rel)
+        import json
+
+        path = Path(settings.home) / rel
+        maps = np.load(path).astype(np.float32)
+        sidecar = path.with_suffix(".json")
+        sop_uids = json.loads(sidecar.read_text()).get("sop_uids", []) if sidecar.exists() else []
         vol = volume(series_uid)
-        layer = maps if maps.ndim == 2 else maps[min(max(index, 0), maps.shape[0] - 1)]
-        return Response(encode_png(heatmap_rgba(layer, tuple(vol.pixels.shape[1:3]))), media_type="image/png")
+        layer = heatmap_layer(maps, vol, index, sop_uids)
+        if layer is None:
+            layer = np.zeros((8, 8), np.float32)               # no map for this slice: transparent
+        return Response(encode_png(heatmap_rgba(layer, tuple(vol.pixels.shape[1:3]))), media_type="image/png",
+                        headers={"Cache-Control": "private, max-age=300"})
 
     @api.post("/api/dictation/{study_uid}/audio")
     async def dictation_audio(study_uid: str, request: Request, rate: int = 16000) -> dict[str, Any]:

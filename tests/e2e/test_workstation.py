@@ -233,3 +233,27 @@ def test_critical_result_is_communicated_then_signed_final_and_the_oru_arrives(p
     assert "ORU^R01" in oru and "|F|" in oru.split("OBR|", 1)[1] and "Lovelace" in oru
     page.wait_for_function("document.querySelector('#rr-delivery').innerText.includes('delivered')", timeout=30000)
     shot(page, "07-signed-final-delivered")
+
+
+def test_admin_sees_the_outbox_and_finds_the_signature_in_the_audit_log(page):
+    page.goto(page.base_url + "/logout")
+    assert page.url.endswith("/login")
+    page.fill("#username", "admin")
+    page.fill("#password", "admin")
+    page.click("#login-button")
+    row_cell(page, "DOE^JOHN").wait_for()
+    page.get_by_role("tab", name="Admin").click()
+    page.wait_for_function("document.querySelector('#rr-outbox').innerText.includes('delivered')")
+    page.get_by_label("Action (view, edit, sign, override, communicate, export…)").fill("sign")
+    page.get_by_role("button", name="Search").click()
+    page.wait_for_function("document.querySelector('#rr-audit').innerText.includes('demo')")
+    shot(page, "08-admin-audit")
+
+
+def test_a_radiologist_has_no_admin_tab(page):
+    page.goto(page.base_url + "/logout")
+    page.fill("#username", "demo")
+    page.fill("#password", "demo")
+    page.click("#login-button")
+    row_cell(page, "DOE^JOHN").wait_for()
+    assert page.get_by_role("tab", name="Admin").count() == 0

@@ -43,7 +43,9 @@ def test_run_demo_serves_the_worklist_behind_a_login_and_stops_on_ctrl_c(tmp_pat
     home, dicom_port, web_port = tmp_path / "home", free_port(), free_port()
     args = ("run", "--demo", "--port", str(dicom_port), "--web-port", str(web_port))
     url = f"http://127.0.0.1:{web_port}"
-    proc = start(*args, home=home, log=tmp_path / "run.log", READINGROOM_SITES="")  # the demo sites
+    # The demo sites; the triage models off, so that the order is the policy's without AI
+    # (tests/test_models.py runs the models through the same job handler).
+    proc = start(*args, home=home, log=tmp_path / "run.log", READINGROOM_SITES="", READINGROOM_MODELS__ENABLED="false")
     try:
         health = _wait_for_studies(url, proc, DEMO_STUDIES)
         assert "NOT FOR CLINICAL USE" in health["notice"]

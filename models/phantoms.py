@@ -1,0 +1,745 @@
+"""Synthetic studies with known ground truth: head CTs (hemorrhage) and chest radiographs.
+
+Pure generators return arrays plus their truth (``CTCase``, ``CXRCase``); ``write_dataset`` turns
+them into real DICOM studies and a ``labels.csv`` (the format ``readingroom evaluate`` reads):
+
+    study_uid,path,<finding 0/1 columns>,subtype,lesion_size_mm,source,...
+
+Head CT: a 3D head (scalp, skull with diploe, grey/white matter, sulci, ventricles, cisterns,
+falx, dural sinuses, pineal and choroid plexus calcifications, petrous bone with beam hardening
+streaks) in Hounsfield units with quantum noise. Positives carry one hemorrhage of five subtypes
+(intraparenchymal, subdural, epidural, subarachnoid, intraventricular) from 3 mm and 50 HU up,
+with partial-volume averaging over the slice thickness and mass effect when large. Negatives
+carry the same mimics (calcifications, streaks, dense sinuses) as positives.
+
+Chest radiograph: an attenuation image (soft tissue, lungs with vessel markings, mediastinum,
+heart, ribs, clavicles, diaphragm; AP or PA; varying exposure) with pneumothorax, effusion and
+consolidation, independently, so findings can coexist.
+
+``source == "real"`` cases insert lesions into the real pydicom-data images (head CT ``693``,
+chest CR ``RG1``) with augmentation, so that the models also see real anatomy and real noise.
+Everything here is SYNTHETIC; the DICOM carry it in their descriptions.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import logging
+import math
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+ICH_SUBTYPES = ("intraparenchymal", "subdural", "epidural", "subarachnoid", "intraventricular")
+CXR_FINDINGS = ("pneumothorax", "effusion", "consolidation")
+TASK_FINDINGS = {"ich": ("ich",), "cxr": CXR_FINDINGS}
+CT_FOV_MM = 230.0
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], cells: int) -> np.ndarray:
+    """A smooth random field in about [-1, 1]: bilinear upsampling of a coarse grid."""
+    coarse = rng.uniform(-1, 1, size=(cells + 1, cells + 1))
+    h, w = shape
+    yi = np.linspace(0, cells, h)
+    xi = np.linspace(0, cells, w)
+    y0 = np.minimum(yi.astype(int), cells - 1)
+    x0 = np.minimum(xi.astype(int), cells - 1)
+    fy, fx = (yi - y0)[:, None], (xi - x0)[None, :]
+    c00 = coarse[y0][:, x0]
+    c01 = coarse[y0][:, x0 + 1]
+    c10 = coarse[y0 + 1][:, x0]
+    c11 = coarse[y0 + 1][:, x0 + 1]
+    return (c00 * (1 - fy) * (1 - fx) + c01 * (1 - fy) * fx + c10 * fy * (1 - fx) + c11 * fy * fx)
+
+
+def _lesion_size(rng: np.random.Generator) -> float:
+    """Largest diameter in mm: a third small and subtle (3-5 mm), a third medium, a third large."""
+    u = rng.random()
+    if u < 0.3:
+        return float(rng.uniform(3, 5))
+    if u < 0.65:
+        return float(rng.uniform(5, 15))
+    return float(rng.uniform(15, 45))
+
+
+def _blood_hu(rng: np.random.Generator, size_mm: float) -> float:
+    return float(rng.uniform(50, 90) if size_mm < 6 else rng.uniform(58, 88))
+
+
+# ----------------------------------------------------------------------------- head CT
+
+
+@dataclass
+class CTCase:
+    hu: np.ndarray                 # (slices, rows, cols) float32, Hounsfield units
+    lesion: np.ndarray             # (slices, rows, cols) bool: blood in the voxel (>= 30 %)
+    ich: int
+    subtype: str
+    size_mm: float
+    pixel_mm: float
+    thickness_mm: float
+    source: str = "synthetic"
+    mimics: tuple[str, ...] = ()
+
+    @property
+    def slice_labels(self) -> np.ndarray:
+        return self.lesion.reshape(self.lesion.shape[0], -1).any(axis=1)
+
+
+@dataclass
+class _Head:
+    A: float                       # lateral semi-axis (mm)
+    B: float                       # antero-posterior semi-axis
+    C: float                       # vertical semi-axis
+    zc: float                      # centre height
+    skull: float                   # skull thickness
+    atrophy: float                 # 0..1: wider sulci, larger ventricles
+    cx: float
+    cy: float
+    angle: float
+    sulci_phase: np.ndarray = field(default_factory=lambda: np.zeros(3))
+    shift: float = 0.0             # midline shift (mm, + to the right of the image) from mass effect
+
+
+def ct_head(rng: np.random.Generator, *, n_slices: int = 32, size: int = 256, positive: bool | None = None,
+            subtype: str | None = None, thickness_mm: float = 5.0) -> CTCase:
+    """One synthetic non-contrast head CT. ``positive`` None draws it (50 %)."""
+    if positive is None:
+        positive = bool(rng.random() < 0.5)
+    px = CT_FOV_MM / size
+    head = _Head(A=rng.uniform(66, 76), B=rng.uniform(84, 97), C=rng.uniform(80, 90), zc=rng.uniform(55, 65),
+                 skull=rng.uniform(5, 8), atrophy=rng.uniform(0, 1), cx=rng.uniform(-8, 8), cy=rng.uniform(-8, 8),
+                 angle=rng.uniform(-0.14, 0.14), sulci_phase=rng.uniform(0, 2 * np.pi, size=3))
+    z0 = rng.uniform(-5, 10)                       # first slice near the skull base
+    zs = z0 + thickness_mm * np.arange(n_slices)
+    coords = (np.arange(size) - (size - 1) / 2) * px
+    gx, gy = np.meshgrid(coords, coords)           # x: patient left-right (image columns), y: rows
+    ca, sa = math.cos(head.angle), math.sin(head.angle)
+    X = ca * (gx - head.cx) + sa * (gy - head.cy)
+    Y = -sa * (gx - head.cx) + ca * (gy - head.cy)
+    lesion_spec = _draw_lesion(rng, head, subtype) if positive else None
+    if lesion_spec is not None and lesion_spec["size"] >= 15 and lesion_spec["kind"] in (
+            "intraparenchymal", "subdural", "epidural"):
+        head.shift = -np.sign(lesion_spec["side"]) * min(8.0, lesion_spec["size"] * 0.2)
+    mimics = _draw_mimics(rng)
+    noise_sd = rng.uniform(3.5, 7.0) * (0.45 / px)
+    hu = np.empty((n_slices, size, size), np.float32)
+    lesion = np.zeros((n_slices, size, size), bool)
+    for k, z in enumerate(zs):
+        base = _head_slice(rng, head, X, Y, z, mimics, px)
+        if lesion_spec is not None:
+            frac = np.zeros((size, size), np.float32)
+            for dz in (-0.33, 0.0, 0.33):          # partial volume over the slice thickness
+                frac += _lesion_mask(lesion_spec, head, X, Y, z + dz * thickness_mm, base["brain"],
+                                     base["csf"], base["vent"])
+            frac /= 3
+            frac *= base["inside"]
+            base["hu"] = base["hu"] * (1 - frac) + lesion_spec["hu"] * frac
+            lesion[k] = frac >= 0.3
+        hu[k] = base["hu"] + rng.normal(0, noise_sd, size=(size, size)).astype(np.float32)
+    if lesion_spec is not None and not lesion.any():   # the lesion fell between the slices: redraw
+        return ct_head(rng, n_slices=n_slices, size=size, positive=True, subtype=subtype, thickness_mm=thickness_mm)
+    return CTCase(hu=hu, lesion=lesion, ich=int(positive), subtype=lesion_spec["kind"] if lesion_spec else "",
+                  size_mm=round(lesion_spec["size"], 1) if lesion_spec else 0.0, pixel_mm=px,
+                  thickness_mm=thickness_mm, mimics=tuple(sorted(k for k, v in mimics.items() if v is True)) + (
+                      ("dense_sinus",) if mimics["sinus_hu"] > 60 else ()))
+
+
+def _draw_mimics(rng: np.random.Generator) -> dict:
+    return {"pineal": bool(rng.random() < 0.7), "choroid": bool(rng.random() < 0.45),
+            "falx_calc": bool(rng.random() < 0.25), "streaks": rng.uniform(0.3, 1.0),
+            "pineal_hu": rng.uniform(120, 400), "sinus_hu": rng.uniform(62, 80) if rng.random() < 0.5 else 45.0}
+
+
+def _scale(head: _Head, z: float) -> float:
+    t = (z - head.zc) / head.C
+    if t >= 1:
+        return 0.0
+    return math.sqrt(max(0.0, 1 - 0.45 * t * t)) if t < 0 else math.sqrt(1 - t * t)
+
+
+def _head_slice(rng, head: _Head, X, Y, z: float, mimics: dict, px: float) -> dict:
+    s = _scale(head, z)
+    hu = np.full(X.shape, -1000.0, np.float32)
+    empty = np.zeros(X.shape, bool)
+    if s < 0.15:
+        return {"hu": hu, "brain": empty, "csf": empty, "vent": empty, "inside": empty.astype(np.float32)}
+    t = (z - head.zc) / head.C
+    a, b = head.A * s, head.B * s
+    r_out = np.sqrt((X / (a + 5)) ** 2 + (Y / (b + 5)) ** 2)       # scalp
+    r_sk = np.sqrt((X / a) ** 2 + (Y / b) ** 2)                     # outer table
+    ai, bi = a - head.skull, b - head.skull
+    r_in = np.sqrt((X / ai) ** 2 + (Y / bi) ** 2)                   # inner table
+    depth = (1 - r_in) * min(ai, bi)                                # ~ mm inside the inner table
+    theta = np.arctan2(Y, X)
+    hu[r_out <= 1] = 35.0
+    hu[(r_out <= 1) & (r_out > 0.985)] = -80.0                      # subcutaneous fat line
+    skull = (r_sk <= 1) & (r_in > 1)
+    skull_depth = (r_sk - 1) / (r_sk - r_in + 1e-6)
+    hu[skull] = 1500.0 - 900.0 * np.exp(-((skull_depth[skull] - 0.5) / 0.2) ** 2)   # diploe
+    brain = r_in <= 1
+    inside = brain.astype(np.float32)
+    # Cortex, white matter, sulci (wider with atrophy), a thin CSF film under the inner table.
+    gyri = np.sin(9 * theta + head.sulci_phase[0] + 0.3 * np.sin(3 * theta + z / 20)) \
+        * np.sin(5 * theta + head.sulci_phase[1] + z / 15)
+    sulcus_depth = 9 + 6 * np.sin(4 * theta + head.sulci_phase[2])
+    sulci = brain & (depth < sulcus_depth) & (gyri > 0.86 - 0.25 * head.atrophy)
+    hu[brain] = 28.0
+    hu[brain & (depth < 4.5 + 2 * np.cos(7 * theta))] = 39.0
+    csf = sulci | (brain & (depth < 0.8 + 1.8 * head.atrophy))
+    # Deep grey matter (basal ganglia, thalami) around the ventricle level.
+    if -0.45 < t < 0.1:
+        for side in (-1, 1):
+            dg = ((X - side * 16 - head.shift) / 9) ** 2 + ((Y - 2) / 16) ** 2 <= 1
+            hu[brain & dg] = 37.0
+    vent = np.zeros(X.shape, bool)
+    vscale = 0.7 + 0.8 * head.atrophy
+    if -0.3 < t < 0.45:                                             # lateral ventricles
+        h = math.sqrt(max(0.0, 1 - ((t - 0.08) / 0.38) ** 2))
+        for side in (-1, 1):
+            comp = 0.6 if head.shift and np.sign(head.shift) == -side else 1.0
+            v = ((X - side * 9 * vscale - head.shift) / (5.5 * vscale * h * comp + 0.5)) ** 2 \
+                + ((Y + 2) / (30 * h + 1)) ** 2 <= 1
+            vent |= v
+    if -0.42 < t < -0.12:                                           # third ventricle
+        vent |= (np.abs(X - head.shift) < 1.2 + 1.5 * head.atrophy) & (np.abs(Y - 2) < 10)
+    if -0.75 < t < -0.45:                                           # fourth ventricle
+        vent |= ((X - head.shift) / 5) ** 2 + ((Y - 38) / 4) ** 2 <= 1
+    if -0.55 < t < -0.35:                                           # basal cisterns around the midbrain
+        rr = np.sqrt((X - head.shift) ** 2 + (Y - 8) ** 2)
+        csf |= brain & (rr > 11) & (rr < 14 + 3 * head.atrophy)
+        csf |= brain & (np.abs(X - head.shift) < 6) & (Y > -18) & (Y < -5)    # suprasellar
+    vent &= brain
+    csf |= vent
+    hu[csf] = 6.0
+    # Falx: a slightly dense midline line; sometimes calcified.
+    falx = brain & (np.abs(X - head.shift) < 0.8) & (np.abs(Y) > 25) & (t > -0.2)
+    hu[falx] = 48.0
+    if mimics["falx_calc"] and t > 0.1:
+        hu[falx & (Y < -40) & (Y > -55)] = 220.0
+    # Dural venous sinuses: superior sagittal (posterior midline) and transverse (low, posterior).
+    sss = brain & (((X - head.shift) / 4) ** 2 + ((Y - bi + 3) / 4) ** 2 <= 1) & (t > -0.35)
+    hu[sss] = mimics["sinus_hu"]
+    if -0.8 < t < -0.45:
+        trans = brain & (depth < 4) & (Y > bi * 0.55)
+        hu[trans] = mimics["sinus_hu"]
+    # Calcifications: pineal (posterior to the third ventricle) and choroid plexus (atria).
+    if mimics["pineal"] and -0.35 < t < -0.12:
+        hu[((X - head.shift) ** 2 + (Y - 17) ** 2) <= 9] = mimics["pineal_hu"]
+    if mimics["choroid"] and -0.05 < t < 0.2:
+        for side in (-1, 1):
+            hu[((X - side * 14 * vscale - head.shift) ** 2 + (Y - 20) ** 2) <= 6] = mimics["pineal_hu"] * 0.7
+    # Skull base: petrous bone and the beam-hardening streaks between them.
+    if t < -0.5:
+        for side in (-1, 1):
+            pet = ((X - side * 32) / 22) ** 2 + ((Y - 15) / 7) ** 2 <= 1
+            hu[pet & brain] = 1300.0
+        strength = mimics["streaks"] * (-0.5 - t) * 120
+        streak = np.cos(14 * theta + z) * np.exp(-np.abs(Y - 15) / 20)
+        hu[brain] += (strength * streak)[brain].astype(np.float32)
+    return {"hu": hu, "brain": brain & ~csf, "csf": csf & ~vent, "vent": vent, "inside": inside}
+
+
+def _draw_lesion(rng: np.random.Generator, head: _Head, subtype: str | None) -> dict:
+    kind = subtype or str(rng.choice(ICH_SUBTYPES))
+    size = _lesion_size(rng)
+    side = float(rng.choice([-1, 1]))
+    spec = {"kind": kind, "size": size, "side": side, "hu": _blood_hu(rng, size)}
+    if kind == "intraparenchymal":
+        zc = head.zc + rng.uniform(-0.4, 0.6) * head.C
+        s = _scale(head, zc)
+        spec.update(cx=side * rng.uniform(8, 0.55 * head.A * s), cy=rng.uniform(-0.55, 0.55) * head.B * s,
+                    cz=zc, r=size / 2, lobes=rng.uniform(0, 2 * np.pi, 2))
+    elif kind in ("subdural", "epidural"):
+        spec.update(theta0=rng.uniform(-np.pi, np.pi),
+                    width=rng.uniform(0.5, 1.1) if kind == "subdural" else rng.uniform(0.3, 0.55),
+                    cz=head.zc + rng.uniform(-0.3, 0.6) * head.C,
+                    zext=rng.uniform(20, 60) if kind == "subdural" else rng.uniform(15, 35),
+                    thick=max(1.5, size * (0.3 if kind == "subdural" else 0.45)))
+    elif kind == "subarachnoid":
+        spec.update(theta0=rng.uniform(-np.pi, np.pi), width=size / 60 + 0.15,
+                    cz=head.zc + rng.uniform(-0.55, 0.6) * head.C, zext=max(6.0, size * 0.8))
+    else:  # intraventricular
+        spec.update(level=rng.uniform(0.2, 0.9), cz=head.zc + rng.uniform(-0.05, 0.25) * head.C,
+                    zext=max(5.0, size * 0.6))
+    return spec
+
+
+def _lesion_mask(spec: dict, head: _Head, X, Y, z: float, brain, csf, vent) -> np.ndarray:
+    kind = spec["kind"]
+    if kind == "intraparenchymal":
+        dz = z - spec["cz"]
+        r = spec["r"]
+        if abs(dz) >= r:
+            return np.zeros(X.shape, np.float32)
+        rr = math.sqrt(r * r - dz * dz)
+        ang = np.arctan2(Y - spec["cy"], X - spec["cx"])
+        wobble = 1 + 0.18 * np.sin(3 * ang + spec["lobes"][0]) + 0.1 * np.sin(5 * ang + spec["lobes"][1])
+        m = np.sqrt((X - spec["cx"]) ** 2 + (Y - spec["cy"]) ** 2) <= rr * wobble
+        return (m & (brain | csf)).astype(np.float32)
+    s = _scale(head, z)
+    if s < 0.15:
+        return np.zeros(X.shape, np.float32)
+    if kind in ("subdural", "epidural"):
+        dz = (z - spec["cz"]) / (spec["zext"] / 2)
+        if abs(dz) >= 1:
+            return np.zeros(X.shape, np.float32)
+        ai, bi = head.A * s - head.skull, head.B * s - head.skull
+        r_in = np.sqrt((X / ai) ** 2 + (Y / bi) ** 2)
+        depth = (1 - r_in) * min(ai, bi)
+        theta = np.arctan2(Y, X)
+        d = np.angle(np.exp(1j * (theta - spec["theta0"]))) / spec["width"]
+        profile = np.clip(1 - d * d, 0, None)
+        if kind == "subdural":   # crescent: thin tapering ends over a wide arc
+            thick = spec["thick"] * np.sqrt(profile) * math.sqrt(1 - dz * dz)
+        else:                    # lens: biconvex, short arc
+            thick = spec["thick"] * profile * (1 - dz * dz)
+        return ((r_in <= 1) & (depth < thick)).astype(np.float32)
+    if kind == "subarachnoid":
+        dz = (z - spec["cz"]) / (spec["zext"] / 2)
+        if abs(dz) >= 1:
+            return np.zeros(X.shape, np.float32)
+        theta = np.arctan2(Y, X)
+        d = np.abs(np.angle(np.exp(1j * (theta - spec["theta0"]))))
+        return (csf & (d < spec["width"])).astype(np.float32)
+    dz = (z - spec["cz"]) / (spec["zext"] / 2)       # intraventricular: dependent blood (posterior)
+    if abs(dz) >= 1 or not vent.any():
+        return np.zeros(X.shape, np.float32)
+    ys = Y[vent]
+    cut = ys.max() - spec["level"] * (ys.max() - ys.min())
+    return (vent & (Y >= cut) & (spec["side"] * X > -6)).astype(np.float32)
+
+
+@lru_cache(maxsize=1)
+def _real_ct_slice() -> tuple[np.ndarray, float]:
+    """The real head CT slice of pydicom-data (693), in HU, and its pixel spacing."""
+    from pydicom import dcmread
+
+    from triage.demo import sample_dir
+
+    ds = dcmread(sample_dir() / "693_UNCI.dcm")
+    hu = ds.pixel_array.astype(np.float32) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+    return np.clip(hu, -1024, 3071), float(ds.PixelSpacing[0])
+
+
+def ct_head_real(rng: np.random.Generator, *, n_slices: int = 8, size: int = 256,
+                 positive: bool | None = None) -> CTCase:
+    """Lesions inserted into the real slice 693, stacked into a short volume with augmentation
+    (flip, scale, HU offset, fresh noise per slice)."""
+    from models.preprocess import resize_stack
+
+    if positive is None:
+        positive = bool(rng.random() < 0.5)
+    real, spacing = _real_ct_slice()
+    base = resize_stack(real[None], (size, size))[0]
+    if rng.random() < 0.5:
+        base = base[:, ::-1]
+    px = spacing * real.shape[0] / size
+    brain = (base > 10) & (base < 60)
+    ys, xs = np.nonzero(brain)
+    cy, cx = ys.mean(), xs.mean()
+    hu = np.empty((n_slices, size, size), np.float32)
+    lesion = np.zeros((n_slices, size, size), bool)
+    mid = n_slices // 2
+    size_mm = _lesion_size(rng) if positive else 0.0
+    kind = str(rng.choice(["intraparenchymal", "subdural"])) if positive else ""
+    blood = _blood_hu(rng, size_mm)
+    if positive:   # a point well inside the brain
+        pick = rng.integers(len(ys))
+        ly, lx = ys[pick], xs[pick]
+    yy, xx = np.mgrid[0:size, 0:size]
+    for k in range(n_slices):
+        f = 1 - 0.015 * abs(k - mid)
+        sl = _zoom_about(base, f, cy, cx) + rng.uniform(-3, 3)
+        if positive:
+            dz = (k - mid) * 5.0
+            r = size_mm / 2
+            if abs(dz) < r or (kind == "subdural" and abs(dz) < size_mm):
+                rr = math.sqrt(max(r * r - dz * dz, 0.0)) if kind == "intraparenchymal" else r * 0.5
+                if kind == "intraparenchymal":
+                    m = ((yy - ly) ** 2 + (xx - lx) ** 2) * px * px <= rr * rr
+                else:   # extra-axial band: the brain's outer rim on one side
+                    rim = brain & ~_erode(brain, max(1, int(round(size_mm * 0.3 / px))))
+                    m = rim & ((xx - cx) * (1 if lx > cx else -1) > 0) & (np.abs(yy - ly) * px < size_mm * 1.5)
+                m &= (sl > 0) & (sl < 90)
+                sl = np.where(m, blood, sl)
+                lesion[k] = m
+        hu[k] = sl + rng.normal(0, rng.uniform(2, 5), size=(size, size))
+    if positive and not lesion.any():
+        return ct_head_real(rng, n_slices=n_slices, size=size, positive=True)
+    return CTCase(hu=hu, lesion=lesion, ich=int(positive), subtype=kind, size_mm=round(size_mm, 1), pixel_mm=px,
+                  thickness_mm=5.0, source="real")
+
+
+def _zoom_about(img: np.ndarray, f: float, cy: float, cx: float) -> np.ndarray:
+    h, w = img.shape
+    yi = np.clip(np.round(cy + (np.arange(h) - cy) / f).astype(int), 0, h - 1)
+    xi = np.clip(np.round(cx + (np.arange(w) - cx) / f).astype(int), 0, w - 1)
+    return img[yi][:, xi]
+
+
+def _erode(mask: np.ndarray, n: int) -> np.ndarray:
+    out = mask.copy()
+    for _ in range(n):
+        out = out & np.roll(out, 1, 0) & np.roll(out, -1, 0) & np.roll(out, 1, 1) & np.roll(out, -1, 1)
+    return out
+
+
+# ----------------------------------------------------------------------------- chest radiograph
+
+
+@dataclass
+class CXRCase:
+    image: np.ndarray              # (rows, cols) float32 attenuation, about 0..1, bright = dense
+    labels: dict[str, int]
+    masks: dict[str, np.ndarray]   # per finding: where it is (for heatmap checks)
+    view: str                      # AP or PA
+    subtype: str                   # which findings, e.g. "pneumothorax+effusion"
+    size_mm: float                 # the largest finding's extent
+    pixel_mm: float
+    source: str = "synthetic"
+
+
+def _lung_masks(X, Y, rng, ap: bool) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+    """Two lung fields in normalised coordinates (x, y in -1..1, y down)."""
+    lungs = np.zeros(X.shape, bool)
+    params = []
+    for side in (-1, 1):   # -1: patient right (image left)
+        cx = side * rng.uniform(0.36, 0.42)
+        w = rng.uniform(0.26, 0.31)
+        top, bottom = rng.uniform(-0.78, -0.68), rng.uniform(0.45, 0.62) - (0.05 if side == 1 else 0)
+        yn = (Y - top) / (bottom - top)                     # 0 apex .. 1 base
+        half = w * np.sqrt(np.clip(yn, 0, 1)) ** 0.6 * (1 - 0.15 * yn)
+        inner_cut = (side * (X - cx)) > -half * (0.6 if yn.mean() else 0.6)
+        m = (yn >= 0) & (yn <= 1) & (np.abs(X - cx) <= half) & inner_cut
+        dome = bottom - 0.08 * (1 - ((X - cx) / (w + 1e-6)) ** 2).clip(0, 1)
+        m &= Y <= dome
+        lungs |= m
+        params.append({"side": side, "cx": cx, "w": w, "top": top, "bottom": bottom, "mask": m})
+    return lungs, lungs, params
+
+
+def cxr_image(rng: np.random.Generator, *, size: int = 512, findings: dict[str, int] | None = None,
+              real: bool = False) -> CXRCase:
+    """One synthetic frontal chest radiograph. ``findings`` None draws each (about 35 % each)."""
+    if findings is None:
+        findings = {f: int(rng.random() < 0.35) for f in CXR_FINDINGS}
+    ap = bool(rng.random() < 0.4)
+    pixel_mm = 430.0 / size
+    coords = np.linspace(-1, 1, size)
+    X, Y = np.meshgrid(coords, coords)
+    shift_x, shift_y = rng.uniform(-0.04, 0.04, size=2)
+    X, Y = X + shift_x, Y + shift_y
+    if real:
+        img, lungs, params = _real_cxr(rng, X, Y, size)
+        markings = np.zeros_like(img)
+        air = float(np.percentile(img[lungs], 3))
+        body = np.ones(img.shape, bool)
+    else:
+        air = 0.08
+        img = np.zeros((size, size), np.float32)
+        body = (np.abs(X) < 0.92 - 0.1 * np.clip(-Y - 0.6, 0, None)) & (Y > -0.95)
+        img[body] = 0.45
+        shoulders = (((np.abs(X) - 0.75) / 0.25) ** 2 + ((Y + 0.82) / 0.16) ** 2) <= 1
+        img[shoulders] = 0.55
+        lungs, _, params = _lung_masks(X, Y, rng, ap)
+        img[lungs] = 0.14
+        # Lung markings: vessels branching from the hila, fainter towards the periphery.
+        markings = np.zeros_like(img)
+        for p in params:
+            hx, hy = p["cx"] - p["side"] * p["w"] * 0.45, -0.05
+            for _ in range(int(rng.integers(14, 22))):
+                ang = rng.uniform(-np.pi, np.pi)
+                length = rng.uniform(0.2, 0.6)
+                ts = np.linspace(0, 1, 40)
+                bend = rng.uniform(-0.3, 0.3)
+                xs = hx + np.cos(ang + bend * ts) * length * ts
+                ys = hy + np.sin(ang + bend * ts) * length * ts * 1.3
+                for t, x, y in zip(ts[::2], xs[::2], ys[::2]):
+                    r = 0.012 * (1 - 0.7 * t)
+                    ci, ri = (x - shift_x + 1) / 2 * (size - 1), (y - shift_y + 1) / 2 * (size - 1)
+                    half = int(3 * r * size / 2) + 2
+                    r0, r1 = max(int(ri) - half, 0), min(int(ri) + half + 1, size)
+                    c0, c1 = max(int(ci) - half, 0), min(int(ci) + half + 1, size)
+                    if r0 >= r1 or c0 >= c1:
+                        continue
+                    d2 = (X[r0:r1, c0:c1] - x) ** 2 + (Y[r0:r1, c0:c1] - y) ** 2
+                    blob = 0.09 * (1 - 0.6 * t) * np.exp(-d2 / (r * r))
+                    markings[r0:r1, c0:c1] = np.maximum(markings[r0:r1, c0:c1], blob)
+        markings *= lungs
+        # Mediastinum and heart (larger on AP), diaphragm and abdomen below.
+        medi = (np.abs(X) < 0.11 + 0.04 * (Y > -0.2)) & (Y > -0.95)
+        img[medi] = 0.62
+        heart_w = rng.uniform(0.2, 0.28) * (1.15 if ap else 1.0)
+        heart = ((X - 0.07) / heart_w) ** 2 + ((Y - 0.28) / 0.24) ** 2 <= 1
+        img[heart] = np.maximum(img[heart], 0.6)
+        below = Y > (0.5 + 0.08 * np.abs(X))
+        img[below & body & ~lungs] = 0.66
+        # Ribs (posterior arcs), clavicles; on AP the clavicles sit higher and scapulae overlap.
+        rib_phase = rng.uniform(0, 1)
+        rib = np.sin(2 * np.pi * (Y * 5.2 + 0.9 * X ** 2 * np.sign(X + 1e-6) * 0 + 0.35 * np.abs(X) + rib_phase))
+        img += (0.07 * (rib > 0.75) * body).astype(np.float32)
+        cy = -0.72 if ap else -0.62
+        for side in (-1, 1):
+            clav = np.abs(Y - (cy + 0.18 * (side * X - 0.15) ** 2)) < 0.02
+            img[clav & (side * X > 0.05) & (side * X < 0.6)] += 0.12
+            if ap:
+                scap = ((X - side * 0.68) / 0.12) ** 2 + ((Y + 0.35) / 0.3) ** 2 <= 1
+                img[scap] += 0.05
+    masks: dict[str, np.ndarray] = {}
+    sizes: list[float] = []
+    pnx = np.zeros(img.shape, bool)
+    if findings.get("pneumothorax"):
+        p = params[int(rng.integers(2))]
+        frac = rng.choice([rng.uniform(0.06, 0.15), rng.uniform(0.15, 0.5)])  # small apical .. large
+        lateral = p["side"] * (X - p["cx"])
+        yn = (Y - p["top"]) / (p["bottom"] - p["top"])
+        edge = p["w"] * (1 - frac * 2.2) - 0.15 * np.clip(yn - (0.3 + frac), 0, None)
+        pnx = p["mask"] & ((lateral > edge) | (yn < frac * 0.9)) & (yn < 0.35 + frac * 1.6)
+        masks["pneumothorax"] = pnx
+        line = p["mask"] & ~pnx & _dilate(pnx, max(1, size // 256))
+        markings[pnx] = 0
+        img[pnx] = air
+        img[line] += 0.1
+        sizes.append(float(frac * p["w"] * 2 * 215))
+    if findings.get("effusion"):
+        p = params[int(rng.integers(2))]
+        level = rng.uniform(0.05, 0.35)            # height of fluid as a fraction of the lung
+        yn = (Y - p["top"]) / (p["bottom"] - p["top"])
+        lateral = (p["side"] * (X - p["cx"]) / p["w"] + 1) / 2    # 0 medial .. 1 lateral
+        meniscus = 1 - level - 0.12 * lateral ** 2                # higher laterally
+        eff = p["mask"] & (yn > meniscus)
+        soft = np.clip((yn - meniscus) / 0.04, 0, 1)
+        img += (0.4 * soft * eff).astype(np.float32)
+        markings[eff] *= 0.3
+        masks["effusion"] = eff
+        sizes.append(float(level * (p["bottom"] - p["top"]) * 215))
+    if findings.get("consolidation"):
+        p = params[int(rng.integers(2))]
+        field = _smooth_noise(rng, img.shape, 10)
+        zone_y = rng.uniform(-0.4, 0.35)
+        zone = ((X - p["cx"]) / (p["w"] * rng.uniform(0.5, 1.0))) ** 2 + ((Y - zone_y) / rng.uniform(0.12, 0.3)) ** 2
+        patch = np.clip(1 - zone, 0, 1) * (0.6 + 0.4 * field)
+        cons = p["mask"] & (patch > 0.25) & ~pnx
+        if cons.sum() < 20:
+            cons = p["mask"] & (zone < 1) & ~pnx
+        dens = rng.uniform(0.18, 0.32)
+        add = dens * np.clip((patch - 0.25) / 0.2, 0, 1) * cons
+        # Air bronchograms: dark branching lines inside the opacity.
+        bron = np.zeros(img.shape, bool)
+        for _ in range(3):
+            ang = rng.uniform(-np.pi, np.pi)
+            ts = np.linspace(0, 0.25, 30)
+            x0, y0 = p["cx"], zone_y
+            for t in ts:
+                bron |= ((X - x0 - np.cos(ang) * t) ** 2 + (Y - y0 - np.sin(ang) * t) ** 2) < 0.006 ** 2 * 4
+        add[bron & cons] *= 0.3
+        img += add.astype(np.float32)
+        masks["consolidation"] = cons
+        ys, xs = np.nonzero(cons)
+        sizes.append(float(max(np.ptp(ys), np.ptp(xs)) * pixel_mm) if len(ys) else 0.0)
+    img += markings
+    # Exposure, detector noise and blur of edges (a cheap 3-tap blur).
+    img = _blur(img)
+    gamma = rng.uniform(0.8, 1.25)
+    img = np.clip(img, 0, None) ** gamma * rng.uniform(0.85, 1.15) + rng.uniform(-0.05, 0.05)
+    img += rng.normal(0, rng.uniform(0.01, 0.025) * math.sqrt(512 / size), img.shape).astype(np.float32)
+    present = [f for f in CXR_FINDINGS if findings.get(f)]
+    return CXRCase(image=img.astype(np.float32), labels={f: int(bool(findings.get(f))) for f in CXR_FINDINGS},
+                   masks=masks, view="PA" if real else ("AP" if ap else "PA"), subtype="+".join(present),
+                   size_mm=round(max(sizes), 1) if sizes else 0.0, pixel_mm=pixel_mm,
+                   source="real" if real else "synthetic")
+
+
+@lru_cache(maxsize=1)
+def _real_cxr_pixels() -> np.ndarray:
+    """The real chest CR of pydicom-data (RG1), as attenuation (MONOCHROME1 inverted), 0..1."""
+    from pydicom import dcmread
+
+    from triage.demo import sample_dir
+
+    ds = dcmread(sample_dir() / "RG1_UNCI.dcm")
+    img = ds.pixel_array.astype(np.float32)
+    img = img.max() - img                       # MONOCHROME1: high stored value = less dense
+    lo, hi = np.percentile(img[::4, ::4], (1, 99))
+    return np.clip((img - lo) / (hi - lo), 0, 1)
+
+
+# Lung fields of RG1 in normalised coordinates (x, y in -1..1), read off the image.
+_RG1_LUNGS = ({"side": -1, "cx": -0.45, "w": 0.3, "top": -0.72, "bottom": 0.5},
+              {"side": 1, "cx": 0.46, "w": 0.3, "top": -0.72, "bottom": 0.45})
+
+
+def _real_cxr(rng, X, Y, size: int):
+    from models.preprocess import resize_stack
+
+    img = resize_stack(_real_cxr_pixels()[None], (size, size))[0]
+    flip = rng.random() < 0.5
+    if flip:
+        img = img[:, ::-1].copy()
+    lungs = np.zeros(img.shape, bool)
+    params = []
+    for p in _RG1_LUNGS:
+        q = dict(p)
+        if flip:
+            q["side"], q["cx"] = -q["side"], -q["cx"]
+        q["cx"] += rng.uniform(-0.02, 0.02)
+        yn = (Y - q["top"]) / (q["bottom"] - q["top"])
+        m = (yn >= 0) & (yn <= 1) & (np.abs(X - q["cx"]) <= q["w"] * np.sqrt(np.clip(yn, 0, 1)) ** 0.6)
+        q["mask"] = m
+        lungs |= m
+        params.append(q)
+    return img.astype(np.float32), lungs, params
+
+
+def _dilate(mask: np.ndarray, n: int) -> np.ndarray:
+    out = mask.copy()
+    for _ in range(n):
+        out = out | np.roll(out, 1, 0) | np.roll(out, -1, 0) | np.roll(out, 1, 1) | np.roll(out, -1, 1)
+    return out
+
+
+def _blur(img: np.ndarray) -> np.ndarray:
+    out = img.copy()
+    for axis in (0, 1):
+        out = 0.25 * np.roll(out, 1, axis) + 0.5 * out + 0.25 * np.roll(out, -1, axis)
+    return out
+
+
+# ----------------------------------------------------------------------------- datasets on disk
+
+
+def draw_case(task: str, seed: int, index: int, *, size: int | None = None, real_fraction: float = 0.1,
+              n_slices: int = 32):
+    """Case ``index`` of the dataset ``seed``: the same arguments always give the same case."""
+    rng = np.random.default_rng([seed, index, 0 if task == "ich" else 1])
+    real = bool(rng.random() < real_fraction)
+    if task == "ich":
+        positive = bool(rng.random() < 0.5)
+        subtype = ICH_SUBTYPES[index % len(ICH_SUBTYPES)] if positive else None
+        if real:
+            return ct_head_real(rng, size=size or 256, positive=positive)
+        return ct_head(rng, n_slices=n_slices, size=size or 256, positive=positive, subtype=subtype)
+    if task == "cxr":
+        return cxr_image(rng, size=size or 1024, real=real)
+    raise ValueError(f"unknown task {task!r}: use ich or cxr")
+
+
+def cxr_dataset(image: np.ndarray, *, key: str, view: str, pixel_mm: float, monochrome1: bool,
+                patient_id: str, accession: str):
+    """A CR Image Storage dataset for a radiograph (attenuation 0..1 -> 12-bit stored values)."""
+    from pydicom import Dataset
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID
+
+    from triage.synthetic import uid
+
+    cr = "1.2.840.10008.5.1.4.1.1.1"
+    stored = np.clip(image, 0, 1.2) / 1.2 * 4095
+    if monochrome1:
+        stored = 4095 - stored
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = cr
+    ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    ds.SOPClassUID = cr
+    ds.SOPInstanceUID = uid(key, "image", 0)
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = uid(key, "study"), uid(key, "series")
+    ds.PatientName, ds.PatientID, ds.AccessionNumber = "SYNTHETIC^CHEST", patient_id, accession
+    ds.PatientBirthDate, ds.PatientSex = "19600101", "O"
+    today = dt.date.today().strftime("%Y%m%d")
+    ds.StudyDate = ds.SeriesDate = ds.ContentDate = today
+    ds.StudyTime = ds.SeriesTime = "010000"
+    ds.StudyDescription = "XR CHEST 1 VIEW (SYNTHETIC)"
+    ds.SeriesDescription = f"CHEST {view} (SYNTHETIC)"
+    ds.Modality, ds.BodyPartExamined, ds.ViewPosition = "CR", "CHEST", view
+    ds.Manufacturer, ds.ReferringPhysicianName, ds.StudyID = "ReadingRoom synthetic", "SYNTHETIC^REFERRER", "1"
+    ds.SeriesNumber, ds.InstanceNumber = 1, 1
+    ds.PatientOrientation = ["R", "F"] if view == "AP" else ["L", "F"]
+    ds.ImagerPixelSpacing = ds.PixelSpacing = [round(pixel_mm, 4), round(pixel_mm, 4)]
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME1" if monochrome1 else "MONOCHROME2"
+    ds.Rows, ds.Columns = image.shape
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.WindowCenter, ds.WindowWidth = 2048, 4096
+    ds.PixelData = stored.astype(np.uint16).tobytes()
+    return ds
+
+
+def write_case(task: str, case, out: Path, name: str, seed: int, index: int) -> tuple[str, list]:
+    """Write one case as DICOM under ``out/name/``; returns (study_uid, files)."""
+    from triage.synthetic import ct_series, uid
+
+    folder = out / name
+    folder.mkdir(parents=True, exist_ok=True)
+    key = f"phantom-{task}-{seed}-{index}"
+    pid = f"PH{task.upper()}{seed}-{index}"
+    if task == "ich":
+        datasets = ct_series(case.hu, key=key, patient_name="SYNTHETIC^PHANTOM", patient_id=pid,
+                             accession=f"P{seed}{index:05d}", description="CT HEAD WITHOUT CONTRAST (SYNTHETIC)",
+                             slice_thickness_mm=case.thickness_mm, pixel_spacing_mm=round(case.pixel_mm, 4))
+        for ds in datasets:
+            ds.SeriesDescription = f"AXIAL {case.thickness_mm:g}MM (SYNTHETIC PHANTOM)"
+    else:
+        mono1 = bool(np.random.default_rng([seed, index, 7]).random() < 0.5)
+        datasets = [cxr_dataset(case.image, key=key, view=case.view, pixel_mm=case.pixel_mm, monochrome1=mono1,
+                                patient_id=pid, accession=f"P{seed}{index:05d}")]
+    files = []
+    for k, ds in enumerate(datasets):
+        path = folder / f"IM{k + 1:04d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        files.append(path)
+    return uid(key, "study"), files
+
+
+def write_dataset(task: str, n: int, seed: int, out: Path, *, size: int | None = None,
+                  real_fraction: float = 0.1, progress: bool = True) -> Path:
+    """Write ``n`` studies and ``labels.csv``; returns the labels path."""
+    from tqdm import tqdm
+
+    if task not in TASK_FINDINGS:
+        raise ValueError(f"unknown task {task!r}: use ich or cxr")
+    out.mkdir(parents=True, exist_ok=True)
+    findings = TASK_FINDINGS[task]
+    rows = []
+    for i in tqdm(range(n), desc=f"phantoms {task}", disable=not progress, unit="study"):
+        case = draw_case(task, seed, i, size=size, real_fraction=real_fraction)
+        name = f"{task}-{seed}-{i:05d}"
+        study_uid, _ = write_case(task, case, out, name, seed, i)
+        row = {"study_uid": study_uid, "path": name}
+        if task == "ich":
+            row["ich"] = case.ich
+            extra = {"slices_with_blood": int(case.slice_labels.sum()), "mimics": "+".join(case.mimics)}
+        else:
+            row.update({f: case.labels[f] for f in findings})
+            extra = {"view": case.view}
+        row.update({"subtype": case.subtype, "lesion_size_mm": case.size_mm, "source": case.source, **extra})
+        rows.append(row)
+    labels = out / "labels.csv"
+    with labels.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    log.info("wrote %d %s studies and %s", n, task, labels)
+    return labels
+
+
+def size_bin(size_mm: float) -> str:
+    """The lesion-size bins of the evaluation breakdown."""
+    if size_mm <= 0:
+        return "none"
+    if size_mm < 5:
+        return "<5 mm"
+    if size_mm < 15:
+        return "5-15 mm"
+    return ">=15 mm"

@@ -1,0 +1,354 @@
+"""``readingroom train --task ich|cxr``: generate phantoms, train, pick the threshold, export.
+
+Training and validation sets are drawn from different phantom seeds (``--seed`` and
+``--val-seed``); held-out evaluation (bench/triage.py) uses seeds from 9000 on, never used here.
+The run stops when its CPU time reaches ``--cpu-minutes`` (30: single-threaded, that is at most 30
+minutes on an idle 2-core machine; ``--resume`` counts the earlier runs too) or at ``--minutes`` of
+wall time, whichever comes first. On a shared machine the wall time is longer; the card records
+both. It keeps the checkpoint with the best validation AUROC, chooses the operating threshold on validation for
+``--target-sensitivity``, exports ONNX (checked against torch) and writes the model card.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from models.metrics import auroc, operating_point, threshold_for_sensitivity
+from models.phantoms import TASK_FINDINGS, draw_case
+from models.preprocess import CT_SIZE, CXR_SIZE, ct_inputs, cxr_input
+from models.registry import WEIGHTS_DIR
+
+log = logging.getLogger(__name__)
+
+MODEL_NAMES = {"ich": "ich-ct", "cxr": "cxr-chest"}
+INTENDED_USE = "demonstration; trained on synthetic data; not for clinical use"
+
+
+# ----------------------------------------------------------------------------- data
+
+
+class CTSet:
+    """Slices of many volumes, stored as uint8 windows (brain, subdural, bone)."""
+
+    def __init__(self, seed: int, n: int, progress: bool = True) -> None:
+        from tqdm import tqdm
+
+        chans, labels, vol, self.study_labels, self.starts = [], [], [], [], []
+        self.subtypes, self.sizes = [], []
+        start = 0
+        for i in tqdm(range(n), desc=f"CT phantoms seed {seed}", disable=not progress, unit="vol"):
+            case = draw_case("ich", seed, i)
+            x, _ = ct_inputs(case.hu, case.thickness_mm)
+            chans.append(np.round(x[:, [1, 3, 4]] * 255).astype(np.uint8))
+            labels.append(case.slice_labels.astype(np.float32))
+            vol.append(np.full(len(x), i))
+            self.starts.append((start, start + len(x)))
+            start += len(x)
+            self.study_labels.append(case.ich)
+            self.subtypes.append(case.subtype)
+            self.sizes.append(case.size_mm)
+        self.chans = np.concatenate(chans)
+        self.labels = np.concatenate(labels)
+        self.vol = np.concatenate(vol)
+
+    def batch(self, idx: np.ndarray) -> np.ndarray:
+        """Five channels per slice: brain window of the slice and its neighbours, subdural, bone."""
+        prev = np.where((idx > 0) & (self.vol[np.maximum(idx - 1, 0)] == self.vol[idx]), idx - 1, idx)
+        nxt_i = np.minimum(idx + 1, len(self.vol) - 1)
+        nxt = np.where(self.vol[nxt_i] == self.vol[idx], nxt_i, idx)
+        c = self.chans
+        x = np.stack([c[prev, 0], c[idx, 0], c[nxt, 0], c[idx, 1], c[idx, 2]], axis=1)
+        return x.astype(np.float32) / 255.0
+
+
+class CXRSet:
+    def __init__(self, seed: int, n: int, progress: bool = True) -> None:
+        from tqdm import tqdm
+
+        imgs, labels = [], []
+        self.subtypes, self.sizes = [], []
+        for i in tqdm(range(n), desc=f"CXR phantoms seed {seed}", disable=not progress, unit="img"):
+            case = draw_case("cxr", seed, i, size=CXR_SIZE)   # rendered at the model size: 4x cheaper
+            imgs.append(cxr_input(case.image).astype(np.float16))
+            labels.append([case.labels[f] for f in TASK_FINDINGS["cxr"]])
+            self.subtypes.append(case.subtype)
+            self.sizes.append(case.size_mm)
+        self.images = np.stack(imgs)
+        self.labels = np.array(labels, np.float32)
+
+    def batch(self, idx: np.ndarray) -> np.ndarray:
+        return self.images[idx].astype(np.float32)
+
+
+CACHE_DIR = Path("var/models/cache")
+
+
+def load_set(task: str, seed: int, n: int, progress: bool = True):
+    """The phantom set (generated, or read back from var/models/cache/ if made before)."""
+    import pickle
+
+    size = CT_SIZE if task == "ich" else CXR_SIZE
+    path = CACHE_DIR / f"{task}-{seed}-{n}-{size}.pkl"
+    if path.exists():
+        with path.open("rb") as fh:
+            return pickle.load(fh)
+    data = (CTSet if task == "ich" else CXRSet)(seed, n, progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as fh:
+        pickle.dump(data, fh, protocol=pickle.HIGHEST_PROTOCOL)
+    return data
+
+
+# ----------------------------------------------------------------------------- scoring
+
+
+def predict_slices(model, x: np.ndarray, batch: int = 64) -> np.ndarray:
+    import torch
+
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(x), batch):
+            logits, _ = model(torch.from_numpy(x[i:i + batch]))
+            out.append(torch.sigmoid(logits).numpy())
+    return np.concatenate(out)
+
+
+def aggregate_ct(slice_probs: np.ndarray) -> float:
+    """Study probability from slice probabilities: the maximum."""
+    return float(slice_probs.max()) if len(slice_probs) else 0.0
+
+
+def score_ct(model, data: CTSet) -> np.ndarray:
+    probs = predict_slices(model, data.batch(np.arange(len(data.vol))))[:, 0]
+    return np.array([aggregate_ct(probs[a:b]) for a, b in data.starts])
+
+
+def score_cxr(model, data: CXRSet) -> np.ndarray:
+    return predict_slices(model, data.images.astype(np.float32))
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def train(task: str, *, seed: int, val_seed: int, n_train: int, n_val: int, minutes: float, batch: int,
+          lr: float, threads: int, out_dir: Path, target_sensitivity: float, progress: bool = True,
+          cpu_minutes: float = 30.0, resume: bool = False) -> dict:
+    import torch
+    from tqdm import tqdm
+
+    from models.export import export_onnx
+    from models.networks import ARCHS, build
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    t0, c0 = time.perf_counter(), time.process_time()
+    name = MODEL_NAMES[task]
+    folder = out_dir / name
+    prior_cpu, prior_wall, prior_history = 0.0, 0.0, []
+    model = build(task)
+    if resume:   # continue from the shipped checkpoint; its CPU time counts against the budget
+        old = json.loads((folder / "metadata.json").read_text(encoding="utf-8"))["training"]
+        prior_cpu, prior_wall = float(old["cpu_minutes"]), float(old["minutes"])
+        prior_history = old.get("history", [])
+        model.load_state_dict(torch.load(folder / "model.pt", weights_only=True))
+    train_set, val_set = load_set(task, seed, n_train, progress), load_set(task, val_seed, n_val, progress)
+    t_data = time.perf_counter() - t0
+    y = train_set.labels if task == "ich" else train_set.labels.max(axis=1)
+    pos_idx, neg_idx = np.nonzero(y > 0)[0], np.nonzero(y == 0)[0]
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    budget_s = minutes * 60 - t_data
+    cpu_budget_s = (cpu_minutes - prior_cpu) * 60
+
+    def out_of_time() -> bool:
+        return (time.perf_counter() - t_train > budget_s * 0.9
+                or time.process_time() - c0 > cpu_budget_s - 60)   # a minute left for the last validation
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    best = {"auroc": -1.0}
+    history = []
+    step, epoch_steps = 0, max(50, len(y) // batch // 2)
+    bar = tqdm(total=None, desc=f"train {task}", disable=not progress, unit="step")
+    t_train = time.perf_counter()
+    while step == 0 or not out_of_time():   # at least one step and one validation
+        model.train()
+        losses = []
+        for _ in range(epoch_steps):
+            n_pos = batch * 2 // 5                          # 40 % positives in a batch
+            idx = np.r_[rng.choice(pos_idx, n_pos), rng.choice(neg_idx, batch - n_pos)]
+            x = train_set.batch(idx)
+            if rng.random() < 0.5:
+                x = x[..., ::-1].copy()                     # left-right flip
+            x = x * rng.uniform(0.9, 1.1) + rng.uniform(-0.04, 0.04)
+            target = train_set.labels[idx].reshape(len(idx), -1)
+            logits, _ = model(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
+            loss = loss_fn(logits, torch.from_numpy(target))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(float(loss))
+            step += 1
+            bar.update(1)
+            if out_of_time():
+                break
+        model.eval()
+        scores = score_ct(model, val_set) if task == "ich" else score_cxr(model, val_set)
+        labels = np.array(val_set.study_labels)[:, None] if task == "ich" else val_set.labels
+        scores = scores.reshape(len(labels), -1)
+        aurocs = [auroc(labels[:, k], scores[:, k]) for k in range(labels.shape[1])]
+        mean_auc = float(np.mean(aurocs))
+        history.append({"step": step + (prior_history[-1]["step"] if prior_history else 0), "loss": round(float(np.mean(losses)), 4), "val_auroc": [round(a, 4) for a in aurocs],
+                        "minutes": round((time.perf_counter() - t0) / 60, 2)})
+        bar.set_postfix(loss=f"{np.mean(losses):.3f}", val_auroc=f"{mean_auc:.3f}")
+        log.info("step %d loss %.4f val AUROC %s", step, np.mean(losses), aurocs)
+        if mean_auc > best["auroc"]:
+            best = {"auroc": mean_auc, "state": {k: v.clone() for k, v in model.state_dict().items()},
+                    "scores": scores, "labels": labels, "step": step}
+    bar.close()
+    train_minutes = prior_wall + (time.perf_counter() - t0) / 60
+    cpu_used = prior_cpu + (time.process_time() - c0) / 60
+    history = prior_history + history
+    model.load_state_dict(best["state"])
+    model.eval()
+    findings = TASK_FINDINGS[task]
+    thresholds, val_metrics = {}, {}
+    for k, f in enumerate(findings):
+        thresholds[f] = choose_threshold(best["labels"][:, k], best["scores"][:, k], target_sensitivity)
+        val_metrics[f] = {"auroc": round(auroc(best["labels"][:, k], best["scores"][:, k]), 4),
+                          **operating_point(best["labels"][:, k], best["scores"][:, k], thresholds[f])}
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), folder / "model.pt")
+    size = CT_SIZE if task == "ich" else CXR_SIZE
+    arch = ARCHS[task]
+    diff = export_onnx(model, folder / "model.onnx", (1, arch["in_channels"], size, size))
+    card = model_card(task, name, thresholds, val_metrics, history, train_minutes, n_train, n_val, seed, val_seed,
+                      threads, diff, best["step"])
+    card["training"]["cpu_minutes"] = round(cpu_used, 1)
+    card["training"]["resumed"] = resume
+    (folder / "metadata.json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+    return card
+
+
+def choose_threshold(labels: np.ndarray, scores: np.ndarray, target: float) -> float:
+    """The operating threshold on validation: the highest one reaching ``target`` sensitivity,
+    then lowered to halfway between the next negative below it and the lowest positive above
+    that negative (the same specificity on validation, more sensitivity and a margin)."""
+    thr = threshold_for_sensitivity(labels, scores, target)
+    if thr is None:
+        return 0.5
+    y = np.asarray(labels) == 1
+    below = scores[~y & (scores < thr)]
+    if len(below):   # the same negatives above it, but every positive above that negative
+        top_neg = float(below.max())
+        thr = (top_neg + float(scores[y & (scores > top_neg)].min())) / 2
+    return math.floor(thr * 1e4) / 1e4                 # rounded down: never above a positive
+
+
+def rethreshold(task: str, out_dir: Path, target: float, val_seed: int, n_val: int) -> dict:
+    """Score the validation set with the shipped model again; rewrite thresholds and metrics."""
+    import torch
+
+    from models.networks import build
+
+    folder = out_dir / MODEL_NAMES[task]
+    card = json.loads((folder / "metadata.json").read_text(encoding="utf-8"))
+    model = build(task)
+    model.load_state_dict(torch.load(folder / "model.pt", weights_only=True))
+    model.eval()
+    data = load_set(task, val_seed, n_val, progress=False)
+    scores = score_ct(model, data) if task == "ich" else score_cxr(model, data)
+    labels = np.array(data.study_labels)[:, None] if task == "ich" else data.labels
+    scores = scores.reshape(len(labels), -1)
+    for k, f in enumerate(TASK_FINDINGS[task]):
+        thr = choose_threshold(labels[:, k], scores[:, k], target)
+        card["thresholds"][f] = thr
+        card["metrics"]["validation"][f] = {"auroc": round(auroc(labels[:, k], scores[:, k]), 4),
+                                            **operating_point(labels[:, k], scores[:, k], thr)}
+    (folder / "metadata.json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+    return card
+
+
+def model_card(task, name, thresholds, val_metrics, history, train_minutes, n_train, n_val, seed, val_seed,
+               threads, diff, best_step) -> dict:
+    from models.networks import ARCHS
+
+    arch = ARCHS[task]
+    if task == "ich":
+        modalities = ["CT"]
+        inp = {"kind": "ct-2.5d", "shape": ["slices", 5, CT_SIZE, CT_SIZE],
+               "channels": ["brain window (40/80) slice k-1", "brain window slice k", "brain window slice k+1",
+                            "subdural window (75/215)", "bone window (600/2800)"],
+               "slice_thickness_mm": 5.0, "crop": "square around the head (HU > -300)",
+               "aggregation": "study probability = max over slices"}
+    else:
+        modalities = ["CR", "DX"]
+        inp = {"kind": "cxr-2d", "shape": [1, 1, CXR_SIZE, CXR_SIZE],
+               "channels": ["radiograph, MONOCHROME1 inverted, 1..99 percentile scaled to 0..1"]}
+    return {
+        "name": name, "version": "0.1.0", "task": task, "modalities": modalities,
+        "intended_use": INTENDED_USE, "status": "UNVERIFIED",
+        "findings": list(TASK_FINDINGS[task]),
+        "thresholds": thresholds,
+        "input": inp,
+        "output": {"logits": "(N, findings): sigmoid gives the probability",
+                   "maps": "(N, findings, h, w) class-activation logit maps: sigmoid gives the heatmap"},
+        "architecture": {"network": "MONAI DenseNet features + 1x1 conv CAM head + log-sum-exp pooling", **{
+            k: list(v) if isinstance(v, tuple) else v for k, v in arch.items()}},
+        "training_data": {"generator": "models/phantoms.py (synthetic; 10 % lesions inserted into pydicom-data "
+                                       f"{'693' if task == 'ich' else 'RG1'})",
+                          "train_seed": seed, "n_train": n_train, "val_seed": val_seed, "n_val": n_val,
+                          "held_out_seeds": "9000 and above (bench/triage.py); never used in training"},
+        "training": {"minutes": round(train_minutes, 1), "threads": threads, "best_step": best_step,
+                     "budget": "at most 30 CPU-minutes (single-threaded: at most 30 min on an idle 2-core "
+                               "machine); wall minutes are longer on a shared machine",
+                     "history": history},
+        "onnx_vs_torch_max_abs_diff": diff,
+        "metrics": {"validation": val_metrics},
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="readingroom train", description="Train a triage model on phantoms (CPU).")
+    p.add_argument("--task", choices=["ich", "cxr"], required=True)
+    p.add_argument("--seed", type=int, default=1, help="training phantom seed")
+    p.add_argument("--val-seed", type=int, default=2, help="validation phantom seed (must differ)")
+    p.add_argument("--n-train", type=int, default=None)
+    p.add_argument("--n-val", type=int, default=None)
+    p.add_argument("--minutes", type=float, default=90.0, help="wall-time cap, data generation included")
+    p.add_argument("--cpu-minutes", type=float, default=30.0,
+                   help="CPU-time budget of this process (the 30-minute budget on 2 cores), earlier runs included")
+    p.add_argument("--resume", action="store_true", help="continue from the shipped model.pt and its card")
+    p.add_argument("--batch", type=int, default=None)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--target-sensitivity", type=float, default=0.95)
+    p.add_argument("--out", type=Path, default=WEIGHTS_DIR, help="weights folder")
+    p.add_argument("--rethreshold", action="store_true",
+                   help="only choose the thresholds again on the validation set (no training)")
+    p.add_argument("--quiet", action="store_true")
+    args = p.parse_args(list(argv) if argv is not None else None)
+    from readingroom.errors import ReadingRoomError
+
+    if args.seed == args.val_seed or args.seed >= 9000 or args.val_seed >= 9000:
+        raise ReadingRoomError("training and validation seeds must differ and stay below 9000 (held-out seeds)")
+    defaults = {"ich": (320, 100, 32), "cxr": (1000, 250, 32)}[args.task]
+    if args.rethreshold:
+        card = rethreshold(args.task, args.out, args.target_sensitivity, args.val_seed, args.n_val or defaults[1])
+        print(json.dumps({"model": card["name"], "thresholds": card["thresholds"],
+                          "validation": card["metrics"]["validation"]}, indent=2))
+        return 0
+    card = train(args.task, seed=args.seed, val_seed=args.val_seed, n_train=args.n_train or defaults[0],
+                 n_val=args.n_val or defaults[1], minutes=args.minutes, batch=args.batch or defaults[2], lr=args.lr,
+                 threads=args.threads, out_dir=args.out, target_sensitivity=args.target_sensitivity,
+                 progress=not args.quiet, cpu_minutes=args.cpu_minutes, resume=args.resume)
+    print(json.dumps({"model": card["name"], "minutes": card["training"]["minutes"],
+                      "cpu_minutes": card["training"]["cpu_minutes"],
+                      "validation": card["metrics"]["validation"]}, indent=2))
+    return 0

@@ -1,0 +1,306 @@
+"""Triage models: phantoms, preprocessing, ONNX export, inference through the job queue, BYO
+models, evaluation. Small phantoms and the shipped weights; no training here (bench/ and
+`readingroom train` do that)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydicom import dcmread
+from sqlalchemy import select
+
+from models import phantoms
+from models.metrics import auroc, operating_point, threshold_for_sensitivity
+from models.preprocess import CXR_SIZE, ct_inputs, cxr_input, window
+from models.registry import WEIGHTS_DIR, installed_models
+from readingroom.schema import AIFinding, Study, utcnow
+from triage.intake import Intake
+from triage.studies import complete_due_studies
+
+SHIPPED = {c.name: c for c in installed_models()}
+needs_weights = pytest.mark.skipif(not {"ich-ct", "cxr-chest"} <= set(SHIPPED),
+                                   reason="shipped weights missing: run `readingroom train`")
+
+
+# ----------------------------------------------------------------------------- phantoms
+
+
+def test_phantoms_cli_writes_valid_dicom_and_labels(tmp_path):
+    from models.cli import phantoms as cli
+
+    assert cli(["--task", "ich", "--n", "3", "--seed", "4", "--out", str(tmp_path / "ct"), "--size", "96",
+                "--real-fraction", "0", "--quiet"]) == 0
+    rows = list(csv.DictReader((tmp_path / "ct" / "labels.csv").open()))
+    assert len(rows) == 3 and {"study_uid", "path", "ich", "subtype", "lesion_size_mm"} <= set(rows[0])
+    for row in rows:
+        files = sorted((tmp_path / "ct" / row["path"]).glob("*.dcm"))
+        assert len(files) == 32
+        first, second = dcmread(files[0]), dcmread(files[1])
+        assert first.StudyInstanceUID == row["study_uid"] == second.StudyInstanceUID
+        assert first.Modality == "CT" and first.RescaleType == "HU" and first.PhotometricInterpretation == "MONOCHROME2"
+        assert second.ImagePositionPatient[2] - first.ImagePositionPatient[2] == pytest.approx(first.SliceThickness)
+        hu = first.pixel_array * float(first.RescaleSlope) + float(first.RescaleIntercept)
+        assert hu.min() == -1024 or hu.min() < -900                     # air around the head
+        assert (row["ich"] == "1") == bool(row["subtype"])
+    assert cli(["--task", "cxr", "--n", "2", "--seed", "4", "--out", str(tmp_path / "cxr"), "--size", "128",
+                "--quiet"]) == 0
+    rows = list(csv.DictReader((tmp_path / "cxr" / "labels.csv").open()))
+    assert set(phantoms.CXR_FINDINGS) <= set(rows[0])
+    ds = dcmread(next((tmp_path / "cxr" / rows[0]["path"]).glob("*.dcm")))
+    assert ds.Modality == "CR" and ds.BodyPartExamined == "CHEST" and ds.ViewPosition in ("AP", "PA")
+    assert ds.PhotometricInterpretation in ("MONOCHROME1", "MONOCHROME2") and ds.pixel_array.shape == (128, 128)
+
+
+def test_ct_phantom_truth_matches_the_image():
+    rng = np.random.default_rng(0)
+    for subtype in phantoms.ICH_SUBTYPES:
+        case = phantoms.ct_head(rng, n_slices=32, size=96, positive=True, subtype=subtype)
+        assert case.ich == 1 and case.subtype == subtype and case.lesion.any()
+        blood = case.hu[case.lesion]
+        # Blood is 50-90 HU, averaged over the 5 mm slice with what it displaces (CSF is 6 HU).
+        floor = 15 if subtype in ("subarachnoid", "intraventricular") else 35
+        assert floor < np.median(blood) < 100, subtype
+    neg = phantoms.ct_head(rng, n_slices=32, size=96, positive=False)
+    assert neg.ich == 0 and not neg.lesion.any()
+    assert (neg.hu > 1000).any() and ((neg.hu > 0) & (neg.hu < 20)).any()   # skull and CSF
+    real = phantoms.ct_head_real(rng, positive=True, size=96)
+    assert real.source == "real" and real.lesion.any()
+
+
+def test_cxr_phantom_findings_have_masks_and_can_coexist():
+    rng = np.random.default_rng(1)
+    case = phantoms.cxr_image(rng, size=128, findings={f: 1 for f in phantoms.CXR_FINDINGS})
+    assert all(case.labels.values()) and set(case.masks) == set(phantoms.CXR_FINDINGS)
+    assert all(m.any() for m in case.masks.values())
+    neg = phantoms.cxr_image(rng, size=128, findings={})
+    assert not any(neg.labels.values()) and neg.size_mm == 0
+    real = phantoms.cxr_image(rng, size=128, findings={"effusion": 1}, real=True)
+    assert real.source == "real" and real.masks["effusion"].any()
+
+
+# ----------------------------------------------------------------------------- preprocessing, metrics
+
+
+def test_window_is_monai_scale_intensity_range():
+    from monai.transforms import ScaleIntensityRange
+
+    hu = np.linspace(-1100, 3000, 500, dtype=np.float32)
+    ref = ScaleIntensityRange(a_min=0, a_max=80, b_min=0, b_max=1, clip=True)(hu)
+    assert np.allclose(window(hu, 40, 80), np.asarray(ref), atol=1e-6)
+
+
+def test_ct_inputs_shape_and_thin_slices_are_grouped():
+    vol = np.full((12, 100, 80), -1000, np.float32)
+    vol[:, 20:80, 10:70] = 30
+    x, geom = ct_inputs(vol, thickness_mm=2.5)
+    assert x.shape == (6, 5, 128, 128) and geom.groups[0] == (0, 2)
+    assert 0 <= x.min() and x.max() <= 1
+    img = np.arange(300 * 200, dtype=np.uint16).reshape(300, 200)
+    a, b = cxr_input(img, "MONOCHROME2"), cxr_input(img.max() - img, "MONOCHROME1")
+    assert a.shape == (1, CXR_SIZE, CXR_SIZE) and np.allclose(a, b, atol=1e-5)
+
+
+def test_metrics():
+    y = np.array([0, 0, 1, 1])
+    assert auroc(y, np.array([0.1, 0.4, 0.35, 0.8])) == pytest.approx(0.75)
+    assert auroc(y, np.array([0.5, 0.5, 0.5, 0.5])) == pytest.approx(0.5)
+    op = operating_point(y, np.array([0.1, 0.4, 0.35, 0.8]), 0.3)
+    assert (op["tp"], op["fp"], op["sensitivity"], op["specificity"]) == (2, 1, 1.0, 0.5)
+    assert threshold_for_sensitivity(y, np.array([0.1, 0.4, 0.35, 0.8]), 0.9) == pytest.approx(0.35)
+
+
+# ----------------------------------------------------------------------------- export
+
+
+def test_onnx_export_matches_torch_within_1e_4(tmp_path):
+    import onnxruntime as ort
+    import torch
+
+    from models.export import export_onnx
+    from models.networks import build
+
+    torch.manual_seed(0)
+    model = build("ich").eval()
+    export_onnx(model, tmp_path / "m.onnx", (1, 5, 128, 128))
+    x = np.random.default_rng(1).random((3, 5, 128, 128), dtype=np.float32)   # another batch size
+    with torch.no_grad():
+        ref = [t.numpy() for t in model(torch.from_numpy(x))]
+    got = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"]).run(None, {"input": x})
+    assert max(np.abs(a - b).max() for a, b in zip(ref, got)) <= 1e-4
+
+
+@needs_weights
+@pytest.mark.parametrize("name", ["ich-ct", "cxr-chest"])
+def test_shipped_onnx_matches_shipped_torch_weights(name):
+    import onnxruntime as ort
+    import torch
+
+    from models.networks import build
+
+    card = SHIPPED[name]
+    assert card.path.stat().st_size <= 20 * 1024 * 1024
+    assert card.metadata["intended_use"].startswith("demonstration; trained on synthetic data; not for clinical use")
+    model = build(card.metadata["task"])
+    model.load_state_dict(torch.load(card.torch_weights, weights_only=True))
+    model.eval()
+    shape = card.metadata["input"]["shape"]
+    x = np.random.default_rng(2).random((2, *shape[1:]), dtype=np.float32)
+    with torch.no_grad():
+        ref = [t.numpy() for t in model(torch.from_numpy(x))]
+    got = ort.InferenceSession(str(card.path), providers=["CPUExecutionProvider"]).run(None, {"input": x})
+    assert max(np.abs(a - b).max() for a, b in zip(ref, got)) <= 1e-4
+
+
+# ----------------------------------------------------------------------------- pipeline
+
+
+def _store_phantom(settings, db, queue, task: str, index: int, *, size: int, seed: int = 9500, **kw):
+    case = phantoms.draw_case(task, seed, index, size=size, real_fraction=0.0, **kw)
+    out = settings.home.parent / "phantoms"
+    study_uid, files = phantoms.write_case(task, case, out, f"{task}-{index}", seed, index)
+    intake = Intake(settings, db)
+    for f in files:
+        assert intake.store(dcmread(f), calling_ae="TEST_SCU").ok
+    complete_due_studies(db, queue, settings, now=utcnow() + timedelta(seconds=10))
+    return study_uid, case
+
+
+def _run_jobs(db, settings, queue, weights_dir=WEIGHTS_DIR):
+    """Run the queued jobs with the worker pool of `readingroom worker` (triage/service.py)."""
+    from triage.pipeline import TriagePipeline
+    from triage.service import build_workers
+    from triage.studies import TRIAGE_JOB
+
+    pool = build_workers(db, settings, queue)
+    if weights_dir != WEIGHTS_DIR:
+        pool.register(TRIAGE_JOB, TriagePipeline(db, settings, None, weights_dir=weights_dir))
+    ran = 0
+    while pool.run_once():
+        ran += 1
+    return ran
+
+
+def _findings(db, study_uid):
+    with db.reader() as s:
+        study = s.scalar(select(Study).where(Study.study_uid == study_uid))
+        rows = s.scalars(select(AIFinding).where(AIFinding.study_id == study.id)).all()
+        return study.ai_status, study.ai_reason, [(r.finding, r.probability, r.positive, r.model, r.series_uid,
+                                                   r.heatmap_path, r.threshold) for r in rows]
+
+
+@needs_weights
+def test_job_handler_writes_findings_and_heatmaps_for_phantom_studies(settings, db, queue):
+    ct_uid, ct_case = _store_phantom(settings, db, queue, "ich", 1, size=128)
+    cxr_uid, _ = _store_phantom(settings, db, queue, "cxr", 2, size=256)
+    assert _run_jobs(db, settings, queue) == 2
+    status, reason, rows = _findings(db, ct_uid)
+    assert status == "done" and reason == ""
+    assert [r[0] for r in rows] == ["ich"] and rows[0][3] == "ich-ct" and 0 <= rows[0][1] <= 1
+    assert rows[0][6] == SHIPPED["ich-ct"].thresholds["ich"]
+    heat = np.load(settings.home / rows[0][5])
+    assert heat.dtype == np.float16 and heat.shape == (32, 128, 128) and 0 <= heat.min() and heat.max() <= 1
+    side = json.loads((settings.home / rows[0][5]).with_suffix(".json").read_text())
+    assert side["status"] == "UNVERIFIED" and side["series_uid"] == rows[0][4] and len(side["sop_uids"]) == 32
+    status, _, rows = _findings(db, cxr_uid)
+    assert status == "done" and sorted(r[0] for r in rows) == sorted(phantoms.CXR_FINDINGS)
+    assert np.load(settings.home / rows[0][5]).shape == (128, 128)
+
+
+def test_a_study_no_model_can_read_gets_a_reason_not_an_exception(settings, db, queue, samples):
+    intake = Intake(settings, db)
+    mr = dcmread(samples / "MR2_UNCI.dcm")
+    assert intake.store(mr, calling_ae="TEST_SCU").ok
+    ct_uid, _ = _store_phantom(settings, db, queue, "ich", 3, size=64)
+    # Break the CT's pixel data on disk: the model cannot decode it.
+    for path in (settings.home / "dicom").rglob("*.dcm"):
+        ds = dcmread(path)
+        if ds.StudyInstanceUID == ct_uid:
+            ds.PixelData = ds.PixelData[:100]
+            ds.save_as(path)
+    complete_due_studies(db, queue, settings, now=utcnow() + timedelta(seconds=10))
+    cards = [c for c in installed_models() if c.name == "ich-ct"] or None
+    assert _run_jobs(db, settings, queue) == 2
+    status, reason, rows = _findings(db, mr.StudyInstanceUID)
+    assert status == "unavailable" and "no triage model installed for MR" in reason and rows == []
+    status, reason, rows = _findings(db, ct_uid)
+    assert status == "unavailable" and rows == []
+    if cards:
+        assert "cannot decode" in reason, reason
+
+
+def _tiny_byo_model(folder: Path) -> None:
+    """A user's own model: a tiny ONNX (mean brightness of the upper half -> 'apical_opacity')."""
+    import torch
+
+    class Tiny(torch.nn.Module):
+        def forward(self, x):
+            top = x[:, :, : x.shape[2] // 2]
+            maps = (top - 0.5) * 4
+            return maps.mean(dim=(2, 3)), torch.nn.functional.pad(maps, (0, 0, 0, x.shape[2] - top.shape[2]))
+
+    folder.mkdir(parents=True)
+    torch.onnx.export(Tiny(), (torch.zeros(1, 1, 64, 64),), str(folder / "model.onnx"), dynamo=False,
+                      input_names=["input"], output_names=["logits", "maps"], dynamic_axes={"input": {0: "n"}})
+    (folder / "metadata.json").write_text(json.dumps({
+        "name": "ignored", "version": "7", "modalities": ["CR", "DX"], "findings": ["apical_opacity"],
+        "thresholds": {"apical_opacity": 0.4}, "input": {"kind": "cxr-2d", "shape": [1, 1, 64, 64]},
+        "output": {"activation": "sigmoid"}}))
+
+
+def test_bring_your_own_onnx_model_runs_through_the_same_pipeline(tmp_path, settings, db, queue):
+    _tiny_byo_model(tmp_path / "byo")
+    config = tmp_path / "models.yaml"
+    config.write_text(f"models:\n  - name: my-model\n    path: {tmp_path / 'byo' / 'model.onnx'}\n")
+    settings.models.file = str(config)
+    uid, _ = _store_phantom(settings, db, queue, "cxr", 4, size=128)
+    assert _run_jobs(db, settings, queue, weights_dir=tmp_path / "no-shipped-models") == 1
+    status, reason, rows = _findings(db, uid)
+    assert status == "done", reason
+    assert [(r[0], r[3], r[6]) for r in rows] == [("apical_opacity", "my-model", 0.4)]
+    assert np.load(settings.home / rows[0][5]).shape == (128, 128)
+
+
+# ----------------------------------------------------------------------------- evaluate
+
+
+@needs_weights
+def test_evaluate_writes_its_files_and_the_simulator_reads_the_scores(tmp_path):
+    from models.evaluate import main as evaluate
+    from triage.simulate import _read_scores
+
+    phantoms.write_dataset("cxr", 6, 9600, tmp_path / "data", size=256, progress=False)
+    out = tmp_path / "eval"
+    assert evaluate(["--model", "cxr-chest", "--data", str(tmp_path / "data"), "--out", str(out), "--quiet",
+                     "--bootstrap", "50"]) == 0
+    for name in ("scores.csv", "summary.json", "report.md", "roc.png", "calibration.png", "confusion.png"):
+        assert (out / name).stat().st_size > 0, name
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_scored"] == 6 and set(summary["findings"]) == set(phantoms.CXR_FINDINGS)
+    table = _read_scores(str(out / "scores.csv"), None, "{finding}", "{finding}_label")
+    assert set(table.findings) == set(phantoms.CXR_FINDINGS) and len(table.uids) == 6
+    labels = {r["study_uid"]: r for r in csv.DictReader((tmp_path / "data" / "labels.csv").open())}
+    k = table.findings.index("effusion")
+    assert [bool(int(labels[u]["effusion"])) for u in table.uids] == list(table.labels[:, k])
+
+
+def test_evaluate_refuses_a_bad_folder_or_labels(tmp_path, capsys):
+    from readingroom.cli import main
+
+    assert main(["evaluate", "--model", "cxr-chest", "--data", str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "labels.csv").write_text("study_uid,path,pneumothorax\n1.2.3,nowhere,1\n")
+    if "cxr-chest" in SHIPPED:
+        assert main(["evaluate", "--model", "cxr-chest", "--data", str(data)]) == 2
+        assert "not found" in capsys.readouterr().err
+        (data / "labels.csv").write_text("study_uid,path,wrong_column\n1.2.3,nowhere,1\n")
+        assert main(["evaluate", "--model", "cxr-chest", "--data", str(data)]) == 2
+        assert "no label column" in capsys.readouterr().err
+    assert main(["evaluate", "--model", "no-such-model", "--data", str(data)]) == 2
+    assert "no model named" in capsys.readouterr().err
