@@ -241,7 +241,7 @@ def test_admin_sees_the_outbox_and_finds_the_signature_in_the_audit_log(page):
     page.fill("#username", "admin")
     page.fill("#password", "admin")
     page.click("#login-button")
-    row_cell(page, "DOE^JOHN").wait_for()
+    row_cell(page, "OKAFOR^GRACE").wait_for()      # DOE^JOHN is signed: off the worklist
     page.get_by_role("tab", name="Admin").click()
     page.wait_for_function("document.querySelector('#rr-outbox').innerText.includes('delivered')")
     page.get_by_label("Action (view, edit, sign, override, communicate, export…)").fill("sign")
@@ -255,5 +255,5 @@ def test_a_radiologist_has_no_admin_tab(page):
     page.fill("#username", "demo")
     page.fill("#password", "demo")
     page.click("#login-button")
-    row_cell(page, "DOE^JOHN").wait_for()
+    row_cell(page, "OKAFOR^GRACE").wait_for()      # DOE^JOHN is signed: off the worklist
     assert page.get_by_role("tab", name="Admin").count() == 0
