@@ -71,6 +71,17 @@ def _seed_demo_once(settings: Settings, db: Database, port: int) -> None:
     set_kv(db, DEMO_SEEDED_KEY, str(count))
 
 
+def _warm_up_dictation(settings: Settings) -> None:
+    """Load the Whisper models now, not when the first radiologist starts speaking."""
+    try:
+        from dictation.settings import DictationSettings
+        from workstation.live import shared_engine
+
+        shared_engine(DictationSettings.from_mapping(settings.dictation))
+    except Exception:  # noqa: BLE001 - dictation loads again on first use and reports its error then
+        log.exception("could not load the dictation models at start")
+
+
 def serve(settings: Settings, db: Database, demo: bool = False) -> int:
     import uvicorn
 
@@ -86,6 +97,7 @@ def serve(settings: Settings, db: Database, demo: bool = False) -> int:
 
     intake.start()
     workers.start()
+    threading.Thread(target=_warm_up_dictation, args=(settings,), name="dictation-warm-up", daemon=True).start()
     seeder = None
     if demo and settings.demo.seed:
         seeder = threading.Thread(target=_seed_demo_once, args=(settings, db, intake.listener.port),

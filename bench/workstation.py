@@ -49,6 +49,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def triage_done(env: dict[str, str]) -> bool:
+    """Steady state: every demo study has been through the triage models (none pending)."""
+    out = subprocess.run([sys.executable, "-m", "readingroom.cli", "worklist", "--json"], env=env, cwd=ROOT,
+                         capture_output=True, text=True)
+    try:
+        rows = json.loads(out.stdout)
+    except json.JSONDecodeError:
+        return False
+    return len(rows) >= 10 and all(r["ai_status"] != "pending" for r in rows)
+
+
 def start_server(home: Path) -> tuple[subprocess.Popen, str]:
     web = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("READINGROOM_")}
@@ -57,15 +68,15 @@ def start_server(home: Path) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen([sys.executable, "-m", "readingroom.cli", "run", "--demo", "--port", str(free_port()),
                              "--web-port", str(web)], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     url = f"http://127.0.0.1:{web}"
-    deadline = time.monotonic() + 180
+    deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         try:
             with urllib.request.urlopen(url + "/healthz", timeout=5) as r:
-                if json.loads(r.read())["studies"] >= 10:
-                    time.sleep(4)
+                if json.loads(r.read())["studies"] >= 10 and triage_done(env):
                     return proc, url
         except OSError:
-            time.sleep(0.5)
+            pass
+        time.sleep(1)
     proc.kill()
     raise SystemExit("the server did not start; see " + str(home.parent / "run.log"))
 

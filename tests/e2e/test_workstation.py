@@ -129,6 +129,12 @@ def row_cell(page, text: str):
     return page.locator("#worklist").get_by_text(text, exact=True).filter(visible=True).first
 
 
+def log_in(page, user: str, password: str) -> None:
+    page.fill("#username", user)
+    page.fill("#password", password)
+    page.click("#login-button")
+
+
 def shot(page, name: str) -> None:
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
 
@@ -136,13 +142,9 @@ def shot(page, name: str) -> None:
 def test_login_is_required_and_the_critical_study_is_first(page):
     page.goto(page.base_url + "/")
     assert page.url.endswith("/login")
-    page.fill("#username", "demo")
-    page.fill("#password", "wrong")
-    page.click("#login-button")
+    log_in(page, "demo", "wrong")
     assert page.locator("#login-error").is_visible()
-    page.fill("#username", "demo")
-    page.fill("#password", "demo")
-    page.click("#login-button")
+    log_in(page, "demo", "demo")
     first = row_cell(page, "DOE^JOHN")
     first.wait_for()
     shot(page, "01-worklist")
@@ -238,9 +240,7 @@ def test_critical_result_is_communicated_then_signed_final_and_the_oru_arrives(p
 def test_admin_sees_the_outbox_and_finds_the_signature_in_the_audit_log(page):
     page.goto(page.base_url + "/logout")
     assert page.url.endswith("/login")
-    page.fill("#username", "admin")
-    page.fill("#password", "admin")
-    page.click("#login-button")
+    log_in(page, "admin", "admin")
     row_cell(page, "OKAFOR^GRACE").wait_for()      # DOE^JOHN is signed: off the worklist
     page.get_by_role("tab", name="Admin").click()
     page.wait_for_function("document.querySelector('#rr-outbox').innerText.includes('delivered')")
@@ -252,8 +252,6 @@ def test_admin_sees_the_outbox_and_finds_the_signature_in_the_audit_log(page):
 
 def test_a_radiologist_has_no_admin_tab(page):
     page.goto(page.base_url + "/logout")
-    page.fill("#username", "demo")
-    page.fill("#password", "demo")
-    page.click("#login-button")
+    log_in(page, "demo", "demo")
     row_cell(page, "OKAFOR^GRACE").wait_for()      # DOE^JOHN is signed: off the worklist
     assert page.get_by_role("tab", name="Admin").count() == 0
