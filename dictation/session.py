@@ -83,7 +83,7 @@ class DictationSession:
     def is_command(self, text: str) -> bool:
         return self.grammar.parse(text, self.template.macros.keys()) is not None
 
-    def stream(self, engine, *, partials: bool = True, background: bool | None = None):
+    def stream(self, engine, *, partials: bool = True, background: bool | None = None, provisional: bool = False):
         """A StreamingTranscriber wired to this session's prompts and command grammar."""
         from dictation.stream import StreamingTranscriber
 
@@ -91,6 +91,7 @@ class DictationSession:
             engine, self.settings, prompt=self.prompt(), hotwords=self.hotwords(), partials=partials,
             command_prompt=self.command_prompt(), is_command=self.is_command,
             background=self.settings.final_in_background if background is None else background,
+            provisional=provisional,
         )
 
     def hotwords(self) -> str | None:

@@ -41,6 +41,7 @@ class Partial:
     text: str
     audio_end_s: float           # stream time of the last sample decoded
     decode_s: float
+    final_pending: bool = False  # the whole utterance, at its end; its final text is being decoded
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,7 @@ class StreamingTranscriber:
         command_prompt: Callable[[], str | None] | str | None = None,
         is_command: Callable[[str], bool] | None = None,
         background: bool = False,
+        provisional: bool = False,
     ) -> None:
         self.engine = engine
         self.s = settings or engine.settings
@@ -72,6 +74,9 @@ class StreamingTranscriber:
         self._command_prompt = command_prompt
         self.is_command = is_command
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="final") if background else None
+        # At each endpoint, decode the whole utterance with the live model at once (a Partial with
+        # final_pending) while the final model works in the background: text on screen sooner.
+        self.provisional = provisional and background
         self._jobs: deque[Future] = deque()
         self.vad = StreamingVad()
         self._pending = np.zeros(0, np.float32)
@@ -195,6 +200,9 @@ class StreamingTranscriber:
         audio = np.concatenate(frames)
         if self._executor is not None:
             self._jobs.append(self._executor.submit(self._decode_final, audio, start_s, end_s))
+            if self.provisional:
+                quick = self.engine.transcribe(audio, prompt=self.prompt, hotwords=self.hotwords)
+                return [Partial(quick.text, end_s, quick.decode_s, final_pending=True)] if quick.text else []
             return []
         return self._decode_final(audio, start_s, end_s)
 

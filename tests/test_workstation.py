@@ -132,3 +132,20 @@ def test_heatmap_slices_follow_the_sop_uids_not_the_file_order():
     assert heatmap_layer(maps[0], vol, 2, []).shape == (2, 2)                       # a radiograph: one map
     rgba = heatmap_rgba(np.array([[0.0, 1.0]]), (4, 8))
     assert rgba.shape == (4, 8, 4) and rgba[0, 0, 3] == 0 and rgba[0, -1, 3] > 150
+
+
+def test_provisional_text_shows_until_the_final_replaces_it():
+    from dictation.stream import Final, Partial
+    from dictation.transcribe import Transcript
+    from workstation.live import LiveDictation
+
+    live = LiveDictation("free", engine=object())
+    live._events([Partial("no acute hemorage", 2.0, 0.1, final_pending=True)])
+    assert live.display_sections()["findings"] == "no acute hemorage"      # on screen at once
+    assert live.sections()["findings"] == ""                               # not in the report yet
+    before = live.view_key()
+    live._events([Final("No acute hemorrhage.", 0.0, 2.0, Transcript(text="No acute hemorrhage."))])
+    assert live.display_sections()["findings"] == "No acute hemorrhage." == live.sections()["findings"]
+    assert live.view_key() != before
+    live._events([Partial("Go to impression.", 3.0, 0.1, final_pending=True)])   # a command: not text
+    assert live.display_sections()["findings"] == "No acute hemorrhage."

@@ -73,6 +73,7 @@ class Resampler:
 @dataclass
 class Feedback:
     partial: str = ""
+    provisional: str = ""                  # live-model text of an utterance whose final is pending
     commands: list[str] = field(default_factory=list)
     finals: list[str] = field(default_factory=list)
     last_final_at: float | None = None     # time.time() of the last final text
@@ -121,6 +122,7 @@ class LiveDictation:
             if isinstance(event, Final):
                 utterance = self.session.process_text(event.text, event.start_s, event.end_s)
                 self.feedback.partial = ""
+                self.feedback.provisional = ""
                 self.feedback.last_final_at = time.time()
                 if utterance.command is not None:
                     label = utterance.command.action.replace("_", " ")
@@ -129,6 +131,9 @@ class LiveDictation:
                     self.feedback.commands.append(label)
                 elif utterance.text:
                     self.feedback.finals.append(utterance.text)
+            elif getattr(event, "final_pending", False) and not self.session.is_command(event.text):
+                self.feedback.provisional = event.text     # shown in the box until the final replaces it
+                self.feedback.partial = ""
             else:
                 self.feedback.partial = event.text
 
@@ -155,7 +160,8 @@ class LiveDictation:
                         self.feedback.partial = ""
                         return
                     if self._stream is None:
-                        self._stream = self.session.stream(self.engine, partials=True, background=True)
+                        self._stream = self.session.stream(self.engine, partials=True, background=True,
+                                                           provisional=True)
                         self.session.report.dictating = True
                     self._events(self._stream.feed(chunk))
             except Exception:  # noqa: BLE001 - the page must keep working; the error is logged
@@ -189,6 +195,14 @@ class LiveDictation:
     def sections(self) -> dict[str, str]:
         return self.session.report.as_dict()
 
+    def display_sections(self) -> dict[str, str]:
+        """What the page shows: the report, plus the provisional text in the active section."""
+        texts = self.sections()
+        if self.feedback.provisional:
+            section = self.active_section
+            texts[section] = f"{texts[section]} {self.feedback.provisional}".strip()
+        return texts
+
     def edit(self, section: str, text: str) -> None:
         """Keyboard edit of a section: the typed text replaces it (template fields included)."""
         report = self.session.report
@@ -208,7 +222,7 @@ class LiveDictation:
     def view_key(self) -> str:
         """Changes when the page's report boxes must change: text, or the active section."""
         report = self.session.report
-        return f"{self.content_key()}|{report.section}|{report.field_index}"
+        return f"{self.content_key()}|{report.section}|{report.field_index}|{self.feedback.provisional}"
 
     def goto(self, section: str) -> None:
         self.session.report.goto(section)

@@ -373,7 +373,7 @@ def build_blocks(settings: Settings, db: Database, queue: Any = None,  # noqa: C
                                           signed_md, delivery, *section_boxes])
 
         def report_updates(session: LiveDictation):  # noqa: ANN202
-            texts = session.sections()
+            texts = session.display_sections()
             return [gr.update(value=texts[s], label=_label(s, session)) for s in SECTION_ORDER]
 
         def change_template(name: str, session: LiveDictation | None, uid: str,
@@ -404,8 +404,11 @@ def build_blocks(settings: Settings, db: Database, queue: Any = None,  # noqa: C
         def typed(section: str):  # noqa: ANN202
             def handler(text: str, session: LiveDictation | None):  # noqa: ANN202
                 if session is not None:
-                    if text == session.sections()[section]:
+                    if text == session.display_sections()[section] or text == session.sections()[section]:
                         return
+                    pending = session.feedback.provisional
+                    if pending and text.endswith(pending):   # typed while a final was pending
+                        text = text[: -len(pending)].rstrip()
                     session.edit(section, text)
                     session.goto(section)
                     # what the page shows now: the poll must not write it back over the typing
