@@ -119,6 +119,7 @@ def test_template_suggestion():
     assert suggest_template("CR", "XR CHEST 1 VIEW", names) == "chest_radiograph"
     assert suggest_template("CT", "CT ABDOMEN PELVIS WITH CONTRAST", names) == "ct_abdomen_pelvis"
     assert suggest_template("MR", "MR SHOULDER", names) == "free"
+    assert suggest_template("CR", "XR HAND 2 VIEWS", names) == "free"      # not every radiograph is a chest
 
 
 def test_heatmap_slices_follow_the_sop_uids_not_the_file_order():

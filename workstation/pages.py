@@ -29,8 +29,8 @@ WORKLIST_COLUMNS = ["#", "Priority", "SLA", "Status", "Modality", "Site", "Patie
 STATUS_CHOICES = ["", "new", "triaged", "in_progress", "receiving", "preliminary"]
 # Template suggested for a study, by modality and words of its description.
 TEMPLATE_RULES = [("CT", ("HEAD", "BRAIN", "CRANI"), "ct_head"), ("CT", ("ABD", "PELV"), "ct_abdomen_pelvis"),
-                  ("CR", ("CHEST", "THORAX", "LUNG", ""), "chest_radiograph"),
-                  ("DX", ("CHEST", "THORAX", "LUNG", ""), "chest_radiograph")]
+                  ("CR", ("CHEST", "THORAX", "LUNG"), "chest_radiograph"),
+                  ("DX", ("CHEST", "THORAX", "LUNG"), "chest_radiograph")]
 
 
 def head_html() -> str:
