@@ -59,7 +59,7 @@ def timing(repeats: int, threads: int) -> dict:
     for name, files in (("ich-ct", ct_files), ("cxr-chest", cxr_files)):
         card = cards[name]
         onnx = Runner(card, threads=threads)
-        model = build(card.metadata["task"])
+        model = build(card.metadata["task"], card.metadata.get("architecture"))
         model.load_state_dict(torch.load(card.torch_weights, weights_only=True))
         model.eval()
         rows = []

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import statistics
 import subprocess
@@ -37,7 +38,17 @@ FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "-
          "--disable-component-update", "--disable-sync", "--use-fake-ui-for-media-stream",
          "--use-fake-device-for-media-stream"]
 UTTERANCES = ["Findings. There is an acute subdural hematoma along the left convexity.",
-              "No midline shift.", "Go to impression.", "Acute left subdural hematoma."]
+              "No midline shift.",
+              "The ventricles and sulci are normal in size for age.",
+              "No hydrocephalus.",
+              "The basal cisterns are patent.",
+              "No acute territorial infarct.",
+              "The calvarium is intact.",
+              "The visualized paranasal sinuses and mastoid air cells are clear.",
+              "Go to impression.",
+              "Acute left subdural hematoma.",
+              "No midline shift or herniation.",
+              "Findings discussed with the emergency physician."]
 PAUSE_S = 2.0
 
 
@@ -218,17 +229,26 @@ def bench_dictation(browser_factory, url: str, folder: Path) -> list[float]:
     time.sleep(3)
     changes = page.evaluate("window.rrTextTimes")
     browser.close()
-    # Text utterances only (a command changes no text): the first change of the report text after
-    # the utterance's end in the audio is its final text arriving.
+    # Text utterances only (a command changes no text). An utterance's text is on screen at the
+    # first change of the report text after the utterance's end in the audio that adds one of its
+    # words (5 letters or more): a change that only replaces the previous utterance's provisional
+    # text with its final does not count.
     latencies = []
-    texts = [t for t in changes[1:]]
     for i, end in enumerate(ends):
         if UTTERANCES[i].lower().startswith("go to"):
             continue
+        words = [w for w in re.findall(r"[a-z]+", UTTERANCES[i].lower()) if len(w) >= 5]
+
+        def hits(text: str) -> int:
+            return sum(text.lower().count(w) for w in words)
         end_ms = onset + (end - 1.0) * 1000
-        after = [t for t, _text in texts if t >= end_ms]
+        before = [text for t, text in changes if t < end_ms]
+        base = hits(before[-1]) if before else 0
+        after = [t for t, text in changes if t >= end_ms and hits(text) > base]
         if after:
             latencies.append(after[0] - end_ms)
+        else:
+            print(f"  not seen on screen: {UTTERANCES[i]!r}")
     final = changes[-1][1] if changes else ""
     print(f"  report text: {final!r}")
     return latencies

@@ -246,7 +246,7 @@ class Runner:
         elif self.card.torch_weights is not None and self.card.metadata.get("task"):
             from models.networks import build
 
-            model = build(self.card.metadata["task"])
+            model = build(self.card.metadata["task"], self.card.metadata.get("architecture"))
             model.load_state_dict(torch.load(self.card.torch_weights, map_location="cpu", weights_only=True))
             self._torch = model.eval()
         else:
@@ -293,7 +293,7 @@ def _input_size(card: ModelCard, default: int) -> int:
 def run_ct(card: ModelCard, series: SeriesInfo, heatmap_size: int = 128) -> ModelRun:
     import time
 
-    from models.preprocess import CT_SIZE, ct_heatmap_to_series, ct_inputs
+    from models.preprocess import CT_SIZE, ct_heatmap_to_series, ct_inputs, resize_stack
 
     run = ModelRun(card.name, card.version, series=series)
     t0 = time.perf_counter()
@@ -304,10 +304,14 @@ def run_ct(card: ModelCard, series: SeriesInfo, heatmap_size: int = 128) -> Mode
     slice_probs, maps = runner_for(card)(x)
     t3 = time.perf_counter()
     run.timings = {"decode_s": t1 - t0, "preprocess_s": t2 - t1, "model_s": t3 - t2}
+    body = None
     for k, finding in enumerate(card.findings):
         heat = None
         if maps is not None:
             heat = ct_heatmap_to_series(maps[:, k], geom, heatmap_size)
+            if body is None:                      # no heat in the air around the head
+                body = resize_stack(vol.hu, heat.shape[1:]) > -300
+            heat = heat * body
             if vol.flip_cols:
                 heat = heat[:, :, ::-1]
             if vol.flip_rows:

@@ -88,10 +88,20 @@ class CTCase:
     thickness_mm: float
     source: str = "synthetic"
     mimics: tuple[str, ...] = ()
+    solid: np.ndarray | None = None  # (slices,) pixels at least half filled with blood (partial volume)
 
     @property
     def slice_labels(self) -> np.ndarray:
         return self.lesion.reshape(self.lesion.shape[0], -1).any(axis=1)
+
+    def training_labels(self, min_area_mm2: float = 3.0) -> np.ndarray:
+        """Per slice: 1 where the blood is visible (at least ``min_area_mm2`` of pixels half filled
+        with blood), 0 where there is none, -1 for a sliver of partial volume: blood by the
+        ground truth but next to invisible, left out of training rather than taught as either."""
+        has = self.slice_labels
+        solid = self.solid if self.solid is not None else self.lesion.reshape(len(has), -1).sum(axis=1)
+        visible = solid * self.pixel_mm ** 2 >= min_area_mm2
+        return np.where(visible, 1, np.where(has, -1, 0)).astype(np.float32)
 
 
 @dataclass
@@ -133,6 +143,7 @@ def ct_head(rng: np.random.Generator, *, n_slices: int = 32, size: int = 256, po
     noise_sd = rng.uniform(3.5, 7.0) * (0.45 / px)
     hu = np.empty((n_slices, size, size), np.float32)
     lesion = np.zeros((n_slices, size, size), bool)
+    solid = np.zeros(n_slices, np.int64)
     for k, z in enumerate(zs):
         base = _head_slice(rng, head, X, Y, z, mimics, px)
         if lesion_spec is not None:
@@ -144,13 +155,14 @@ def ct_head(rng: np.random.Generator, *, n_slices: int = 32, size: int = 256, po
             frac *= base["inside"]
             base["hu"] = base["hu"] * (1 - frac) + lesion_spec["hu"] * frac
             lesion[k] = frac >= 0.3
+            solid[k] = int((frac >= 0.5).sum())
         hu[k] = base["hu"] + rng.normal(0, noise_sd, size=(size, size)).astype(np.float32)
     if lesion_spec is not None and not lesion.any():   # the lesion fell between the slices: redraw
         return ct_head(rng, n_slices=n_slices, size=size, positive=True, subtype=subtype, thickness_mm=thickness_mm)
     return CTCase(hu=hu, lesion=lesion, ich=int(positive), subtype=lesion_spec["kind"] if lesion_spec else "",
                   size_mm=round(lesion_spec["size"], 1) if lesion_spec else 0.0, pixel_mm=px,
                   thickness_mm=thickness_mm, mimics=tuple(sorted(k for k, v in mimics.items() if v is True)) + (
-                      ("dense_sinus",) if mimics["sinus_hu"] > 60 else ()))
+                      ("dense_sinus",) if mimics["sinus_hu"] > 60 else ()), solid=solid)
 
 
 def _draw_mimics(rng: np.random.Generator) -> dict:

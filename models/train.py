@@ -29,6 +29,7 @@ from models.registry import WEIGHTS_DIR
 log = logging.getLogger(__name__)
 
 MODEL_NAMES = {"ich": "ich-ct", "cxr": "cxr-chest"}
+MODEL_VERSIONS = {"ich": "0.2.0", "cxr": "0.1.0"}   # 0.2.0: streamed phantoms, slivers left out
 INTENDED_USE = "demonstration; trained on synthetic data; not for clinical use"
 
 
@@ -60,13 +61,109 @@ class CTSet:
         self.vol = np.concatenate(vol)
 
     def batch(self, idx: np.ndarray) -> np.ndarray:
-        """Five channels per slice: brain window of the slice and its neighbours, subdural, bone."""
-        prev = np.where((idx > 0) & (self.vol[np.maximum(idx - 1, 0)] == self.vol[idx]), idx - 1, idx)
-        nxt_i = np.minimum(idx + 1, len(self.vol) - 1)
-        nxt = np.where(self.vol[nxt_i] == self.vol[idx], nxt_i, idx)
-        c = self.chans
-        x = np.stack([c[prev, 0], c[idx, 0], c[nxt, 0], c[idx, 1], c[idx, 2]], axis=1)
-        return x.astype(np.float32) / 255.0
+        return ct_batch(self.chans, self.vol, idx)
+
+
+def ct_batch(chans: np.ndarray, vol: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Five channels per slice: brain window of the slice and its neighbours, subdural, bone."""
+    prev = np.where((idx > 0) & (vol[np.maximum(idx - 1, 0)] == vol[idx]), idx - 1, idx)
+    nxt_i = np.minimum(idx + 1, len(vol) - 1)
+    nxt = np.where(vol[nxt_i] == vol[idx], nxt_i, idx)
+    x = np.stack([chans[prev, 0], chans[idx, 0], chans[nxt, 0], chans[idx, 1], chans[idx, 2]], axis=1)
+    return x.astype(np.float32) / 255.0
+
+
+def ct_volume_item(seed: int, index: int) -> tuple[np.ndarray, np.ndarray]:
+    """Phantom ``index`` of ``seed`` as the model sees it: (slices, 3, 128, 128) uint8 windows
+    (brain, subdural, bone) and the training labels of its slices (1, 0, or -1: left out)."""
+    case = draw_case("ich", seed, index)
+    x, _ = ct_inputs(case.hu, case.thickness_mm)
+    return np.round(x[:, [1, 3, 4]] * 255).astype(np.uint8), case.training_labels()
+
+
+def _ct_generator(seed: int, start: int, stride: int, out, stop) -> None:
+    """A generator process: fresh training phantoms, one after another, into ``out``."""
+    import queue
+
+    i = start
+    while not stop.is_set():
+        item = ct_volume_item(seed, i)
+        while not stop.is_set():
+            try:
+                out.put(item, timeout=0.5)
+                break
+            except queue.Full:
+                continue
+        i += stride
+
+
+class CTStream:
+    """Training slices from a stream of fresh phantom volumes (no volume is drawn twice).
+
+    ``workers`` processes generate volumes of the training seed while the trainer runs; the
+    newest ``slots`` volumes form the pool that batches are drawn from. With one generator and
+    one training thread, the two cores of the budget are both busy and the network sees several
+    thousand different heads instead of overfitting a few hundred."""
+
+    def __init__(self, seed: int, slots: int = 600, workers: int = 1, n_slices: int = 32) -> None:
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        self.n, self.slots, self.added = n_slices, slots, 0
+        self.chans = np.zeros((slots * n_slices, 3, CT_SIZE, CT_SIZE), np.uint8)
+        self.labels = np.zeros(slots * n_slices, np.float32)
+        self.vol = np.full(slots * n_slices, -1, np.int64)
+        self.queue = ctx.Queue(maxsize=64)
+        self.stop = ctx.Event()
+        self.procs = [ctx.Process(target=_ct_generator, args=(seed, w, workers, self.queue, self.stop), daemon=True)
+                      for w in range(workers)]
+        for p in self.procs:
+            p.start()
+
+    def ingest(self, wait_for: int = 0) -> int:
+        """Move the generated volumes into the pool (oldest out); block until ``wait_for`` are in."""
+        import queue
+
+        got = 0
+        while True:
+            try:
+                chans, labels = self.queue.get(timeout=1.0) if self.added < wait_for else self.queue.get_nowait()
+            except queue.Empty:
+                if self.added < wait_for:
+                    continue
+                break
+            slot = self.added % self.slots
+            a, n = slot * self.n, min(len(chans), self.n)
+            self.vol[a:a + self.n] = -1
+            self.labels[a:a + self.n] = 0
+            self.chans[a:a + n], self.labels[a:a + n], self.vol[a:a + n] = chans[:n], labels[:n], self.added
+            self.added += 1
+            got += 1
+        valid = self.vol >= 0
+        self.pos_idx = np.nonzero(valid & (self.labels > 0))[0]
+        self.neg_idx = np.nonzero(valid & (self.labels == 0))[0]
+        return got
+
+    def batch(self, idx: np.ndarray) -> np.ndarray:
+        return ct_batch(self.chans, self.vol, idx)
+
+    def close(self) -> float:
+        """Stop the generators; returns their CPU minutes."""
+        import resource
+
+        self.stop.set()
+        while True:   # unblock a generator waiting on a full queue
+            try:
+                self.queue.get_nowait()
+            except Exception:
+                break
+        for p in self.procs:
+            p.join(timeout=10)
+            if p.is_alive():
+                p.terminate()
+                p.join()
+        ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return (ru.ru_utime + ru.ru_stime) / 60
 
 
 class CXRSet:
@@ -140,7 +237,8 @@ def score_cxr(model, data: CXRSet) -> np.ndarray:
 
 def train(task: str, *, seed: int, val_seed: int, n_train: int, n_val: int, minutes: float, batch: int,
           lr: float, threads: int, out_dir: Path, target_sensitivity: float, progress: bool = True,
-          cpu_minutes: float = 30.0, resume: bool = False) -> dict:
+          cpu_minutes: float = 30.0, resume: bool = False, stream_workers: int = 0, arch: dict | None = None,
+          val_every: int = 0) -> dict:
     import torch
     from tqdm import tqdm
 
@@ -154,16 +252,23 @@ def train(task: str, *, seed: int, val_seed: int, n_train: int, n_val: int, minu
     name = MODEL_NAMES[task]
     folder = out_dir / name
     prior_cpu, prior_wall, prior_history = 0.0, 0.0, []
-    model = build(task)
+    model = build(task, arch)
     if resume:   # continue from the shipped checkpoint; its CPU time counts against the budget
         old = json.loads((folder / "metadata.json").read_text(encoding="utf-8"))["training"]
         prior_cpu, prior_wall = float(old["cpu_minutes"]), float(old["minutes"])
         prior_history = old.get("history", [])
         model.load_state_dict(torch.load(folder / "model.pt", weights_only=True))
-    train_set, val_set = load_set(task, seed, n_train, progress), load_set(task, val_seed, n_val, progress)
+    stream = CTStream(seed, workers=stream_workers) if task == "ich" and stream_workers > 0 else None
+    val_set = load_set(task, val_seed, n_val, progress)
+    if stream is not None:
+        stream.ingest(wait_for=min(64, n_train))
+        train_set = stream
+        pos_idx, neg_idx = stream.pos_idx, stream.neg_idx
+    else:
+        train_set = load_set(task, seed, n_train, progress)
+        y = train_set.labels if task == "ich" else train_set.labels.max(axis=1)
+        pos_idx, neg_idx = np.nonzero(y > 0)[0], np.nonzero(y == 0)[0]
     t_data = time.perf_counter() - t0
-    y = train_set.labels if task == "ich" else train_set.labels.max(axis=1)
-    pos_idx, neg_idx = np.nonzero(y > 0)[0], np.nonzero(y == 0)[0]
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     budget_s = minutes * 60 - t_data
     cpu_budget_s = (cpu_minutes - prior_cpu) * 60
@@ -174,13 +279,21 @@ def train(task: str, *, seed: int, val_seed: int, n_train: int, n_val: int, minu
     loss_fn = torch.nn.BCEWithLogitsLoss()
     best = {"auroc": -1.0}
     history = []
-    step, epoch_steps = 0, max(50, len(y) // batch // 2)
+    step = 0
+    epoch_steps = val_every or (200 if stream is not None else max(50, len(train_set.labels) // batch // 2))
     bar = tqdm(total=None, desc=f"train {task}", disable=not progress, unit="step")
     t_train = time.perf_counter()
     while step == 0 or not out_of_time():   # at least one step and one validation
         model.train()
         losses = []
         for _ in range(epoch_steps):
+            if stream is not None and step % 10 == 0:      # fresh volumes in, the oldest out
+                stream.ingest()
+                pos_idx, neg_idx = stream.pos_idx, stream.neg_idx
+            if stream is not None:                         # cosine decay over the wall budget
+                frac = min(1.0, (time.perf_counter() - t_train) / max(budget_s * 0.9, 1.0))
+                for group in opt.param_groups:
+                    group["lr"] = lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
             n_pos = batch * 2 // 5                          # 40 % positives in a batch
             idx = np.r_[rng.choice(pos_idx, n_pos), rng.choice(neg_idx, batch - n_pos)]
             x = train_set.batch(idx)
@@ -193,7 +306,7 @@ def train(task: str, *, seed: int, val_seed: int, n_train: int, n_val: int, minu
             opt.zero_grad()
             loss.backward()
             opt.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             step += 1
             bar.update(1)
             if out_of_time():
@@ -212,8 +325,10 @@ def train(task: str, *, seed: int, val_seed: int, n_train: int, n_val: int, minu
             best = {"auroc": mean_auc, "state": {k: v.clone() for k, v in model.state_dict().items()},
                     "scores": scores, "labels": labels, "step": step}
     bar.close()
+    generator_cpu = stream.close() if stream is not None else 0.0
+    volumes_seen = stream.added if stream is not None else n_train
     train_minutes = prior_wall + (time.perf_counter() - t0) / 60
-    cpu_used = prior_cpu + (time.process_time() - c0) / 60
+    cpu_used = prior_cpu + (time.process_time() - c0) / 60 + generator_cpu
     history = prior_history + history
     model.load_state_dict(best["state"])
     model.eval()
@@ -226,10 +341,9 @@ def train(task: str, *, seed: int, val_seed: int, n_train: int, n_val: int, minu
     folder.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), folder / "model.pt")
     size = CT_SIZE if task == "ich" else CXR_SIZE
-    arch = ARCHS[task]
-    diff = export_onnx(model, folder / "model.onnx", (1, arch["in_channels"], size, size))
-    card = model_card(task, name, thresholds, val_metrics, history, train_minutes, n_train, n_val, seed, val_seed,
-                      threads, diff, best["step"])
+    diff = export_onnx(model, folder / "model.onnx", (1, ARCHS[task]["in_channels"], size, size))
+    card = model_card(task, name, thresholds, val_metrics, history, train_minutes, volumes_seen, n_val, seed,
+                      val_seed, threads, diff, best["step"], arch=model_arch(task, arch), streamed=stream is not None)
     card["training"]["cpu_minutes"] = round(cpu_used, 1)
     card["training"]["resumed"] = resume
     (folder / "metadata.json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
@@ -259,7 +373,7 @@ def rethreshold(task: str, out_dir: Path, target: float, val_seed: int, n_val: i
 
     folder = out_dir / MODEL_NAMES[task]
     card = json.loads((folder / "metadata.json").read_text(encoding="utf-8"))
-    model = build(task)
+    model = build(task, card.get("architecture"))
     model.load_state_dict(torch.load(folder / "model.pt", weights_only=True))
     model.eval()
     data = load_set(task, val_seed, n_val, progress=False)
@@ -275,11 +389,15 @@ def rethreshold(task: str, out_dir: Path, target: float, val_seed: int, n_val: i
     return card
 
 
-def model_card(task, name, thresholds, val_metrics, history, train_minutes, n_train, n_val, seed, val_seed,
-               threads, diff, best_step) -> dict:
+def model_arch(task: str, arch: dict | None = None) -> dict:
     from models.networks import ARCHS
 
-    arch = ARCHS[task]
+    return {**ARCHS[task], **(arch or {})}
+
+
+def model_card(task, name, thresholds, val_metrics, history, train_minutes, n_train, n_val, seed, val_seed,
+               threads, diff, best_step, arch: dict | None = None, streamed: bool = False) -> dict:
+    arch = arch or model_arch(task)
     if task == "ich":
         modalities = ["CT"]
         inp = {"kind": "ct-2.5d", "shape": ["slices", 5, CT_SIZE, CT_SIZE],
@@ -292,22 +410,29 @@ def model_card(task, name, thresholds, val_metrics, history, train_minutes, n_tr
         inp = {"kind": "cxr-2d", "shape": [1, 1, CXR_SIZE, CXR_SIZE],
                "channels": ["radiograph, MONOCHROME1 inverted, 1..99 percentile scaled to 0..1"]}
     return {
-        "name": name, "version": "0.1.0", "task": task, "modalities": modalities,
+        "name": name, "version": MODEL_VERSIONS[task], "task": task, "modalities": modalities,
         "intended_use": INTENDED_USE, "status": "UNVERIFIED",
         "findings": list(TASK_FINDINGS[task]),
         "thresholds": thresholds,
         "input": inp,
         "output": {"logits": "(N, findings): sigmoid gives the probability",
                    "maps": "(N, findings, h, w) class-activation logit maps: sigmoid gives the heatmap"},
-        "architecture": {"network": "MONAI DenseNet features + 1x1 conv CAM head + log-sum-exp pooling", **{
+        "architecture": {"network": "MONAI DenseNet features + 1x1 conv CAM head + log-sum-exp pooling"
+                                    + ("; stem: 3x3 stride-2 convolution without max-pool (maps at 1/8 of the input)"
+                                       if arch.get("stem") == "fine" else ""), **{
             k: list(v) if isinstance(v, tuple) else v for k, v in arch.items()}},
         "training_data": {"generator": "models/phantoms.py (synthetic; 10 % lesions inserted into pydicom-data "
                                        f"{'693' if task == 'ich' else 'RG1'})",
                           "train_seed": seed, "n_train": n_train, "val_seed": val_seed, "n_val": n_val,
+                          **({"streamed": "fresh volumes generated during training by a second process; each "
+                                          "volume enters a pool of the 600 newest and is never redrawn; n_train "
+                                          "counts them"} if streamed else {}),
                           "held_out_seeds": "9000 and above (bench/triage.py); never used in training"},
         "training": {"minutes": round(train_minutes, 1), "threads": threads, "best_step": best_step,
-                     "budget": "at most 30 CPU-minutes (single-threaded: at most 30 min on an idle 2-core "
-                               "machine); wall minutes are longer on a shared machine",
+                     "budget": ("at most 30 minutes on 2 cores: one trains (one torch thread), one generates "
+                                "fresh phantoms" if streamed else
+                                "at most 30 CPU-minutes (single-threaded: at most 30 min on an idle 2-core "
+                                "machine); wall minutes are longer on a shared machine"),
                      "history": history},
         "onnx_vs_torch_max_abs_diff": diff,
         "metrics": {"validation": val_metrics},
@@ -321,13 +446,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--val-seed", type=int, default=2, help="validation phantom seed (must differ)")
     p.add_argument("--n-train", type=int, default=None)
     p.add_argument("--n-val", type=int, default=None)
-    p.add_argument("--minutes", type=float, default=90.0, help="wall-time cap, data generation included")
-    p.add_argument("--cpu-minutes", type=float, default=30.0,
-                   help="CPU-time budget of this process (the 30-minute budget on 2 cores), earlier runs included")
+    p.add_argument("--minutes", type=float, default=None,
+                   help="wall-time cap, data generation included (ich: 30, cxr: 90)")
+    p.add_argument("--cpu-minutes", type=float, default=None,
+                   help="CPU-time budget, earlier runs included (ich: 60, two busy cores for 30 min; cxr: 30)")
+    p.add_argument("--stream-workers", type=int, default=None,
+                   help="ich: processes generating fresh training volumes during training (default 1; 0 trains "
+                        "on a fixed set of --n-train volumes)")
+    p.add_argument("--stem", choices=["monai", "fine"], default=None,
+                   help="ich network stem (default: the shipped architecture's)")
+    p.add_argument("--val-every", type=int, default=0, help="steps between validations (default: per task)")
     p.add_argument("--resume", action="store_true", help="continue from the shipped model.pt and its card")
     p.add_argument("--batch", type=int, default=None)
     p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads (default: 1 while a generator process streams volumes, else 2)")
     p.add_argument("--target-sensitivity", type=float, default=0.95)
     p.add_argument("--out", type=Path, default=WEIGHTS_DIR, help="weights folder")
     p.add_argument("--rethreshold", action="store_true",
@@ -338,16 +471,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.seed == args.val_seed or args.seed >= 9000 or args.val_seed >= 9000:
         raise ReadingRoomError("training and validation seeds must differ and stay below 9000 (held-out seeds)")
-    defaults = {"ich": (320, 100, 32), "cxr": (1000, 250, 32)}[args.task]
+    defaults = {"ich": (320, 200, 32), "cxr": (1000, 250, 32)}[args.task]
+    workers = (1 if args.stream_workers is None else args.stream_workers) if args.task == "ich" else 0
+    minutes = args.minutes or (30.0 if args.task == "ich" else 90.0)
+    cpu_minutes = args.cpu_minutes or (2 * minutes if workers else 30.0)
     if args.rethreshold:
         card = rethreshold(args.task, args.out, args.target_sensitivity, args.val_seed, args.n_val or defaults[1])
         print(json.dumps({"model": card["name"], "thresholds": card["thresholds"],
                           "validation": card["metrics"]["validation"]}, indent=2))
         return 0
     card = train(args.task, seed=args.seed, val_seed=args.val_seed, n_train=args.n_train or defaults[0],
-                 n_val=args.n_val or defaults[1], minutes=args.minutes, batch=args.batch or defaults[2], lr=args.lr,
-                 threads=args.threads, out_dir=args.out, target_sensitivity=args.target_sensitivity,
-                 progress=not args.quiet, cpu_minutes=args.cpu_minutes, resume=args.resume)
+                 n_val=args.n_val or defaults[1], minutes=minutes, batch=args.batch or defaults[2], lr=args.lr,
+                 threads=args.threads or (1 if workers else 2), out_dir=args.out, target_sensitivity=args.target_sensitivity,
+                 progress=not args.quiet, cpu_minutes=cpu_minutes, resume=args.resume, stream_workers=workers,
+                 arch={"stem": args.stem} if args.stem else None, val_every=args.val_every)
     print(json.dumps({"model": card["name"], "minutes": card["training"]["minutes"],
                       "cpu_minutes": card["training"]["cpu_minutes"],
                       "validation": card["metrics"]["validation"]}, indent=2))

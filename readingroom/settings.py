@@ -94,8 +94,8 @@ class HL7Settings(_Section):
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = Field(2575, ge=0, le=65535)   # 0: any free port (tests)
-    application: str = "READINGROOM"          # our MSH-3 sending application
-    facility: str = "READINGROOM"             # our MSH-4 sending facility
+    application: str = Field("READINGROOM", min_length=1)   # our MSH-3 in every message we send
+    facility: str = Field("READINGROOM", min_length=1)      # our MSH-4 (and the SR's institution)
 
 
 class ReportSettings(_Section):
@@ -103,8 +103,6 @@ class ReportSettings(_Section):
 
     # Tries per destination before a delivery goes to the dead-letter state (admin retries it).
     delivery_max_attempts: int = Field(12, ge=1)
-    sending_application: str = Field("READINGROOM", min_length=1)   # MSH-3
-    sending_facility: str = Field("READINGROOM", min_length=1)      # MSH-4
     # Edits of one report by one user within this many seconds make one audit entry.
     edit_audit_interval_s: float = Field(60, ge=0)
 
@@ -269,15 +267,17 @@ def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml_mapping(path: Path, missing: str = "set READINGROOM_CONFIG to a YAML file") -> dict[str, Any]:
+    """A YAML file that holds a mapping; ConfigError naming the file (and ``missing``, what to do
+    when it does not exist) otherwise."""
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
-        raise ConfigError(f"Settings file {path} does not exist; set READINGROOM_CONFIG to a YAML file") from None
+        raise ConfigError(f"{path} does not exist; {missing}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"Settings file {path} is not valid YAML: {exc}") from None
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"Settings file {path} must hold a mapping of settings, not {type(data).__name__}")
+        raise ConfigError(f"{path} must hold a mapping, not {type(data).__name__}")
     return data
 
 
@@ -298,14 +298,14 @@ def load_settings(
     """Build settings from the YAML file, then the environment, then explicit overrides."""
     environ = os.environ if environ is None else environ
     path = Path(config_path or environ.get(ENV_PREFIX + "CONFIG") or DEFAULT_CONFIG)
-    data = _read_yaml(path)
+    data = read_yaml_mapping(path)
     data = _merge(data, _env_overrides(environ))
     if overrides:
         data = _merge(data, overrides)
     data.setdefault("config_dir", str(path.parent))
     if "sites" not in data and data.get("sites_file"):
         sites_path = path.parent / str(data["sites_file"])
-        data["sites"] = _read_yaml(sites_path).get("sites", [])
+        data["sites"] = read_yaml_mapping(sites_path).get("sites", [])
     sources = f"{path}, READINGROOM_* variables"
     try:
         settings = Settings.model_validate(data)

@@ -1,6 +1,6 @@
 """Triage models: phantoms, preprocessing, ONNX export, inference through the job queue, BYO
-models, evaluation. Small phantoms and the shipped weights; no training here (bench/ and
-`readingroom train` do that)."""
+models, evaluation. Small phantoms and the shipped weights; training only as a seconds-long
+smoke run (the real runs are `readingroom train`, figures in the model cards)."""
 
 from __future__ import annotations
 
@@ -72,6 +72,23 @@ def test_ct_phantom_truth_matches_the_image():
     assert real.source == "real" and real.lesion.any()
 
 
+def test_training_labels_leave_out_slivers_of_partial_volume():
+    rng = np.random.default_rng(3)
+    case = phantoms.ct_head(rng, n_slices=32, size=256, positive=True, subtype="intraparenchymal")
+    labels = case.training_labels()
+    truth = case.slice_labels
+    assert set(np.unique(labels)) <= {-1.0, 0.0, 1.0}
+    assert ((labels != 0) == truth).all()              # every slice with blood is 1 or -1, the others 0
+    assert (labels == 1).any()
+    for k in np.nonzero(labels == 1)[0]:              # a visible slice has >= 3 mm2 half-filled with blood
+        assert case.solid[k] * case.pixel_mm ** 2 >= 3.0
+    for k in np.nonzero(labels == -1)[0]:
+        assert case.solid[k] * case.pixel_mm ** 2 < 3.0
+    assert (labels == -1).sum() == (truth & (case.solid * case.pixel_mm ** 2 < 3.0)).sum()
+    neg = phantoms.ct_head(rng, n_slices=8, size=96, positive=False)
+    assert (neg.training_labels() == 0).all()
+
+
 def test_cxr_phantom_findings_have_masks_and_can_coexist():
     rng = np.random.default_rng(1)
     case = phantoms.cxr_image(rng, size=128, findings={f: 1 for f in phantoms.CXR_FINDINGS})
@@ -134,6 +151,44 @@ def test_onnx_export_matches_torch_within_1e_4(tmp_path):
     assert max(np.abs(a - b).max() for a, b in zip(ref, got)) <= 1e-4
 
 
+def test_the_fine_stem_keeps_twice_the_resolution_and_a_bad_stem_is_refused():
+    import torch
+
+    from models.networks import build
+
+    x = torch.zeros(1, 5, 128, 128)
+    assert build("ich")(x)[1].shape[-1] == 16
+    assert build("ich", {"stem": "fine"})(x)[1].shape[-1] == 32
+    with pytest.raises(ValueError, match="unknown stem"):
+        build("ich", {"stem": "huge"})
+
+
+def test_streamed_ct_training_runs_and_writes_a_card(tmp_path, monkeypatch):
+    """Seconds of `readingroom train --task ich` with a generator process: fresh volumes reach
+    the pool, no slice marked -1 is drawn, and the card says how the data came."""
+    import models.train as train_mod
+
+    monkeypatch.setattr(train_mod, "CACHE_DIR", tmp_path / "cache")
+    stream = train_mod.CTStream(seed=5, slots=3, workers=1)
+    try:
+        stream.ingest(wait_for=4)                       # one more than the pool holds: the oldest left
+        assert stream.added >= 4
+        assert set(np.unique(stream.vol)) - {-1} <= set(range(stream.added - 3, stream.added))
+        assert len(stream.pos_idx) + len(stream.neg_idx) <= (stream.vol >= 0).sum()
+        assert (stream.labels[stream.pos_idx] == 1).all() and (stream.labels[stream.neg_idx] == 0).all()
+        assert stream.batch(stream.neg_idx[:4]).shape == (4, 5, 128, 128)
+    finally:
+        assert stream.close() >= 0
+    assert all(not p.is_alive() for p in stream.procs)
+    card = train_mod.train("ich", seed=5, val_seed=6, n_train=8, n_val=4, minutes=0.25, batch=8, lr=1e-3,
+                           threads=1, out_dir=tmp_path / "w", target_sensitivity=0.9, progress=False,
+                           stream_workers=1, val_every=5)
+    assert card["training_data"]["streamed"] and card["training_data"]["n_train"] >= 8
+    assert card["onnx_vs_torch_max_abs_diff"] <= 1e-4 and card["architecture"]["stem"] == "monai"
+    assert (tmp_path / "w" / "ich-ct" / "model.onnx").exists()
+    assert json.loads((tmp_path / "w" / "ich-ct" / "metadata.json").read_text())["status"] == "UNVERIFIED"
+
+
 @needs_weights
 @pytest.mark.parametrize("name", ["ich-ct", "cxr-chest"])
 def test_shipped_onnx_matches_shipped_torch_weights(name):
@@ -145,7 +200,7 @@ def test_shipped_onnx_matches_shipped_torch_weights(name):
     card = SHIPPED[name]
     assert card.path.stat().st_size <= 20 * 1024 * 1024
     assert card.metadata["intended_use"].startswith("demonstration; trained on synthetic data; not for clinical use")
-    model = build(card.metadata["task"])
+    model = build(card.metadata["task"], card.metadata.get("architecture"))
     model.load_state_dict(torch.load(card.torch_weights, weights_only=True))
     model.eval()
     shape = card.metadata["input"]["shape"]
@@ -204,6 +259,7 @@ def test_job_handler_writes_findings_and_heatmaps_for_phantom_studies(settings, 
     assert rows[0][6] == SHIPPED["ich-ct"].thresholds["ich"]
     heat = np.load(settings.home / rows[0][5])
     assert heat.dtype == np.float16 and heat.shape == (32, 128, 128) and 0 <= heat.min() and heat.max() <= 1
+    assert heat.max() > 0 and heat[:, :6, :6].max() == 0 and heat[:, -6:, -6:].max() == 0   # none in the air
     side = json.loads((settings.home / rows[0][5]).with_suffix(".json").read_text())
     assert side["status"] == "UNVERIFIED" and side["series_uid"] == rows[0][4] and len(side["sop_uids"]) == 32
     status, _, rows = _findings(db, cxr_uid)

@@ -255,7 +255,8 @@ def build_blocks(settings: Settings, db: Database, queue: Any = None,  # noqa: C
                     eval_labels = gr.Textbox(label="Labels CSV (default: labels.csv in the folder)", scale=2)
                     evaluate_btn = gr.Button("Run evaluation", variant="primary", scale=0)
                 eval_table = gr.Markdown(elem_id="rr-eval-table")
-                eval_plots = gr.Gallery(label="ROC, calibration and confusion plots", columns=3, height=360)
+                eval_plots = gr.Gallery(label="ROC, calibration and confusion plots", columns=3, height=360,
+                                        elem_id="rr-eval-plots")
 
                 gr.Markdown("### Night-shift simulation\nWhat a triage policy does to report turnaround "
                             "(RTAT) per finding. Simulated studies; see docs/simulation.md.")
@@ -265,7 +266,7 @@ def build_blocks(settings: Settings, db: Database, queue: Any = None,  # noqa: C
                     seeds = gr.Slider(1, 20, value=5, step=1, label="Seeds")
                     simulate = gr.Button("Run simulation", variant="primary")
                 sim_table = gr.Markdown(elem_id="rr-sim-table")
-                sim_plots = gr.Gallery(label="RTAT charts", columns=2, height=420)
+                sim_plots = gr.Gallery(label="RTAT charts", columns=2, height=420, elem_id="rr-sim-plots")
             # ---------------------------------------------------------------- admin
             with gr.Tab("Admin", id="admin", visible=False) as admin_tab:
                 gr.Markdown("### Sites and destinations")
@@ -441,7 +442,7 @@ def build_blocks(settings: Settings, db: Database, queue: Any = None,  # noqa: C
             boxes_out = report_updates(session) if report_changed else [gr.skip()] * len(SECTION_ORDER)
             return gr.skip(), partial_text, command, *boxes_out
 
-        gr.Timer(0.3).tick(poll_dictation, inputs=live, outputs=dictation_outputs, show_progress="hidden")
+        gr.Timer(0.2).tick(poll_dictation, inputs=live, outputs=dictation_outputs, show_progress="hidden")
 
         # ---- drafts autosave; checks; sign-off; delivery
         def autosave(session: LiveDictation | None, request: gr.Request):  # noqa: ANN202

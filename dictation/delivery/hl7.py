@@ -149,25 +149,13 @@ def report_text(message: Message) -> str:
 
 
 def build_ack(received: str, code: str = "AA", text: str = "") -> str:
-    """An ACK for ``received`` (what a RIS answers); our test peers and the bench use it."""
-    incoming = parse_message(received.replace("\n", "\r"), validation_level=VALIDATION_LEVEL.TOLERANT,
-                             find_groups=False)
-    ack = Message("ACK", version=VERSION, validation_level=VALIDATION_LEVEL.STRICT)
-    msh = incoming.msh
-    ack.msh.msh_3 = msh.msh_5.value or "RIS"
-    ack.msh.msh_4 = msh.msh_6.value or "HOSPITAL"
-    ack.msh.msh_5 = msh.msh_3.value
-    ack.msh.msh_6 = msh.msh_4.value
-    ack.msh.msh_7 = _ts(utcnow())
-    ack.msh.msh_9 = "ACK^R01^ACK"
-    ack.msh.msh_10 = "ACK" + msh.msh_10.value
-    ack.msh.msh_11 = "P"
-    ack.msh.msh_12 = VERSION
-    ack.msa.msa_1 = code
-    ack.msa.msa_2 = msh.msh_10.value
-    if text:
-        ack.msa.msa_3 = escape(text)
-    return ack.to_er7()
+    """An ACK for ``received`` as the site's RIS answers it (our test peers and the bench): the
+    orders listener's ACK builder, sent from the application and facility the message was for."""
+    from triage.orders.hl7 import build_ack as ack_for, peek_header
+
+    head = peek_header(received)
+    return ack_for(received, code, text, application=head.get("receiving_app") or "RIS",
+                   facility=head.get("receiving_facility") or "HOSPITAL")
 
 
 def check_ack(reply: str, expected_control_id: str) -> str:

@@ -62,8 +62,8 @@ def render(doc: DeliveryDoc, fmt: str, settings: Settings, destinations: SiteDes
 
     if fmt == "hl7":
         peer = destinations.hl7 if destinations else None
-        return hl7.build_oru(doc, sending_application=settings.reports.sending_application,
-                             sending_facility=settings.reports.sending_facility,
+        return hl7.build_oru(doc, sending_application=settings.hl7.application,
+                             sending_facility=settings.hl7.facility,
                              receiving_application=peer.application if peer else "",
                              receiving_facility=peer.facility if peer else "").encode("utf-8")
     if fmt == "fhir":
@@ -74,7 +74,7 @@ def render(doc: DeliveryDoc, fmt: str, settings: Settings, destinations: SiteDes
         from io import BytesIO
 
         buffer = BytesIO()
-        sr.build_sr(doc, organization=settings.reports.sending_facility).save_as(buffer, enforce_file_format=True)
+        sr.build_sr(doc, organization=settings.hl7.facility).save_as(buffer, enforce_file_format=True)
         return buffer.getvalue()
     raise DeliveryError(f"unknown format {fmt!r}; valid: {', '.join(FORMATS)}")
 
@@ -148,7 +148,7 @@ class Deliverer:
         if destination == "dicom":
             if dest.dicom is None:
                 raise DeliveryError(f"site {doc.site!r} has no dicom destination any more; set it in sites.yaml")
-            ds = sr.build_sr(doc, organization=self.settings.reports.sending_facility)
+            ds = sr.build_sr(doc, organization=self.settings.hl7.facility)
             status = sr.store(ds, dest.dicom.host, dest.dicom.port, dest.dicom.ae_title, self.settings.dicom.ae_title)
             return f"C-STORE 0x{status:04X} {ds.SOPInstanceUID} at {dest.dicom.ae_title}"
         if destination == "pdf":

@@ -1,8 +1,8 @@
 """The workstation in a real browser: Debian's chromium driven by Playwright, a WAV file as the
 microphone. Logs in, checks the critical demo study is first, opens it, changes the window,
-scrolls a CT series, dictates into Findings, moves to Impression by voice, records the
+scrolls a CT series, shows its AI heatmap, dictates into Findings, moves to Impression by voice, records the
 critical-result communication, signs final, and the ORU reaches a test MLLP listener (the
-site's RIS). Screenshots of every step go to var/test-artifacts/e2e/ (kept after the run)."""
+site's RIS). The Lab tab runs an evaluation and a simulation. Screenshots of every step go to var/test-artifacts/e2e/ (kept after the run)."""
 
 from __future__ import annotations
 
@@ -186,6 +186,45 @@ def test_scroll_a_ct_series_with_the_wheel_and_the_keys(page):
     shot(page, "03-scrolled")
 
 
+def test_the_ai_heatmap_overlays_the_slice_and_toggles_with_h(page):
+    """SYNTHETIC^HEAD^TWO (open since the previous test) carries a phantom subdural hematoma: the
+    ICH model's heatmap is drawn over the slice, toggled with the key h and the checkbox, and its
+    opacity follows the slider."""
+    import io
+
+    from PIL import Image
+
+    page.wait_for_function("document.querySelector('#rr-ai-controls').style.display !== 'none'")
+    overlay_id = page.evaluate("window.rrViewer.overlay")
+    assert overlay_id, "the study's AI finding has no heatmap"
+    alpha = []                                                  # the overlay's heat, slice by slice
+    for i in range(24):
+        resp = page.request.get(f"{page.base_url}/api/viewer/heatmap/{overlay_id}/{i}.png")
+        assert resp.ok, resp.status
+        img = Image.open(io.BytesIO(resp.body()))
+        assert img.mode == "RGBA"
+        alpha.append(int(np.asarray(img)[..., 3].astype(np.int64).sum()))
+    hottest = int(np.argmax(alpha))
+    assert alpha[hottest] > 0, "the heatmap is empty on every slice"
+    page.evaluate(f"(() => {{ const s = document.querySelector('#rr-slice'); s.value = '{hottest}'; "
+                  "s.dispatchEvent(new Event('input')); })()")
+    page.wait_for_function(f"document.querySelector('#rr-image').dataset.index === '{hottest}'")
+    visible = ("(() => { const o = document.querySelector('#rr-overlay'); return o.style.display !== 'none' && "
+               f"o.complete && o.naturalWidth > 0 && o.src.endsWith('/{hottest}.png'); }})()")
+    page.wait_for_function(visible)
+    page.evaluate("(() => { const s = document.querySelector('#rr-ai-opacity'); s.value = '0.8'; "
+                  "s.dispatchEvent(new Event('input')); })()")
+    assert page.evaluate("document.querySelector('#rr-overlay').style.opacity") == "0.8"
+    assert "UNVERIFIED" in page.inner_text("#rr-ai-controls")
+    shot(page, "03b-ai-heatmap")
+    page.locator("#rr-stage").hover()
+    page.keyboard.press("h")
+    page.wait_for_function("document.querySelector('#rr-overlay').style.display === 'none'")
+    assert not page.locator("#rr-ai-toggle").is_checked()
+    page.locator("#rr-ai-toggle").check()                       # back on with the checkbox
+    page.wait_for_function(visible)
+
+
 def test_dictate_into_findings_and_move_to_impression_by_voice(page):
     page.get_by_role("tab", name="Worklist").click()
     row_cell(page, "DOE^JOHN").click()
@@ -253,6 +292,33 @@ def test_critical_result_is_communicated_then_signed_final_and_the_oru_arrives(p
     assert "ORU^R01" in oru and "|F|" in oru.split("OBR|", 1)[1] and "Lovelace" in oru
     page.wait_for_function("document.querySelector('#rr-delivery').innerText.includes('delivered')", timeout=30000)
     shot(page, "07-signed-final-delivered")
+
+
+def test_lab_runs_a_model_evaluation_and_a_night_shift_simulation(page, tmp_path):
+    """The Lab tab scores the CXR model on a small phantom folder (metrics table and plots) and
+    runs a night-shift simulation (RTAT table and charts), with progress shown meanwhile."""
+    from models.phantoms import write_dataset
+
+    data = tmp_path / "cxr-phantoms"
+    write_dataset("cxr", 16, 9600, data, size=512, progress=False)
+    page.get_by_role("tab", name="Lab").click()
+    page.get_by_label("Model").click()
+    page.get_by_role("option", name="cxr-chest", exact=True).click()
+    page.get_by_label("Data folder").fill(str(data))
+    page.get_by_role("button", name="Run evaluation").click()
+    page.wait_for_function("document.querySelector('#rr-eval-table').innerText.includes('AUROC')", timeout=120000)
+    table = page.inner_text("#rr-eval-table")
+    assert "UNVERIFIED" in table and "pneumothorax" in table and "16 of 16 studies scored" in table, table
+    page.wait_for_function("document.querySelectorAll('#rr-eval-plots img').length >= 3")
+    shot(page, "08a-lab-evaluation")
+    page.get_by_label("Data folder").fill(str(tmp_path / "missing"))
+    page.get_by_role("button", name="Run evaluation").click()
+    page.get_by_text("No such folder").first.wait_for()          # a clear error, the page keeps working
+
+    page.get_by_role("button", name="Run simulation").click()
+    page.wait_for_function("document.querySelector('#rr-sim-table').innerText.includes('RTAT')", timeout=120000)
+    page.wait_for_function("document.querySelectorAll('#rr-sim-plots img').length >= 1")
+    shot(page, "08b-lab-simulation")
 
 
 def test_admin_sees_the_outbox_and_finds_the_signature_in_the_audit_log(page):

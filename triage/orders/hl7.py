@@ -300,7 +300,8 @@ def peek_header(text: str) -> dict[str, str]:
     if not first.startswith("MSH") or len(first) < 8:
         return {}
     msh = _Segment(first, first[3:8])
-    return {"app": msh.component(3), "facility": msh.component(4), "control_id": msh.component(10),
+    return {"app": msh.component(3), "facility": msh.component(4), "receiving_app": msh.component(5),
+            "receiving_facility": msh.component(6), "control_id": msh.component(10),
             "version": msh.component(12), "event": msh.component(9, 2),
             "type": "^".join(c for c in msh.components(9)[:2] if c)}
 

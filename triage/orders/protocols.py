@@ -19,10 +19,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from readingroom.errors import ConfigError
-from readingroom.settings import Settings
+from readingroom.settings import Settings, read_yaml_mapping
 
 log = logging.getLogger(__name__)
 
@@ -53,15 +52,7 @@ class Library:
 
 
 def _read(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"{path} does not exist; restore it from configs/ in the ReadingRoom sources") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a mapping")
-    return data
+    return read_yaml_mapping(path, "restore it from configs/ in the ReadingRoom sources")
 
 
 def _check_when(when: Any, where: str) -> dict[str, Any]:

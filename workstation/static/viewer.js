@@ -332,7 +332,7 @@ window.rrBeep = function () {
       const pcm = new Int16Array(input.length);
       for (let i = 0; i < input.length; i++) pcm[i] = Math.max(-32768, Math.min(32767, Math.round(input[i] * 32767)));
       pending.push(pcm); samples += pcm.length;
-      if (samples >= rate / 4) {                  // a quarter of a second per request
+      if (samples >= rate / 10) {                 // a tenth of a second per request: the end of speech is heard soon
         const all = new Int16Array(samples); let o = 0;
         pending.forEach((p) => { all.set(p, o); o += p.length; });
         D.queue.push({ uid, pcm: all.buffer, rate }); pending = []; samples = 0;
