@@ -178,8 +178,8 @@ def server_render_ms(home: Path) -> list[float]:
     return times
 
 
-def dictation_wav(folder: Path) -> tuple[Path, list[float]]:
-    parts, ends, t = [np.zeros(48000, np.int16)], [], 1.0
+def dictation_wav(folder: Path) -> tuple[Path, list[float], list[float]]:
+    parts, starts, ends, t = [np.zeros(48000, np.int16)], [], [], 1.0
     for i, text in enumerate(UTTERANCES):
         raw = folder / f"u{i}.wav"
         subprocess.run(["espeak-ng", "-v", "en-us", "-s", "150", "-w", str(raw), text], check=True)
@@ -187,6 +187,7 @@ def dictation_wav(folder: Path) -> tuple[Path, list[float]]:
             rate, data = w.getframerate(), np.frombuffer(w.readframes(w.getnframes()), np.int16)
         n = int(len(data) * 48000 / rate)
         parts.append(np.interp(np.linspace(0, len(data) - 1, n), np.arange(len(data)), data).astype(np.int16))
+        starts.append(t)
         t += n / 48000
         ends.append(t)
         parts.append(np.zeros(int(48000 * PAUSE_S), np.int16))
@@ -196,7 +197,7 @@ def dictation_wav(folder: Path) -> tuple[Path, list[float]]:
     with wave.open(str(path), "wb") as w:
         w.setnchannels(1), w.setsampwidth(2), w.setframerate(48000)
         w.writeframes(np.concatenate(parts).tobytes())
-    return path, ends
+    return path, starts, ends
 
 
 WATCH_JS = """() => {
@@ -213,7 +214,7 @@ WATCH_JS = """() => {
 
 
 def bench_dictation(browser_factory, url: str, folder: Path) -> list[float]:
-    wav, ends = dictation_wav(folder)
+    wav, starts, ends = dictation_wav(folder)
     browser = browser_factory([f"--use-file-for-fake-audio-capture={wav}%noloop"])
     context = browser.new_context(viewport={"width": 1600, "height": 1000}, permissions=["microphone"])
     page = context.new_page()
@@ -229,26 +230,26 @@ def bench_dictation(browser_factory, url: str, folder: Path) -> list[float]:
     time.sleep(3)
     changes = page.evaluate("window.rrTextTimes")
     browser.close()
-    # Text utterances only (a command changes no text). An utterance's text is on screen at the
-    # first change of the report text after the utterance's end in the audio that adds one of its
-    # words (5 letters or more): a change that only replaces the previous utterance's provisional
-    # text with its final does not count.
+    # Text utterances only (a command changes no text). An utterance is on screen when its last
+    # word of 5 letters or more ("convexity", "shift") is in the report boxes more often than
+    # before the utterance began: the live partial text while speaking, the provisional text at
+    # the endpoint, or the final text, whichever comes first. The latency is from the end of the
+    # utterance's audio (espeak's own trailing silence included) to that moment; a word the
+    # recognizer never gets right is "not seen".
     latencies = []
     for i, end in enumerate(ends):
         if UTTERANCES[i].lower().startswith("go to"):
             continue
-        words = [w for w in re.findall(r"[a-z]+", UTTERANCES[i].lower()) if len(w) >= 5]
-
-        def hits(text: str) -> int:
-            return sum(text.lower().count(w) for w in words)
-        end_ms = onset + (end - 1.0) * 1000
-        before = [text for t, text in changes if t < end_ms]
-        base = hits(before[-1]) if before else 0
-        after = [t for t, text in changes if t >= end_ms and hits(text) > base]
-        if after:
-            latencies.append(after[0] - end_ms)
+        word = [w for w in re.findall(r"[a-z]+", UTTERANCES[i].lower()) if len(w) >= 5][-1]
+        start_ms, end_ms = onset + (starts[i] - 1.0) * 1000, onset + (end - 1.0) * 1000
+        before = [text for t, text in changes if t < start_ms]
+        base = before[-1].lower().count(word) if before else 0
+        seen = [t for t, text in changes if t >= start_ms and text.lower().count(word) > base]
+        if seen:
+            latencies.append(seen[0] - end_ms)
+            print(f"  {seen[0] - end_ms:6.0f} ms  {UTTERANCES[i]!r} ({word!r})")
         else:
-            print(f"  not seen on screen: {UTTERANCES[i]!r}")
+            print(f"  not seen on screen: {UTTERANCES[i]!r} ({word!r})")
     final = changes[-1][1] if changes else ""
     print(f"  report text: {final!r}")
     return latencies

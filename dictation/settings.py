@@ -36,6 +36,10 @@ class DictationSettings:
     final_in_background: bool = True
     # Linux nice value of the final model's threads: the final pass yields the CPU to partials.
     final_nice: int = 10
+    # While more than this many utterances wait for their final text (the CPU cannot keep up
+    # with continuous dictation), the waiting ones are decoded by the live model instead: the
+    # text stays within seconds of the speech. 0 turns this off.
+    final_backlog: int = 2
     # Commands: an utterance of at most this many seconds is first decoded with a prompt of
     # command phrases; it is kept only if the whole text is a command, else decoded as text.
     command_max_s: float = 3.0

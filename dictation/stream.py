@@ -11,6 +11,9 @@ Two-pass: partials come from the live model; the final text of an utterance from
 ``Final`` is returned by a later ``feed()`` (finals stay in order; ``flush()`` waits for all), so
 the partials of the next utterance are not held up by it.
 
+When more than ``final_backlog`` utterances wait for their final text (continuous dictation on
+a busy machine), a waiting utterance is decoded by the live model instead (``Final.fast``).
+
 Commands: an utterance of at most ``command_max_s`` is first decoded with ``command_prompt``;
 if ``is_command`` accepts that text it is the final text, otherwise the utterance is decoded as
 dictation with the normal prompt.
@@ -42,6 +45,7 @@ class Partial:
     audio_end_s: float           # stream time of the last sample decoded
     decode_s: float
     final_pending: bool = False  # the whole utterance, at its end; its final text is being decoded
+    utterance: int = -1          # with final_pending: the utterance's number (its Final carries it)
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,8 @@ class Final:
     start_s: float
     end_s: float
     transcript: Transcript
+    utterance: int = -1          # the utterance's number in the stream (0, 1, ...)
+    fast: bool = False           # decoded by the live model: the final model was too far behind
 
 
 class StreamingTranscriber:
@@ -90,6 +96,7 @@ class StreamingTranscriber:
         self._start_frame = 0
         self._last_partial_frame = 0
         self._last_partial_text = ""
+        self._utterances = 0
 
     @property
     def prompt(self) -> str | None:
@@ -198,31 +205,43 @@ class StreamingTranscriber:
         if speech_ms < s.min_speech_duration_ms:
             return []
         audio = np.concatenate(frames)
+        number = self._utterances
+        self._utterances += 1
         if self._executor is not None:
-            self._jobs.append(self._executor.submit(self._decode_final, audio, start_s, end_s))
+            self._jobs.append(self._executor.submit(self._decode_final, audio, start_s, end_s, number))
             if self.provisional:
                 quick = self.engine.transcribe(audio, prompt=self.prompt, hotwords=self.hotwords)
-                return [Partial(quick.text, end_s, quick.decode_s, final_pending=True)] if quick.text else []
+                return [Partial(quick.text, end_s, quick.decode_s, final_pending=True, utterance=number)] \
+                    if quick.text else []
             return []
-        return self._decode_final(audio, start_s, end_s)
+        return self._decode_final(audio, start_s, end_s, number)
 
-    def _decode_final(self, audio: np.ndarray, start_s: float, end_s: float) -> list[Final]:
+    def _behind(self, number: int) -> bool:
+        """More than final_backlog utterances after this one wait for their final text."""
+        backlog = self.s.final_backlog
+        return bool(backlog) and self._executor is not None and self._utterances - 1 - number >= backlog
+
+    def _decode_final(self, audio: np.ndarray, start_s: float, end_s: float, number: int = -1) -> list[Final]:
+        fast = self._behind(number)   # the final model cannot keep up: the live model decodes it
+        if fast:
+            log.info("final text of utterance %d from the live model: %d utterances wait", number,
+                     self._utterances - 1 - number)
         spent = 0.0
         if self.is_command is not None and len(audio) / SAMPLE_RATE <= self.s.command_max_s:
             prompt = self.command_prompt
             if prompt:
-                result = self.engine.transcribe(audio, prompt=prompt, final=True)
+                result = self.engine.transcribe(audio, prompt=prompt, final=not fast)
                 if result.text and self.is_command(result.text):
                     confirmed, check_s = self._confirm_command(audio, result.text)
                     result.decode_s += check_s
                     if confirmed:
-                        return [Final(result.text, start_s, end_s, result)]
+                        return [Final(result.text, start_s, end_s, result, number, fast)]
                 spent = result.decode_s
-        result = self.engine.transcribe(audio, prompt=self.prompt, hotwords=self.hotwords, final=True)
+        result = self.engine.transcribe(audio, prompt=self.prompt, hotwords=self.hotwords, final=not fast)
         result.decode_s += spent
         if not result.text:
             return []
-        return [Final(result.text, start_s, end_s, result)]
+        return [Final(result.text, start_s, end_s, result, number, fast)]
 
     def _confirm_command(self, audio: np.ndarray, command_text: str) -> tuple[bool, float]:
         """A command heard with the command prompt must not be a longer sentence without it.

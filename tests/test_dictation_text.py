@@ -298,3 +298,30 @@ def test_a_command_must_also_be_heard_without_the_prompt():
     # switched off: the prompted decode decides alone
     assert _short_utterance_finals("or the new chest ready to unwrap.", ("Paragraph.", "x"),
                                    command_confirm=False) == ["Paragraph."]
+
+
+def test_a_final_far_behind_the_speech_is_decoded_by_the_live_model():
+    """Continuous dictation on a busy machine: when more than final_backlog utterances ended
+    while one waited for the final model, the live model decodes it (Final.fast)."""
+    import numpy as np
+
+    from dictation.stream import StreamingTranscriber
+    from dictation.transcribe import Engine
+
+    s = DictationSettings(final_backlog=2)
+    engine = Engine(s, model=_FakeModel("live text."), final_model=_FakeModel("Final text."))
+    stream = StreamingTranscriber(engine, s, prompt="P", background=True)
+    try:
+        audio = np.zeros(3 * 16000, np.float32)             # longer than a command
+        stream._utterances = 2                              # utterance 0 ended, then utterance 1
+        (on_time,) = stream._decode_final(audio, 0.0, 3.0, 0)
+        assert (on_time.text, on_time.fast, on_time.utterance) == ("Final text.", False, 0)
+        stream._utterances = 3                              # utterances 1 and 2 ended while 0 waited
+        (behind,) = stream._decode_final(audio, 0.0, 3.0, 0)
+        assert (behind.text, behind.fast) == ("live text.", True)
+        off = StreamingTranscriber(engine, DictationSettings(final_backlog=0), prompt="P", background=True)
+        off._utterances = 9
+        assert off._decode_final(audio, 0.0, 3.0, 0)[0].fast is False
+        off.close()
+    finally:
+        stream.close()

@@ -150,3 +150,41 @@ def test_provisional_text_shows_until_the_final_replaces_it():
     assert live.view_key() != before
     live._events([Partial("Go to impression.", 3.0, 0.1, final_pending=True)])   # a command: not text
     assert live.display_sections()["findings"] == "No acute hemorrhage."
+
+
+def test_several_pending_utterances_all_stay_on_screen_until_their_finals():
+    """On a busy machine finals lag: each utterance's live text stays until its own final comes."""
+    from dictation.stream import Final, Partial
+    from dictation.transcribe import Transcript
+    from workstation.live import LiveDictation
+
+    live = LiveDictation("free", engine=object())
+    live._events([Partial("no midline shit", 2.0, 0.1, final_pending=True, utterance=0)])
+    live._events([Partial("ventricles normal", 5.0, 0.1, final_pending=True, utterance=1)])
+    assert live.display_sections()["findings"] == "no midline shit ventricles normal"
+    live._events([Final("No midline shift.", 0.0, 2.0, Transcript(text="No midline shift."), utterance=0)])
+    assert live.display_sections()["findings"] == "No midline shift. ventricles normal"
+    assert live.sections()["findings"] == "No midline shift."
+    live._events([Final("Ventricles are normal.", 3.0, 5.0, Transcript(text="Ventricles are normal."),
+                        utterance=1)])
+    assert live.display_sections()["findings"] == live.sections()["findings"]
+    assert live.feedback.pending == {}
+
+
+def test_partial_text_goes_into_the_active_section_while_speaking_but_a_command_does_not():
+    from dictation.stream import Final, Partial
+    from dictation.transcribe import Transcript
+    from workstation.live import LiveDictation
+
+    live = LiveDictation("free", engine=object())
+    live._events([Partial("there is a small", 1.0, 0.1)])
+    assert live.display_sections()["findings"] == "there is a small"
+    assert live.sections()["findings"] == ""
+    before = live.view_key()
+    live._events([Partial("there is a small effusion", 1.8, 0.1)])
+    assert live.view_key() != before                                     # the page updates
+    live._events([Final("There is a small effusion.", 0.0, 2.0, Transcript(text="There is a small effusion."),
+                        utterance=0)])
+    assert live.display_sections()["findings"] == "There is a small effusion."
+    live._events([Partial("Go to impression.", 3.0, 0.1)])               # a command is never typed
+    assert live.display_sections()["findings"] == "There is a small effusion."

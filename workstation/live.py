@@ -73,10 +73,21 @@ class Resampler:
 @dataclass
 class Feedback:
     partial: str = ""
-    provisional: str = ""                  # live-model text of an utterance whose final is pending
+    # Live-model text of the utterances whose final text is pending, by utterance number (finals
+    # come in order; on a busy machine several may wait).
+    pending: dict[int, str] = field(default_factory=dict)
     commands: list[str] = field(default_factory=list)
     finals: list[str] = field(default_factory=list)
     last_final_at: float | None = None     # time.time() of the last final text
+
+    @property
+    def provisional(self) -> str:
+        """What is shown in the active section until the finals replace it."""
+        return " ".join(self.pending.values())
+
+    def resolved(self, utterance: int) -> None:
+        """The final of ``utterance`` came: its provisional text (and any older one) goes."""
+        self.pending = {k: v for k, v in self.pending.items() if utterance >= 0 and k > utterance}
 
 
 class LiveDictation:
@@ -122,7 +133,7 @@ class LiveDictation:
             if isinstance(event, Final):
                 utterance = self.session.process_text(event.text, event.start_s, event.end_s)
                 self.feedback.partial = ""
-                self.feedback.provisional = ""
+                self.feedback.resolved(event.utterance)
                 self.feedback.last_final_at = time.time()
                 if utterance.command is not None:
                     label = utterance.command.action.replace("_", " ")
@@ -132,7 +143,7 @@ class LiveDictation:
                 elif utterance.text:
                     self.feedback.finals.append(utterance.text)
             elif getattr(event, "final_pending", False) and not self.session.is_command(event.text):
-                self.feedback.provisional = event.text     # shown in the box until the final replaces it
+                self.feedback.pending[event.utterance] = event.text   # in the box until its final comes
                 self.feedback.partial = ""
             else:
                 self.feedback.partial = event.text
@@ -147,27 +158,59 @@ class LiveDictation:
             self._resampler = Resampler(sample_rate)
         self._audio.put(self._resampler(samples))
 
+    def _take(self) -> tuple[np.ndarray | None, int, bool]:
+        """The next audio to decode: every chunk queued by now in one piece (a worker that fell
+        behind catches up with one partial decode, not one per stale chunk). Returns (audio or
+        None, queue items taken, stop requested)."""
+        chunk = self._audio.get()
+        if chunk is None:
+            return None, 1, True
+        parts, taken, stop = [chunk], 1, False
+        while True:
+            try:
+                more = self._audio.get_nowait()
+            except queue.Empty:
+                break
+            taken += 1
+            if more is None:
+                stop = True
+                break
+            parts.append(more)
+        return (np.concatenate(parts) if len(parts) > 1 else chunk), taken, stop
+
     def _work(self) -> None:
         while True:
-            chunk = self._audio.get()
+            chunk, taken, stop = self._take()
             try:
-                with self._lock:
-                    if chunk is None:                       # stop(): finish the utterance in progress
+                if chunk is not None:
+                    self._decode_chunk(chunk)
+                if stop:                                    # stop(): finish the utterance in progress
+                    with self._lock:
                         if self._stream is not None:
                             self._events(self._stream.flush())
                             self._stream.close()
                             self._stream = None
                         self.feedback.partial = ""
-                        return
-                    if self._stream is None:
-                        self._stream = self.session.stream(self.engine, partials=True, background=True,
-                                                           provisional=True)
-                        self.session.report.dictating = True
-                    self._events(self._stream.feed(chunk))
+                        self.feedback.pending.clear()       # every final is in
+                    return
             except Exception:  # noqa: BLE001 - the page must keep working; the error is logged
-                log.exception("live dictation failed on a chunk")
+                log.exception("live dictation failed at the end of a recording")
+                if stop:
+                    return
             finally:
-                self._audio.task_done()
+                for _ in range(taken):
+                    self._audio.task_done()
+
+    def _decode_chunk(self, chunk: np.ndarray) -> None:
+        try:
+            with self._lock:
+                if self._stream is None:
+                    self._stream = self.session.stream(self.engine, partials=True, background=True,
+                                                       provisional=True)
+                    self.session.report.dictating = True
+                self._events(self._stream.feed(chunk))
+        except Exception:  # noqa: BLE001 - the page must keep working; the error is logged
+            log.exception("live dictation failed on a chunk")
 
     def poll(self) -> None:
         """Collect finals decoded in the background since the last chunk."""
@@ -195,12 +238,21 @@ class LiveDictation:
     def sections(self) -> dict[str, str]:
         return self.session.report.as_dict()
 
+    def pending_text(self) -> str:
+        """Dictated text not in the report yet: the live model's text of the utterances whose
+        final is pending, then the partial text of the utterance being spoken (unless it is a
+        voice command)."""
+        fb = self.feedback
+        partial = fb.partial if fb.partial and not self.session.is_command(fb.partial) else ""
+        return " ".join(t for t in (fb.provisional, partial) if t)
+
     def display_sections(self) -> dict[str, str]:
-        """What the page shows: the report, plus the provisional text in the active section."""
+        """What the page shows: the report, plus the pending text in the active section."""
         texts = self.sections()
-        if self.feedback.provisional:
+        pending = self.pending_text()
+        if pending:
             section = self.active_section
-            texts[section] = f"{texts[section]} {self.feedback.provisional}".strip()
+            texts[section] = f"{texts[section]} {pending}".strip()
         return texts
 
     def edit(self, section: str, text: str) -> None:
@@ -222,7 +274,7 @@ class LiveDictation:
     def view_key(self) -> str:
         """Changes when the page's report boxes must change: text, or the active section."""
         report = self.session.report
-        return f"{self.content_key()}|{report.section}|{report.field_index}|{self.feedback.provisional}"
+        return f"{self.content_key()}|{report.section}|{report.field_index}|{self.pending_text()}"
 
     def goto(self, section: str) -> None:
         self.session.report.goto(section)

@@ -407,8 +407,8 @@ def build_blocks(settings: Settings, db: Database, queue: Any = None,  # noqa: C
                 if session is not None:
                     if text == session.display_sections()[section] or text == session.sections()[section]:
                         return
-                    pending = session.feedback.provisional
-                    if pending and text.endswith(pending):   # typed while a final was pending
+                    pending = session.pending_text()
+                    if pending and text.endswith(pending):   # typed while dictated text was pending
                         text = text[: -len(pending)].rstrip()
                     session.edit(section, text)
                     session.goto(section)

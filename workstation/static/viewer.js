@@ -301,7 +301,20 @@ window.rrBeep = function () {
     D.sending = true;
     try {
       while (D.queue.length) {
-        const { uid, pcm, rate } = D.queue.shift();
+        let { uid, pcm, rate } = D.queue.shift();
+        // Everything queued while the last request was out goes in one request: a slow answer
+        // never builds a backlog of audio (the end of speech must reach the server at once).
+        if (pcm) {
+          const more = [new Int16Array(pcm)];
+          while (D.queue.length && D.queue[0].pcm && D.queue[0].uid === uid && D.queue[0].rate === rate) {
+            more.push(new Int16Array(D.queue.shift().pcm));
+          }
+          if (more.length > 1) {
+            const all = new Int16Array(more.reduce((n, a) => n + a.length, 0)); let o = 0;
+            more.forEach((a) => { all.set(a, o); o += a.length; });
+            pcm = all.buffer;
+          }
+        }
         const path = pcm ? `audio?rate=${rate}` : "stop";
         const resp = await fetch(`/api/dictation/${encodeURIComponent(uid)}/${path}`,
           { method: "POST", body: pcm || "", headers: { "Content-Type": "application/octet-stream" } });
