@@ -245,6 +245,10 @@ def bench_dictation(browser_factory, url: str, folder: Path) -> list[float]:
         before = [text for t, text in changes if t < start_ms]
         base = before[-1].lower().count(word) if before else 0
         seen = [t for t, text in changes if t >= start_ms and text.lower().count(word) > base]
+        if os.environ.get("RR_BENCH_TRACE"):   # the text changes during and after the utterance
+            for t, text in changes:
+                if start_ms <= t <= end_ms + 15000:
+                    print(f"      {t - end_ms:7.0f} ms  …{text[-90:]!r}")
         if seen:
             latencies.append(seen[0] - end_ms)
             print(f"  {seen[0] - end_ms:6.0f} ms  {UTTERANCES[i]!r} ({word!r})")
