@@ -209,8 +209,9 @@ class StreamingTranscriber:
         self._utterances += 1
         if self._executor is not None:
             self._jobs.append(self._executor.submit(self._decode_final, audio, start_s, end_s, number))
-            if self.provisional:
-                quick = self.engine.transcribe(audio, prompt=self.prompt, hotwords=self.hotwords)
+            if self.provisional:   # with half a second of silence after it: Whisper keeps the last word
+                padded = np.concatenate([audio, np.zeros(SAMPLE_RATE // 2, np.float32)])
+                quick = self.engine.transcribe(padded, prompt=self.prompt, hotwords=self.hotwords)
                 return [Partial(quick.text, end_s, quick.decode_s, final_pending=True, utterance=number)] \
                     if quick.text else []
             return []
