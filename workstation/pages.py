@@ -442,7 +442,7 @@ def build_blocks(settings: Settings, db: Database, queue: Any = None,  # noqa: C
             boxes_out = report_updates(session) if report_changed else [gr.skip()] * len(SECTION_ORDER)
             return gr.skip(), partial_text, command, *boxes_out
 
-        gr.Timer(0.2).tick(poll_dictation, inputs=live, outputs=dictation_outputs, show_progress="hidden")
+        gr.Timer(0.3).tick(poll_dictation, inputs=live, outputs=dictation_outputs, show_progress="hidden")
 
         # ---- drafts autosave; checks; sign-off; delivery
         def autosave(session: LiveDictation | None, request: gr.Request):  # noqa: ANN202
