@@ -427,6 +427,10 @@ def model_card(task, name, thresholds, val_metrics, history, train_minutes, n_tr
                           **({"streamed": "fresh volumes generated during training by a second process; each "
                                           "volume enters a pool of the 600 newest and is never redrawn; n_train "
                                           "counts them"} if streamed else {}),
+                          **({"slice_labels": "positive where >= 3 mm2 of pixels are at least half filled with "
+                                              "blood; slices with only a partial-volume sliver are left out of "
+                                              "training; study labels are the ground truth"}
+                             if streamed else {}),
                           "held_out_seeds": "9000 and above (bench/triage.py); never used in training"},
         "training": {"minutes": round(train_minutes, 1), "threads": threads, "best_step": best_step,
                      "budget": ("at most 30 minutes on 2 cores: one trains (one torch thread), one generates "
