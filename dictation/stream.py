@@ -219,8 +219,8 @@ class StreamingTranscriber:
 
     def _behind(self, number: int) -> bool:
         """More than final_backlog utterances after this one wait for their final text."""
-        backlog = self.s.final_backlog
-        return bool(backlog) and self._executor is not None and self._utterances - 1 - number >= backlog
+        backlog = self.s.final_backlog      # (decoded inline, an utterance is always the newest)
+        return bool(backlog) and self._utterances - 1 - number >= backlog
 
     def _decode_final(self, audio: np.ndarray, start_s: float, end_s: float, number: int = -1) -> list[Final]:
         fast = self._behind(number)   # the final model cannot keep up: the live model decodes it

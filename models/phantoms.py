@@ -648,24 +648,13 @@ def draw_case(task: str, seed: int, index: int, *, size: int | None = None, real
 def cxr_dataset(image: np.ndarray, *, key: str, view: str, pixel_mm: float, monochrome1: bool,
                 patient_id: str, accession: str):
     """A CR Image Storage dataset for a radiograph (attenuation 0..1 -> 12-bit stored values)."""
-    from pydicom import Dataset
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID
-
-    from triage.synthetic import uid
+    from triage.synthetic import new_dataset, uid
 
     cr = "1.2.840.10008.5.1.4.1.1.1"
     stored = np.clip(image, 0, 1.2) / 1.2 * 4095
     if monochrome1:
         stored = 4095 - stored
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = cr
-    ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    ds.SOPClassUID = cr
-    ds.SOPInstanceUID = uid(key, "image", 0)
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds = new_dataset(cr, uid(key, "image", 0))
     ds.StudyInstanceUID, ds.SeriesInstanceUID = uid(key, "study"), uid(key, "series")
     ds.PatientName, ds.PatientID, ds.AccessionNumber = "SYNTHETIC^CHEST", patient_id, accession
     ds.PatientBirthDate, ds.PatientSex = "19600101", "O"

@@ -47,12 +47,12 @@ class CTSet:
         start = 0
         for i in tqdm(range(n), desc=f"CT phantoms seed {seed}", disable=not progress, unit="vol"):
             case = draw_case("ich", seed, i)
-            x, _ = ct_inputs(case.hu, case.thickness_mm)
-            chans.append(np.round(x[:, [1, 3, 4]] * 255).astype(np.uint8))
-            labels.append(case.slice_labels.astype(np.float32))
-            vol.append(np.full(len(x), i))
-            self.starts.append((start, start + len(x)))
-            start += len(x)
+            windows, slice_labels = ct_case_item(case)   # the same as the stream: slivers are -1
+            chans.append(windows)
+            labels.append(slice_labels)
+            vol.append(np.full(len(windows), i))
+            self.starts.append((start, start + len(windows)))
+            start += len(windows)
             self.study_labels.append(case.ich)
             self.subtypes.append(case.subtype)
             self.sizes.append(case.size_mm)
@@ -73,12 +73,16 @@ def ct_batch(chans: np.ndarray, vol: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return x.astype(np.float32) / 255.0
 
 
-def ct_volume_item(seed: int, index: int) -> tuple[np.ndarray, np.ndarray]:
-    """Phantom ``index`` of ``seed`` as the model sees it: (slices, 3, 128, 128) uint8 windows
-    (brain, subdural, bone) and the training labels of its slices (1, 0, or -1: left out)."""
-    case = draw_case("ich", seed, index)
+def ct_case_item(case) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN001
+    """A CT phantom as the model sees it: (slices, 3, 128, 128) uint8 windows (brain, subdural,
+    bone) and the training labels of its slices (1, 0, or -1: left out)."""
     x, _ = ct_inputs(case.hu, case.thickness_mm)
     return np.round(x[:, [1, 3, 4]] * 255).astype(np.uint8), case.training_labels()
+
+
+def ct_volume_item(seed: int, index: int) -> tuple[np.ndarray, np.ndarray]:
+    """Phantom ``index`` of ``seed`` as the model sees it (``ct_case_item``)."""
+    return ct_case_item(draw_case("ich", seed, index))
 
 
 def _ct_generator(seed: int, start: int, stride: int, out, stop) -> None:
@@ -149,13 +153,14 @@ class CTStream:
 
     def close(self) -> float:
         """Stop the generators; returns their CPU minutes."""
+        import queue
         import resource
 
         self.stop.set()
         while True:   # unblock a generator waiting on a full queue
             try:
                 self.queue.get_nowait()
-            except Exception:
+            except queue.Empty:
                 break
         for p in self.procs:
             p.join(timeout=10)
@@ -193,7 +198,7 @@ def load_set(task: str, seed: int, n: int, progress: bool = True):
     import pickle
 
     size = CT_SIZE if task == "ich" else CXR_SIZE
-    path = CACHE_DIR / f"{task}-{seed}-{n}-{size}.pkl"
+    path = CACHE_DIR / f"{task}-{seed}-{n}-{size}-v2.pkl"   # v2: CT slivers labelled -1
     if path.exists():
         with path.open("rb") as fh:
             return pickle.load(fh)

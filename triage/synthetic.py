@@ -22,6 +22,18 @@ def uid(*parts: object) -> str:
     return generate_uid(prefix=_ROOT, entropy_srcs=[str(p) for p in parts])
 
 
+def new_dataset(sop_class_uid: str, sop_instance_uid: str) -> Dataset:
+    """An empty dataset ready to be saved: file meta (explicit VR little endian) and SOP UIDs."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = sop_class_uid
+    ds.file_meta.MediaStorageSOPInstanceUID = sop_instance_uid
+    ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class_uid, sop_instance_uid
+    return ds
+
+
 def head_phantom(n_slices: int, size: int = 512, seed: int = 0) -> np.ndarray:
     """HU volume (slices, rows, cols): air, skull, brain with grey/white contrast, ventricles, noise."""
     rng = np.random.default_rng(seed)
@@ -58,14 +70,7 @@ def ct_series(volume_hu: np.ndarray, *, key: str, patient_name: str = "SYNTHETIC
     stored = np.clip(volume_hu + 1024, 0, 4095).astype(np.uint16)
     out = []
     for k in range(n):
-        ds = Dataset()
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
-        ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-        ds.SOPClassUID = CTImageStorage
-        ds.SOPInstanceUID = uid(key, "image", k)
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds = new_dataset(CTImageStorage, uid(key, "image", k))
         ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study_uid, series_uid, frame_uid
         ds.PatientName, ds.PatientID, ds.AccessionNumber = patient_name, patient_id, accession
         ds.PatientBirthDate, ds.PatientSex = "19600101", "O"
