@@ -241,9 +241,18 @@ def test_dictate_into_findings_and_move_to_impression_by_voice(page):
                            timeout=90000)
     shot(page, "04-findings-dictated")
     page.wait_for_function("document.querySelector('#rr-command').innerText.includes('impression')", timeout=90000)
-    page.wait_for_function("document.querySelector('#rr-section-impression textarea').value.length > 5",
-                           timeout=90000)
+    # The live partial text is in the box while speaking; stop only after the utterance ended
+    # (its partial line cleared), or the recording would cut it short.
+    page.wait_for_function("document.querySelector('#rr-section-impression textarea').value.length > 5 && "
+                           "!document.querySelector('#rr-partial').innerText.trim()", timeout=90000)
     page.keyboard.press("F4")
+    # The box shows the live model's text at once; the final text replaces it when decoded.
+    words = "/subdural|hematoma|acute/i"
+    try:
+        page.wait_for_function(f"{words}.test(document.querySelector('#rr-section-impression textarea').value)",
+                               timeout=60000)
+    except Exception:  # noqa: BLE001 - the assertion below says what the box holds
+        pass
     shot(page, "05-impression-dictated")
     text = findings.input_value().lower()
     assert any(word in text for word in ("subdural", "hematoma", "convexity", "acute")), text
