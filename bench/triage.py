@@ -43,7 +43,7 @@ def timing(repeats: int, threads: int) -> dict:
     import torch
 
     from models import phantoms
-    from models.inference import Runner, read_ct, read_cxr
+    from models.inference import Runner, ct_detail, read_ct, read_cxr
     from models.networks import build
     from models.preprocess import ct_inputs, cxr_input
     from models.registry import installed_models
@@ -68,7 +68,7 @@ def timing(repeats: int, threads: int) -> dict:
             if name == "ich-ct":
                 vol = read_ct(files)
                 t1 = time.perf_counter()
-                x, _ = ct_inputs(vol.hu, vol.thickness_mm)
+                x, _ = ct_inputs(vol.hu, vol.thickness_mm, detail=ct_detail(card))
             else:
                 pixels, photometric = read_cxr(files[0])
                 t1 = time.perf_counter()
@@ -92,13 +92,13 @@ def timing(repeats: int, threads: int) -> dict:
 
 def held_out(n: int) -> dict:
     from models.evaluate import evaluate
-    from models.phantoms import write_dataset
+    from models.phantoms import GENERATOR_VERSION, write_dataset
     from models.registry import installed_models
 
     cards = {c.name: c for c in installed_models()}
     out = {}
     for task, seed, name, size in (("ich", 9001, "ich-ct", 256), ("cxr", 9002, "cxr-chest", 1024)):
-        data = OUT / f"held-out-{task}-{seed}-{n}"
+        data = OUT / f"held-out-{task}-{seed}-{n}-g{GENERATOR_VERSION}"   # never a stale generator's
         if not (data / "labels.csv").exists():
             t0 = time.perf_counter()
             write_dataset(task, n, seed, data, size=size)

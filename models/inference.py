@@ -290,6 +290,11 @@ def _input_size(card: ModelCard, default: int) -> int:
     return int(shape[-1]) if shape and isinstance(shape[-1], int) else default
 
 
+def ct_detail(card: ModelCard) -> int:
+    """The card's sub-pixel factor (``input.detail``, 1 when absent): see ``ct_inputs``."""
+    return int(card.metadata.get("input", {}).get("detail", 1))
+
+
 def run_ct(card: ModelCard, series: SeriesInfo, heatmap_size: int = 128) -> ModelRun:
     import time
 
@@ -299,7 +304,7 @@ def run_ct(card: ModelCard, series: SeriesInfo, heatmap_size: int = 128) -> Mode
     t0 = time.perf_counter()
     vol = read_ct(series.files)
     t1 = time.perf_counter()
-    x, geom = ct_inputs(vol.hu, vol.thickness_mm, _input_size(card, CT_SIZE))
+    x, geom = ct_inputs(vol.hu, vol.thickness_mm, _input_size(card, CT_SIZE), ct_detail(card))
     t2 = time.perf_counter()
     slice_probs, maps = runner_for(card)(x)
     t3 = time.perf_counter()

@@ -3,7 +3,8 @@
 The head is a 1x1 convolution giving one logit map per finding; a log-sum-exp pooling turns each
 map into the image's logit. The maps are the localization heatmaps (class activation maps, the
 model's own evidence; no second pass as Grad-CAM or occlusion would need), exported with the
-logits in the same ONNX graph. Inputs: CT (N, 5, 128, 128) per slice, CXR (N, 1, 192, 192).
+logits in the same ONNX graph. Inputs: CT (N, 20, 128, 128) per slice (five channels at 256 x 256,
+folded by ``space_to_depth``), CXR (N, 1, 192, 192).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ log = logging.getLogger(__name__)
 
 ARCHS = {
     # name: (in_channels, findings, init_features, growth_rate, block_config, input size)
-    "ich": dict(in_channels=5, n_out=1, init_features=16, growth_rate=8, block_config=(4, 6), stem="monai"),
+    "ich": dict(in_channels=20, n_out=1, init_features=16, growth_rate=8, block_config=(4, 6), stem="monai"),
     "cxr": dict(in_channels=1, n_out=3, init_features=16, growth_rate=8, block_config=(4, 6, 6)),
 }
 
@@ -34,7 +35,7 @@ class CAMNet(nn.Module):
         trunk = DenseNet(spatial_dims=2, in_channels=in_channels, out_channels=n_out, init_features=init_features,
                          growth_rate=growth_rate, block_config=block_config, bn_size=4)
         self.features = trunk.features
-        if stem == "fine":   # 3x3 stride-2 conv, no max-pool: maps at 1/8 of the input, not 1/16
+        if stem == "fine":   # 3x3 stride-2 conv, no max-pool: maps at 1/4 of the input, not 1/8
             self.features.conv0 = nn.Conv2d(in_channels, init_features, 3, stride=2, padding=1, bias=False)
             self.features.pool0 = nn.Identity()
         elif stem != "monai":

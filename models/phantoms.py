@@ -39,6 +39,10 @@ ICH_SUBTYPES = ("intraparenchymal", "subdural", "epidural", "subarachnoid", "int
 CXR_FINDINGS = ("pneumothorax", "effusion", "consolidation")
 TASK_FINDINGS = {"ich": ("ich",), "cxr": CXR_FINDINGS}
 CT_FOV_MM = 230.0
+# Bumped whenever the same (task, seed, index) would draw a different case: cached training sets
+# and the benchmark's held-out folders are named with it, so none is reused stale.
+# 2: the real-slice CT volumes are rescaled per volume and their lesion slice is drawn.
+GENERATOR_VERSION = 2
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -345,7 +349,11 @@ def _real_ct_slice() -> tuple[np.ndarray, float]:
 def ct_head_real(rng: np.random.Generator, *, n_slices: int = 8, size: int = 256,
                  positive: bool | None = None) -> CTCase:
     """Lesions inserted into the real slice 693, stacked into a short volume with augmentation
-    (flip, scale, HU offset, fresh noise per slice)."""
+    (flip, scale, HU offset, fresh noise per slice).
+
+    Every slice is resampled (a scale drawn per volume, never exactly 1) and the lesion's centre
+    slice is drawn: with the lesion always on an unscaled middle slice, a network learnt to
+    call that slice positive from its resampling alone, lesion or not."""
     from models.preprocess import resize_stack
 
     if positive is None:
@@ -358,30 +366,42 @@ def ct_head_real(rng: np.random.Generator, *, n_slices: int = 8, size: int = 256
     brain = (base > 10) & (base < 60)
     ys, xs = np.nonzero(brain)
     cy, cx = ys.mean(), xs.mean()
+    yy, xx = np.mgrid[0:size, 0:size]
+    radius = np.hypot(yy - cy, xx - cx)
+    ray = (np.degrees(np.arctan2(yy - cy, xx - cx)).astype(int) + 180) % 360
+    table = np.full(360, float(size))            # per degree: the distance to the inner table
+    skull = base > 300
+    np.minimum.at(table, ray[skull], radius[skull])
     hu = np.empty((n_slices, size, size), np.float32)
     lesion = np.zeros((n_slices, size, size), bool)
     mid = n_slices // 2
+    scale = rng.uniform(0.9, 1.1)
+    if abs(scale - 1) < 0.01:
+        scale = 1.01
     size_mm = _lesion_size(rng) if positive else 0.0
     kind = str(rng.choice(["intraparenchymal", "subdural"])) if positive else ""
     blood = _blood_hu(rng, size_mm)
-    if positive:   # a point well inside the brain
+    if positive:   # a point well inside the brain, on a slice drawn
         pick = rng.integers(len(ys))
         ly, lx = ys[pick], xs[pick]
-    yy, xx = np.mgrid[0:size, 0:size]
+        centre = int(rng.integers(1, n_slices - 1))
     for k in range(n_slices):
-        f = 1 - 0.015 * abs(k - mid)
+        f = (1 - 0.015 * abs(k - mid)) * scale
         sl = _zoom_about(base, f, cy, cx) + rng.uniform(-3, 3)
         if positive:
-            dz = (k - mid) * 5.0
+            dz = (k - centre) * 5.0
             r = size_mm / 2
             if abs(dz) < r or (kind == "subdural" and abs(dz) < size_mm):
                 rr = math.sqrt(max(r * r - dz * dz, 0.0)) if kind == "intraparenchymal" else r * 0.5
+                ky, kx = cy + (ly - cy) * f, cx + (lx - cx) * f     # the lesion point on this scaled slice
                 if kind == "intraparenchymal":
-                    m = ((yy - ly) ** 2 + (xx - lx) ** 2) * px * px <= rr * rr
-                else:   # extra-axial band: the brain's outer rim on one side
-                    rim = brain & ~_erode(brain, max(1, int(round(size_mm * 0.3 / px))))
-                    m = rim & ((xx - cx) * (1 if lx > cx else -1) > 0) & (np.abs(yy - ly) * px < size_mm * 1.5)
-                m &= (sl > 0) & (sl < 90)
+                    m = ((yy - ky) ** 2 + (xx - kx) ** 2) * px * px <= rr * rr
+                else:   # extra-axial band: along the inner table of this scaled slice, on one side
+                    inner = table[ray] * f
+                    rim = (radius < inner) & (radius >= inner - max(1.0, size_mm * 0.3 / px))
+                    m = rim & ((xx - cx) * (1 if kx > cx else -1) > 0) & (np.abs(yy - ky) * px < size_mm * 1.5)
+                # blood replaces brain; an extra-axial band also fills the CSF and partial volume of bone
+                m &= ((sl > 0) & (sl < 90)) if kind == "intraparenchymal" else ((sl > -200) & (sl < 300))
                 sl = np.where(m, blood, sl)
                 lesion[k] = m
         hu[k] = sl + rng.normal(0, rng.uniform(2, 5), size=(size, size))

@@ -22,14 +22,17 @@ from typing import Sequence
 import numpy as np
 
 from models.metrics import auroc, operating_point, threshold_for_sensitivity
-from models.phantoms import TASK_FINDINGS, draw_case
-from models.preprocess import CT_SIZE, CXR_SIZE, ct_inputs, cxr_input
+from models.phantoms import GENERATOR_VERSION, TASK_FINDINGS, draw_case
+from models.preprocess import CT_SIZE, CXR_SIZE, ct_inputs, ct_mask_to_model, cxr_input, space_to_depth
 from models.registry import WEIGHTS_DIR
 
 log = logging.getLogger(__name__)
 
 MODEL_NAMES = {"ich": "ich-ct", "cxr": "cxr-chest"}
-MODEL_VERSIONS = {"ich": "0.2.0", "cxr": "0.1.0"}   # 0.2.0: streamed phantoms, slivers left out
+MODEL_VERSIONS = {"ich": "0.3.0", "cxr": "0.1.0"}   # 0.3.0: 256 x 256 input folded to 128, per-volume sampling
+CT_DETAIL = 2          # CT input: 256 x 256 folded into 4 x 5 channels of 128 x 128 (ct_inputs' detail)
+AREA_GRID = 32          # CT lesion areas are kept on a 32 x 32 grid per slice, pooled to the map's cells
+MIN_AREA_MM2 = 3.0      # the visible-blood rule: slices and map cells with less are left out, not taught
 INTENDED_USE = "demonstration; trained on synthetic data; not for clinical use"
 
 
@@ -42,14 +45,15 @@ class CTSet:
     def __init__(self, seed: int, n: int, progress: bool = True) -> None:
         from tqdm import tqdm
 
-        chans, labels, vol, self.study_labels, self.starts = [], [], [], [], []
+        chans, labels, areas, vol, self.study_labels, self.starts = [], [], [], [], [], []
         self.subtypes, self.sizes = [], []
         start = 0
         for i in tqdm(range(n), desc=f"CT phantoms seed {seed}", disable=not progress, unit="vol"):
             case = draw_case("ich", seed, i)
-            windows, slice_labels = ct_case_item(case)   # the same as the stream: slivers are -1
+            windows, slice_labels, lesion_areas = ct_case_item(case)   # the same as the stream
             chans.append(windows)
             labels.append(slice_labels)
+            areas.append(lesion_areas)
             vol.append(np.full(len(windows), i))
             self.starts.append((start, start + len(windows)))
             start += len(windows)
@@ -58,29 +62,57 @@ class CTSet:
             self.sizes.append(case.size_mm)
         self.chans = np.concatenate(chans)
         self.labels = np.concatenate(labels)
+        self.areas = np.concatenate(areas)
         self.vol = np.concatenate(vol)
 
-    def batch(self, idx: np.ndarray) -> np.ndarray:
-        return ct_batch(self.chans, self.vol, idx)
+    def batch(self, idx: np.ndarray, flip: bool = False) -> np.ndarray:
+        return ct_batch(self.chans, self.vol, idx, flip)
 
 
-def ct_batch(chans: np.ndarray, vol: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """Five channels per slice: brain window of the slice and its neighbours, subdural, bone."""
+def ct_batch(chans: np.ndarray, vol: np.ndarray, idx: np.ndarray, flip: bool = False) -> np.ndarray:
+    """The model's input for slices ``idx``: five channels (brain window of the slice and its
+    neighbours, subdural, bone), flipped left-right if asked, folded to the model grid."""
     prev = np.where((idx > 0) & (vol[np.maximum(idx - 1, 0)] == vol[idx]), idx - 1, idx)
     nxt_i = np.minimum(idx + 1, len(vol) - 1)
     nxt = np.where(vol[nxt_i] == vol[idx], nxt_i, idx)
     x = np.stack([chans[prev, 0], chans[idx, 0], chans[nxt, 0], chans[idx, 1], chans[idx, 2]], axis=1)
-    return x.astype(np.float32) / 255.0
+    if flip:
+        x = x[..., ::-1]
+    return space_to_depth(x.astype(np.float32) / 255.0, chans.shape[-1] // CT_SIZE)
 
 
-def ct_case_item(case) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN001
-    """A CT phantom as the model sees it: (slices, 3, 128, 128) uint8 windows (brain, subdural,
-    bone) and the training labels of its slices (1, 0, or -1: left out)."""
-    x, _ = ct_inputs(case.hu, case.thickness_mm)
-    return np.round(x[:, [1, 3, 4]] * 255).astype(np.uint8), case.training_labels()
+def ct_case_item(case) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # noqa: ANN001
+    """A CT phantom as the model sees it: (slices, 3, 256, 256) uint8 windows (brain, subdural,
+    bone) before ``space_to_depth``, the training labels of its slices (1, 0, or -1: left out) and the blood area in mm2
+    of each cell of a 32 x 32 grid over the model's crop (slices, 32, 32) float16: the dense
+    targets of the network's maps (``map_targets``)."""
+    x, geom = ct_inputs(case.hu, case.thickness_mm, CT_SIZE * CT_DETAIL)
+    cell_mm = geom.box[2] * case.pixel_mm / AREA_GRID
+    areas = ct_mask_to_model(case.lesion, geom, AREA_GRID) * cell_mm ** 2
+    return (np.round(x[:, [1, 3, 4]] * 255).astype(np.uint8), case.training_labels(MIN_AREA_MM2),
+            areas.astype(np.float16))
 
 
-def ct_volume_item(seed: int, index: int) -> tuple[np.ndarray, np.ndarray]:
+def map_targets(areas: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Blood areas (N, 32, 32) in mm2 -> targets of the (N, h, w) maps: 1 where a cell holds at
+    least MIN_AREA_MM2 of blood, -1 (left out) where it holds less but some, 0 where none."""
+    h, w = shape
+    if AREA_GRID % h or AREA_GRID % w:
+        raise ValueError(f"map size {shape} does not divide the {AREA_GRID}-cell area grid")
+    pooled = areas.astype(np.float32).reshape(len(areas), h, AREA_GRID // h, w, AREA_GRID // w).sum(axis=(2, 4))
+    return np.where(pooled >= MIN_AREA_MM2, 1.0, np.where(pooled > 0.05, -1.0, 0.0)).astype(np.float32)
+
+
+def per_volume_weights(vol: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Drawing probabilities for the slices ``idx`` that give every volume the same share:
+    a small lesion seen on one slice is drawn as often as a large one seen on eight, and the
+    8-slice real-anatomy volumes are drawn as often as the 32-slice synthetic ones."""
+    _, inverse, counts = np.unique(vol[idx], return_inverse=True, return_counts=True)
+    w = 1.0 / counts[inverse]
+    return w / w.sum()
+
+
+def ct_volume_item(seed: int, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Phantom ``index`` of ``seed`` as the model sees it (``ct_case_item``)."""
     return ct_case_item(draw_case("ich", seed, index))
 
@@ -114,8 +146,10 @@ class CTStream:
 
         ctx = mp.get_context("spawn")
         self.n, self.slots, self.added = n_slices, slots, 0
-        self.chans = np.zeros((slots * n_slices, 3, CT_SIZE, CT_SIZE), np.uint8)
+        side = CT_SIZE * CT_DETAIL
+        self.chans = np.zeros((slots * n_slices, 3, side, side), np.uint8)
         self.labels = np.zeros(slots * n_slices, np.float32)
+        self.areas = np.zeros((slots * n_slices, AREA_GRID, AREA_GRID), np.float16)
         self.vol = np.full(slots * n_slices, -1, np.int64)
         self.queue = ctx.Queue(maxsize=64)
         self.stop = ctx.Event()
@@ -131,7 +165,8 @@ class CTStream:
         got = 0
         while True:
             try:
-                chans, labels = self.queue.get(timeout=1.0) if self.added < wait_for else self.queue.get_nowait()
+                chans, labels, areas = (self.queue.get(timeout=1.0) if self.added < wait_for
+                                        else self.queue.get_nowait())
             except queue.Empty:
                 if self.added < wait_for:
                     continue
@@ -140,7 +175,9 @@ class CTStream:
             a, n = slot * self.n, min(len(chans), self.n)
             self.vol[a:a + self.n] = -1
             self.labels[a:a + self.n] = 0
+            self.areas[a:a + self.n] = 0
             self.chans[a:a + n], self.labels[a:a + n], self.vol[a:a + n] = chans[:n], labels[:n], self.added
+            self.areas[a:a + n] = areas[:n]
             self.added += 1
             got += 1
         valid = self.vol >= 0
@@ -148,8 +185,8 @@ class CTStream:
         self.neg_idx = np.nonzero(valid & (self.labels == 0))[0]
         return got
 
-    def batch(self, idx: np.ndarray) -> np.ndarray:
-        return ct_batch(self.chans, self.vol, idx)
+    def batch(self, idx: np.ndarray, flip: bool = False) -> np.ndarray:
+        return ct_batch(self.chans, self.vol, idx, flip)
 
     def close(self) -> float:
         """Stop the generators; returns their CPU minutes."""
@@ -186,8 +223,9 @@ class CXRSet:
         self.images = np.stack(imgs)
         self.labels = np.array(labels, np.float32)
 
-    def batch(self, idx: np.ndarray) -> np.ndarray:
-        return self.images[idx].astype(np.float32)
+    def batch(self, idx: np.ndarray, flip: bool = False) -> np.ndarray:
+        x = self.images[idx].astype(np.float32)
+        return x[..., ::-1].copy() if flip else x
 
 
 CACHE_DIR = Path("var/models/cache")
@@ -197,8 +235,8 @@ def load_set(task: str, seed: int, n: int, progress: bool = True):
     """The phantom set (generated, or read back from var/models/cache/ if made before)."""
     import pickle
 
-    size = CT_SIZE if task == "ich" else CXR_SIZE
-    path = CACHE_DIR / f"{task}-{seed}-{n}-{size}-v2.pkl"   # v2: CT slivers labelled -1
+    size = CT_SIZE * CT_DETAIL if task == "ich" else CXR_SIZE
+    path = CACHE_DIR / f"{task}-{seed}-{n}-{size}-v3-g{GENERATOR_VERSION}.pkl"   # v3: slivers -1, blood areas
     if path.exists():
         with path.open("rb") as fh:
             return pickle.load(fh)
@@ -229,7 +267,8 @@ def aggregate_ct(slice_probs: np.ndarray) -> float:
 
 
 def score_ct(model, data: CTSet) -> np.ndarray:
-    probs = predict_slices(model, data.batch(np.arange(len(data.vol))))[:, 0]
+    probs = np.concatenate([predict_slices(model, data.batch(np.arange(a, min(a + 512, len(data.vol)))))[:, 0]
+                            for a in range(0, len(data.vol), 512)])   # in chunks: 1.3 MB per slice
     return np.array([aggregate_ct(probs[a:b]) for a, b in data.starts])
 
 
@@ -243,7 +282,7 @@ def score_cxr(model, data: CXRSet) -> np.ndarray:
 def train(task: str, *, seed: int, val_seed: int, n_train: int, n_val: int, minutes: float, batch: int,
           lr: float, threads: int, out_dir: Path, target_sensitivity: float, progress: bool = True,
           cpu_minutes: float = 30.0, resume: bool = False, stream_workers: int = 0, arch: dict | None = None,
-          val_every: int = 0) -> dict:
+          val_every: int = 0, map_weight: float = 0.0, balance: str = "slice") -> dict:
     import torch
     from tqdm import tqdm
 
@@ -273,6 +312,9 @@ def train(task: str, *, seed: int, val_seed: int, n_train: int, n_val: int, minu
         train_set = load_set(task, seed, n_train, progress)
         y = train_set.labels if task == "ich" else train_set.labels.max(axis=1)
         pos_idx, neg_idx = np.nonzero(y > 0)[0], np.nonzero(y == 0)[0]
+    balanced = balance == "volume" and task == "ich"
+    pos_p = per_volume_weights(train_set.vol, pos_idx) if balanced else None
+    neg_p = per_volume_weights(train_set.vol, neg_idx) if balanced else None
     t_data = time.perf_counter() - t0
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     budget_s = minutes * 60 - t_data
@@ -295,19 +337,27 @@ def train(task: str, *, seed: int, val_seed: int, n_train: int, n_val: int, minu
             if stream is not None and step % 10 == 0:      # fresh volumes in, the oldest out
                 stream.ingest()
                 pos_idx, neg_idx = stream.pos_idx, stream.neg_idx
+                pos_p = per_volume_weights(stream.vol, pos_idx) if balanced else None
+                neg_p = per_volume_weights(stream.vol, neg_idx) if balanced else None
             if stream is not None:                         # cosine decay over the wall budget
                 frac = min(1.0, (time.perf_counter() - t_train) / max(budget_s * 0.9, 1.0))
                 for group in opt.param_groups:
                     group["lr"] = lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
             n_pos = batch * 2 // 5                          # 40 % positives in a batch
-            idx = np.r_[rng.choice(pos_idx, n_pos), rng.choice(neg_idx, batch - n_pos)]
-            x = train_set.batch(idx)
-            if rng.random() < 0.5:
-                x = x[..., ::-1].copy()                     # left-right flip
+            idx = np.r_[rng.choice(pos_idx, n_pos, p=pos_p), rng.choice(neg_idx, batch - n_pos, p=neg_p)]
+            flip = rng.random() < 0.5                       # left-right flip
+            x = train_set.batch(idx, flip)
             x = x * rng.uniform(0.9, 1.1) + rng.uniform(-0.04, 0.04)
             target = train_set.labels[idx].reshape(len(idx), -1)
-            logits, _ = model(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
+            logits, maps = model(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
             loss = loss_fn(logits, torch.from_numpy(target))
+            if map_weight > 0:   # dense targets: every cell of every slice says where blood is, or none
+                areas = train_set.areas[idx][..., ::-1] if flip else train_set.areas[idx]
+                cells = torch.from_numpy(map_targets(areas, tuple(maps.shape[-2:])))
+                keep = (cells >= 0).float()
+                cell_loss = torch.nn.functional.binary_cross_entropy_with_logits(
+                    maps[:, 0], cells.clamp(min=0), weight=keep, reduction="sum") / keep.sum().clamp(min=1)
+                loss = loss + map_weight * cell_loss
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -351,6 +401,14 @@ def train(task: str, *, seed: int, val_seed: int, n_train: int, n_val: int, minu
                       val_seed, threads, diff, best["step"], arch=model_arch(task, arch), streamed=stream is not None)
     card["training"]["cpu_minutes"] = round(cpu_used, 1)
     card["training"]["resumed"] = resume
+    if balance == "volume" and task == "ich":
+        card["training"]["sampling"] = ("per volume: each volume has the same share of the positive (and of "
+                                        "the negative) slices drawn, whatever the lesion's extent or the "
+                                        "volume's slice count")
+    if map_weight > 0:
+        card["training"]["map_targets"] = (
+            f"loss = slice BCE + {map_weight:g} x cell BCE on the maps: a cell is 1 where it holds >= "
+            f"{MIN_AREA_MM2:g} mm2 of blood, 0 where none; cells with less are left out")
     (folder / "metadata.json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
     return card
 
@@ -405,9 +463,14 @@ def model_card(task, name, thresholds, val_metrics, history, train_minutes, n_tr
     arch = arch or model_arch(task)
     if task == "ich":
         modalities = ["CT"]
-        inp = {"kind": "ct-2.5d", "shape": ["slices", 5, CT_SIZE, CT_SIZE],
+        inp = {"kind": "ct-2.5d", "shape": ["slices", arch["in_channels"], CT_SIZE, CT_SIZE],
                "channels": ["brain window (40/80) slice k-1", "brain window slice k", "brain window slice k+1",
                             "subdural window (75/215)", "bone window (600/2800)"],
+               **({"detail": CT_DETAIL, "detail_note": (
+                   f"each channel at {CT_SIZE * CT_DETAIL} x {CT_SIZE * CT_DETAIL}, folded into {CT_DETAIL ** 2} "
+                   f"channels of {CT_SIZE} x {CT_SIZE} (pixel_unshuffle order: channel c's pixel (i, j) "
+                   f"of each block -> c * {CT_DETAIL ** 2} + i * {CT_DETAIL} + j)")}
+                  if arch["in_channels"] == 5 * CT_DETAIL ** 2 else {}),
                "slice_thickness_mm": 5.0, "crop": "square around the head (HU > -300)",
                "aggregation": "study probability = max over slices"}
     else:
@@ -423,7 +486,7 @@ def model_card(task, name, thresholds, val_metrics, history, train_minutes, n_tr
         "output": {"logits": "(N, findings): sigmoid gives the probability",
                    "maps": "(N, findings, h, w) class-activation logit maps: sigmoid gives the heatmap"},
         "architecture": {"network": "MONAI DenseNet features + 1x1 conv CAM head + log-sum-exp pooling"
-                                    + ("; stem: 3x3 stride-2 convolution without max-pool (maps at 1/8 of the input)"
+                                    + ("; stem: 3x3 stride-2 convolution without max-pool (maps at 1/4 of the input)"
                                        if arch.get("stem") == "fine" else ""), **{
             k: list(v) if isinstance(v, tuple) else v for k, v in arch.items()}},
         "training_data": {"generator": "models/phantoms.py (synthetic; 10 % lesions inserted into pydicom-data "
@@ -465,6 +528,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--stem", choices=["monai", "fine"], default=None,
                    help="ich network stem (default: the shipped architecture's)")
     p.add_argument("--val-every", type=int, default=0, help="steps between validations (default: per task)")
+    p.add_argument("--map-weight", type=float, default=0.0,
+                   help="ich: weight of a dense loss on the maps' cells (default 0: slice labels only)")
+    p.add_argument("--balance", choices=["volume", "slice"], default="volume",
+                   help="ich: draw slices so that every volume has the same share of the positive and of the "
+                        "negative slices (volume, the default) or every slice (slice)")
     p.add_argument("--resume", action="store_true", help="continue from the shipped model.pt and its card")
     p.add_argument("--batch", type=int, default=None)
     p.add_argument("--lr", type=float, default=2e-3)
@@ -493,7 +561,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                  n_val=args.n_val or defaults[1], minutes=minutes, batch=args.batch or defaults[2], lr=args.lr,
                  threads=args.threads or (1 if workers else 2), out_dir=args.out, target_sensitivity=args.target_sensitivity,
                  progress=not args.quiet, cpu_minutes=cpu_minutes, resume=args.resume, stream_workers=workers,
-                 arch={"stem": args.stem} if args.stem else None, val_every=args.val_every)
+                 arch={"stem": args.stem} if args.stem else None, val_every=args.val_every,
+                 map_weight=args.map_weight if args.task == "ich" else 0.0, balance=args.balance)
     print(json.dumps({"model": card["name"], "minutes": card["training"]["minutes"],
                       "cpu_minutes": card["training"]["cpu_minutes"],
                       "validation": card["metrics"]["validation"]}, indent=2))

@@ -16,7 +16,17 @@ from sqlalchemy import select
 
 from models import phantoms
 from models.metrics import auroc, operating_point, threshold_for_sensitivity
-from models.preprocess import CXR_SIZE, ct_inputs, cxr_input, window
+from models.preprocess import CXR_SIZE, ct_inputs, cxr_input, space_to_depth as _s2d, window
+
+
+def space_to_depth(x):
+    return _s2d(x, 2)
+
+
+def depth_to_space(x):
+    import torch
+
+    return torch.nn.functional.pixel_shuffle(torch.from_numpy(np.ascontiguousarray(x)), 2).numpy()
 from models.registry import WEIGHTS_DIR, installed_models
 from readingroom.schema import AIFinding, Study, utcnow
 from triage.intake import Intake
@@ -72,6 +82,19 @@ def test_ct_phantom_truth_matches_the_image():
     assert real.source == "real" and real.lesion.any()
 
 
+def test_real_ct_insertions_do_not_give_the_lesion_away():
+    """The real-anatomy volumes: the lesion's slice varies and every volume has its own scale
+    (a lesion always on the one unscaled middle slice let a network learn the resampling)."""
+    centres, areas = set(), []
+    for seed in range(6):
+        case = phantoms.ct_head_real(np.random.default_rng(seed), positive=True, size=96)
+        centres.add(int(np.argmax(case.lesion.sum(axis=(1, 2)))))
+        areas.append(int((case.hu[len(case.hu) // 2] > -300).sum()))
+        assert 35 < np.median(case.hu[case.lesion]) < 100
+    assert len(centres) > 1
+    assert np.std(areas) > 0.02 * np.mean(areas)
+
+
 def test_training_labels_leave_out_slivers_of_partial_volume():
     rng = np.random.default_rng(3)
     case = phantoms.ct_head(rng, n_slices=32, size=256, positive=True, subtype="intraparenchymal")
@@ -117,6 +140,9 @@ def test_ct_inputs_shape_and_thin_slices_are_grouped():
     x, geom = ct_inputs(vol, thickness_mm=2.5)
     assert x.shape == (6, 5, 128, 128) and geom.groups[0] == (0, 2)
     assert 0 <= x.min() and x.max() <= 1
+    fine, geom2 = ct_inputs(vol, thickness_mm=2.5, detail=2)       # 256 x 256 folded into 20 channels
+    assert fine.shape == (6, 20, 128, 128) and geom2 == geom
+    assert np.array_equal(depth_to_space(fine), ct_inputs(vol, thickness_mm=2.5, size=256)[0])   # torch's order
     img = np.arange(300 * 200, dtype=np.uint16).reshape(300, 200)
     a, b = cxr_input(img, "MONOCHROME2"), cxr_input(img.max() - img, "MONOCHROME1")
     assert a.shape == (1, CXR_SIZE, CXR_SIZE) and np.allclose(a, b, atol=1e-5)
@@ -143,8 +169,8 @@ def test_onnx_export_matches_torch_within_1e_4(tmp_path):
 
     torch.manual_seed(0)
     model = build("ich").eval()
-    export_onnx(model, tmp_path / "m.onnx", (1, 5, 128, 128))
-    x = np.random.default_rng(1).random((3, 5, 128, 128), dtype=np.float32)   # another batch size
+    export_onnx(model, tmp_path / "m.onnx", (1, 20, 128, 128))
+    x = np.random.default_rng(1).random((3, 20, 128, 128), dtype=np.float32)   # another batch size
     with torch.no_grad():
         ref = [t.numpy() for t in model(torch.from_numpy(x))]
     got = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"]).run(None, {"input": x})
@@ -156,11 +182,37 @@ def test_the_fine_stem_keeps_twice_the_resolution_and_a_bad_stem_is_refused():
 
     from models.networks import build
 
-    x = torch.zeros(1, 5, 128, 128)
+    x = torch.zeros(1, 20, 128, 128)
     assert build("ich")(x)[1].shape[-1] == 16
     assert build("ich", {"stem": "fine"})(x)[1].shape[-1] == 32
     with pytest.raises(ValueError, match="unknown stem"):
         build("ich", {"stem": "huge"})
+
+
+def test_dense_map_targets_follow_the_blood_in_the_model_crop():
+    """The blood areas kept per slice sit where the blood is in the model's input, add up to the
+    lesion's area, and pool to map targets: 1 with >= 3 mm2 of blood, -1 with a trace, 0 without."""
+    from models.train import AREA_GRID, ct_case_item, map_targets
+
+    case = phantoms.ct_head(np.random.default_rng(4), size=128, positive=True, subtype="epidural")
+    windows, labels, areas = ct_case_item(case)
+    assert areas.shape == (len(windows), AREA_GRID, AREA_GRID)
+    k = int(np.argmax(areas.reshape(len(areas), -1).sum(axis=1)))
+    assert labels[k] == 1
+    assert areas[k].astype(np.float32).sum() == pytest.approx(case.lesion[k].sum() * case.pixel_mm ** 2, rel=0.02)
+    side = windows.shape[-1] // AREA_GRID
+    brain = windows[k, 0].astype(np.float32).reshape(AREA_GRID, side, AREA_GRID, side).mean(axis=(1, 3))
+    blood = areas[k].astype(np.float32) > 2
+    assert brain[blood].mean() > brain[~blood & (brain > 20)].mean() + 30      # blood is brighter
+    assert not areas[labels == 0].any()
+
+    grid = np.zeros((1, AREA_GRID, AREA_GRID), np.float32)
+    grid[0, 0, 0], grid[0, 0, 1], grid[0, 31, 31] = 2.0, 1.5, 0.5   # 3.5 mm2 in one cell, a trace in another
+    t = map_targets(grid, (16, 16))
+    assert t.shape == (1, 16, 16) and t[0, 0, 0] == 1 and t[0, 15, 15] == -1 and (t == 0).sum() == 254
+    assert map_targets(grid[..., ::-1], (16, 16))[0, 0, 15] == 1                 # flipped with the image
+    with pytest.raises(ValueError, match="does not divide"):
+        map_targets(grid, (12, 12))
 
 
 def test_streamed_ct_training_runs_and_writes_a_card(tmp_path, monkeypatch):
@@ -176,14 +228,18 @@ def test_streamed_ct_training_runs_and_writes_a_card(tmp_path, monkeypatch):
         assert set(np.unique(stream.vol)) - {-1} <= set(range(stream.added - 3, stream.added))
         assert len(stream.pos_idx) + len(stream.neg_idx) <= (stream.vol >= 0).sum()
         assert (stream.labels[stream.pos_idx] == 1).all() and (stream.labels[stream.neg_idx] == 0).all()
-        assert stream.batch(stream.neg_idx[:4]).shape == (4, 5, 128, 128)
+        assert stream.batch(stream.neg_idx[:4]).shape == (4, 20, 128, 128)
+        plain, flipped = stream.batch(stream.pos_idx[:2]), stream.batch(stream.pos_idx[:2], flip=True)
+        assert np.array_equal(space_to_depth(depth_to_space(plain)[..., ::-1].copy()), flipped)
+        assert not stream.areas[stream.neg_idx].any() and stream.areas[stream.pos_idx].any()
     finally:
         assert stream.close() >= 0
     assert all(not p.is_alive() for p in stream.procs)
     card = train_mod.train("ich", seed=5, val_seed=6, n_train=8, n_val=4, minutes=0.25, batch=8, lr=1e-3,
                            threads=1, out_dir=tmp_path / "w", target_sensitivity=0.9, progress=False,
-                           stream_workers=1, val_every=5)
+                           stream_workers=1, val_every=5, map_weight=1.0)
     assert card["training_data"]["streamed"] and card["training_data"]["n_train"] >= 8
+    assert "cell BCE" in card["training"]["map_targets"]
     assert card["onnx_vs_torch_max_abs_diff"] <= 1e-4 and card["architecture"]["stem"] == "monai"
     assert (tmp_path / "w" / "ich-ct" / "model.onnx").exists()
     assert json.loads((tmp_path / "w" / "ich-ct" / "metadata.json").read_text())["status"] == "UNVERIFIED"
