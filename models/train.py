@@ -83,9 +83,9 @@ def ct_batch(chans: np.ndarray, vol: np.ndarray, idx: np.ndarray, flip: bool = F
 
 def ct_case_item(case) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # noqa: ANN001
     """A CT phantom as the model sees it: (slices, 3, 256, 256) uint8 windows (brain, subdural,
-    bone) before ``space_to_depth``, the training labels of its slices (1, 0, or -1: left out) and the blood area in mm2
-    of each cell of a 32 x 32 grid over the model's crop (slices, 32, 32) float16: the dense
-    targets of the network's maps (``map_targets``)."""
+    bone) before ``space_to_depth``; the training labels of its slices (1, 0, or -1: left out);
+    and the blood area in mm2 of each cell of a 32 x 32 grid over the model's crop, (slices, 32,
+    32) float16, the dense targets of the network's maps (``map_targets``)."""
     x, geom = ct_inputs(case.hu, case.thickness_mm, CT_SIZE * CT_DETAIL)
     cell_mm = geom.box[2] * case.pixel_mm / AREA_GRID
     areas = ct_mask_to_model(case.lesion, geom, AREA_GRID) * cell_mm ** 2
@@ -105,8 +105,7 @@ def map_targets(areas: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 def per_volume_weights(vol: np.ndarray, idx: np.ndarray) -> np.ndarray:
     """Drawing probabilities for the slices ``idx`` that give every volume the same share:
-    a small lesion seen on one slice is drawn as often as a large one seen on eight, and the
-    8-slice real-anatomy volumes are drawn as often as the 32-slice synthetic ones."""
+    a small lesion seen on one slice is drawn as often as a large one seen on eight."""
     _, inverse, counts = np.unique(vol[idx], return_inverse=True, return_counts=True)
     w = 1.0 / counts[inverse]
     return w / w.sum()
@@ -314,7 +313,6 @@ def train(task: str, *, seed: int, val_seed: int, n_train: int, n_val: int, minu
         pos_idx, neg_idx = np.nonzero(y > 0)[0], np.nonzero(y == 0)[0]
     balanced = balance == "volume" and task == "ich"
     pos_p = per_volume_weights(train_set.vol, pos_idx) if balanced else None
-    neg_p = per_volume_weights(train_set.vol, neg_idx) if balanced else None
     t_data = time.perf_counter() - t0
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     budget_s = minutes * 60 - t_data
@@ -338,13 +336,12 @@ def train(task: str, *, seed: int, val_seed: int, n_train: int, n_val: int, minu
                 stream.ingest()
                 pos_idx, neg_idx = stream.pos_idx, stream.neg_idx
                 pos_p = per_volume_weights(stream.vol, pos_idx) if balanced else None
-                neg_p = per_volume_weights(stream.vol, neg_idx) if balanced else None
             if stream is not None:                         # cosine decay over the wall budget
                 frac = min(1.0, (time.perf_counter() - t_train) / max(budget_s * 0.9, 1.0))
                 for group in opt.param_groups:
                     group["lr"] = lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
             n_pos = batch * 2 // 5                          # 40 % positives in a batch
-            idx = np.r_[rng.choice(pos_idx, n_pos, p=pos_p), rng.choice(neg_idx, batch - n_pos, p=neg_p)]
+            idx = np.r_[rng.choice(pos_idx, n_pos, p=pos_p), rng.choice(neg_idx, batch - n_pos)]
             flip = rng.random() < 0.5                       # left-right flip
             x = train_set.batch(idx, flip)
             x = x * rng.uniform(0.9, 1.1) + rng.uniform(-0.04, 0.04)
@@ -402,9 +399,8 @@ def train(task: str, *, seed: int, val_seed: int, n_train: int, n_val: int, minu
     card["training"]["cpu_minutes"] = round(cpu_used, 1)
     card["training"]["resumed"] = resume
     if balance == "volume" and task == "ich":
-        card["training"]["sampling"] = ("per volume: each volume has the same share of the positive (and of "
-                                        "the negative) slices drawn, whatever the lesion's extent or the "
-                                        "volume's slice count")
+        card["training"]["positive_sampling"] = ("per volume: each positive volume has the same share of the "
+                                                 "positive slices drawn, whatever the lesion's extent")
     if map_weight > 0:
         card["training"]["map_targets"] = (
             f"loss = slice BCE + {map_weight:g} x cell BCE on the maps: a cell is 1 where it holds >= "
@@ -531,8 +527,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--map-weight", type=float, default=0.0,
                    help="ich: weight of a dense loss on the maps' cells (default 0: slice labels only)")
     p.add_argument("--balance", choices=["volume", "slice"], default="volume",
-                   help="ich: draw slices so that every volume has the same share of the positive and of the "
-                        "negative slices (volume, the default) or every slice (slice)")
+                   help="ich: draw positive slices so that every positive volume has the same share (volume, "
+                        "the default) or every positive slice (slice)")
     p.add_argument("--resume", action="store_true", help="continue from the shipped model.pt and its card")
     p.add_argument("--batch", type=int, default=None)
     p.add_argument("--lr", type=float, default=2e-3)
