@@ -418,13 +418,6 @@ def _zoom_about(img: np.ndarray, f: float, cy: float, cx: float) -> np.ndarray:
     return img[yi][:, xi]
 
 
-def _erode(mask: np.ndarray, n: int) -> np.ndarray:
-    out = mask.copy()
-    for _ in range(n):
-        out = out & np.roll(out, 1, 0) & np.roll(out, -1, 0) & np.roll(out, 1, 1) & np.roll(out, -1, 1)
-    return out
-
-
 # ----------------------------------------------------------------------------- chest radiograph
 
 

@@ -3,8 +3,9 @@
 Head CT (``ct_inputs``): HU volume -> slices resampled to ~5 mm -> a square crop around the head
 -> 128 x 128 -> five channels per slice (2.5D): brain window of the slice and its two
 neighbours, subdural window, bone window. With ``detail`` 2 (the shipped ich-ct) the crop is
-resampled to 256 x 256 and folded into 20 channels of 128 x 128 (``space_to_depth``). Chest radiograph (``cxr_input``): stored pixels ->
-MONOCHROME1 inverted -> robust 1..99 percentile scaling -> 192 x 192.
+resampled to 256 x 256 and folded into 20 channels of 128 x 128 (``space_to_depth``). Chest
+radiograph (``cxr_input``): stored pixels -> MONOCHROME1 inverted -> robust 1..99 percentile
+scaling -> 192 x 192.
 
 The windowing is the same as MONAI's ``ScaleIntensityRange(a_min=c-w/2, a_max=c+w/2, b_min=0,
 b_max=1, clip=True)`` (a test checks it); it is written in numpy so that a worker does not pay
@@ -83,7 +84,7 @@ def ct_inputs(volume_hu: np.ndarray, thickness_mm: float = 5.0, size: int = CT_S
     n, rows, cols = volume_hu.shape
     step = max(1, int(round(CT_TARGET_THICKNESS_MM / max(thickness_mm, 0.1))))
     groups = tuple((i, min(i + step, n)) for i in range(0, n, step))
-    vol = np.stack([volume_hu[a:b].mean(axis=0) for a, b in groups]) if step > 1 else volume_hu
+    vol = _group_slices(volume_hu, groups) if step > 1 else volume_hu
     head = (vol > -300).any(axis=0)
     ys, xs = np.nonzero(head)
     if len(ys) == 0:
@@ -126,8 +127,12 @@ def _crop_resize(vol: np.ndarray, box: tuple[int, int, int], size: int, fill: fl
 def ct_mask_to_model(mask: np.ndarray, geom: CTGeometry, size: int) -> np.ndarray:
     """A (series slices, rows, cols) mask -> (model slices, size, size): the fraction of each cell
     that the mask covers, in the same crop as ``ct_inputs`` (for dense training targets)."""
-    vol = np.stack([mask[a:b].astype(np.float32).mean(axis=0) for a, b in geom.groups])
-    return _crop_resize(vol, geom.box, size, fill=0.0)
+    return _crop_resize(_group_slices(mask.astype(np.float32), geom.groups), geom.box, size, fill=0.0)
+
+
+def _group_slices(vol: np.ndarray, groups: tuple[tuple[int, int], ...]) -> np.ndarray:
+    """The mean of each group of thin slices: one model slice per group."""
+    return np.stack([vol[a:b].mean(axis=0) for a, b in groups])
 
 
 def ct_heatmap_to_series(maps: np.ndarray, geom: CTGeometry, out_size: int = 128) -> np.ndarray:
