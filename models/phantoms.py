@@ -42,7 +42,14 @@ CT_FOV_MM = 230.0
 # Bumped whenever the same (task, seed, index) would draw a different case: cached training sets
 # and the benchmark's held-out folders are named with it, so none is reused stale.
 # 2: the real-slice CT volumes are rescaled per volume and their lesion slice is drawn.
-GENERATOR_VERSION = 2
+# 3: a bleed must be visible (VISIBLE_HU, VISIBLE_MM2) on some slice, else it is redrawn; in the real
+#    slice, blood only replaces tissue less dense than it (not the bone edge nor the bright cortex).
+GENERATOR_VERSION = 3
+# Visible blood: a voxel at least 30 % filled with blood whose noiseless value is hyperdense (>= 45
+# HU: above grey matter at 39) and at least 10 HU above what it was without the blood. A bleed
+# that partial volume spreads into brain-like values nowhere (a thin band on a curved skull, a
+# 3 mm sphere in a 5 mm slice) is blood no reader could report, so it is not drawn as a positive.
+VISIBLE_HU, VISIBLE_CONTRAST_HU, VISIBLE_MM2 = 45.0, 10.0, 3.0
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -92,16 +99,16 @@ class CTCase:
     thickness_mm: float
     source: str = "synthetic"
     mimics: tuple[str, ...] = ()
-    solid: np.ndarray | None = None  # (slices,) pixels at least half filled with blood (partial volume)
+    solid: np.ndarray | None = None  # (slices,) visible blood pixels (VISIBLE_HU): None = all of lesion
 
     @property
     def slice_labels(self) -> np.ndarray:
         return self.lesion.reshape(self.lesion.shape[0], -1).any(axis=1)
 
     def training_labels(self, min_area_mm2: float = 3.0) -> np.ndarray:
-        """Per slice: 1 where the blood is visible (at least ``min_area_mm2`` of pixels half filled
-        with blood), 0 where there is none, -1 for a sliver of partial volume: blood by the
-        ground truth but next to invisible, left out of training rather than taught as either."""
+        """Per slice: 1 where the blood is visible (at least ``min_area_mm2`` of visible blood
+        pixels, see VISIBLE_HU), 0 where there is none, -1 for a sliver of partial volume: blood
+        by the ground truth but next to invisible, left out of training rather than taught as either."""
         has = self.slice_labels
         solid = self.solid if self.solid is not None else self.lesion.reshape(len(has), -1).sum(axis=1)
         visible = solid * self.pixel_mm ** 2 >= min_area_mm2
@@ -157,11 +164,13 @@ def ct_head(rng: np.random.Generator, *, n_slices: int = 32, size: int = 256, po
                                      base["csf"], base["vent"])
             frac /= 3
             frac *= base["inside"]
-            base["hu"] = base["hu"] * (1 - frac) + lesion_spec["hu"] * frac
+            before = base["hu"]
+            base["hu"] = before * (1 - frac) + lesion_spec["hu"] * frac
             lesion[k] = frac >= 0.3
-            solid[k] = int((frac >= 0.5).sum())
+            solid[k] = int((lesion[k] & (base["hu"] >= VISIBLE_HU)
+                            & (base["hu"] - before >= VISIBLE_CONTRAST_HU)).sum())
         hu[k] = base["hu"] + rng.normal(0, noise_sd, size=(size, size)).astype(np.float32)
-    if lesion_spec is not None and not lesion.any():   # the lesion fell between the slices: redraw
+    if lesion_spec is not None and solid.max() * px * px < VISIBLE_MM2:   # nowhere visible: redraw
         return ct_head(rng, n_slices=n_slices, size=size, positive=True, subtype=subtype, thickness_mm=thickness_mm)
     return CTCase(hu=hu, lesion=lesion, ich=int(positive), subtype=lesion_spec["kind"] if lesion_spec else "",
                   size_mm=round(lesion_spec["size"], 1) if lesion_spec else 0.0, pixel_mm=px,
@@ -370,7 +379,7 @@ def ct_head_real(rng: np.random.Generator, *, n_slices: int = 8, size: int = 256
     radius = np.hypot(yy - cy, xx - cx)
     ray = (np.degrees(np.arctan2(yy - cy, xx - cx)).astype(int) + 180) % 360
     table = np.full(360, float(size))            # per degree: the distance to the inner table
-    skull = base > 300
+    skull = base > 150                             # past the partial volume of the bone's edge
     np.minimum.at(table, ray[skull], radius[skull])
     hu = np.empty((n_slices, size, size), np.float32)
     lesion = np.zeros((n_slices, size, size), bool)
@@ -400,12 +409,13 @@ def ct_head_real(rng: np.random.Generator, *, n_slices: int = 8, size: int = 256
                     inner = table[ray] * f
                     rim = (radius < inner) & (radius >= inner - max(1.0, size_mm * 0.3 / px))
                     m = rim & ((xx - cx) * (1 if kx > cx else -1) > 0) & (np.abs(yy - ky) * px < size_mm * 1.5)
-                # blood replaces brain; an extra-axial band also fills the CSF and partial volume of bone
-                m &= ((sl > 0) & (sl < 90)) if kind == "intraparenchymal" else ((sl > -200) & (sl < 300))
+                # blood replaces brain (and CSF, for an extra-axial band) that is less dense than it, as
+                # in the synthetic heads' visibility rule; never the bone or the dense cortex by the skull
+                m &= (sl > (0 if kind == "intraparenchymal" else -200)) & (sl < blood - VISIBLE_CONTRAST_HU)
                 sl = np.where(m, blood, sl)
                 lesion[k] = m
         hu[k] = sl + rng.normal(0, rng.uniform(2, 5), size=(size, size))
-    if positive and not lesion.any():
+    if positive and lesion.reshape(n_slices, -1).sum(axis=1).max() * px * px < VISIBLE_MM2:   # nowhere visible
         return ct_head_real(rng, n_slices=n_slices, size=size, positive=True)
     return CTCase(hu=hu, lesion=lesion, ich=int(positive), subtype=kind, size_mm=round(size_mm, 1), pixel_mm=px,
                   thickness_mm=5.0, source="real")

@@ -29,10 +29,11 @@ from models.registry import WEIGHTS_DIR
 log = logging.getLogger(__name__)
 
 MODEL_NAMES = {"ich": "ich-ct", "cxr": "cxr-chest"}
-MODEL_VERSIONS = {"ich": "0.3.0", "cxr": "0.1.0"}   # 0.3.0: 256 x 256 input folded to 128, per-volume sampling
+MODEL_VERSIONS = {"ich": "0.4.0", "cxr": "0.1.0"}   # what a new run writes (0.3.0 ships: docs/benchmarks.md)
 CT_DETAIL = 2          # CT input: 256 x 256 folded into 4 x 5 channels of 128 x 128 (ct_inputs' detail)
 AREA_GRID = 32          # CT lesion areas are kept on a 32 x 32 grid per slice, pooled to the map's cells
 MIN_AREA_MM2 = 3.0      # the visible-blood rule: slices and map cells with less are left out, not taught
+TRAIN_REAL_FRACTION = 0.1   # streamed CT training: share of volumes on the real slice 693 (as evaluated)
 INTENDED_USE = "demonstration; trained on synthetic data; not for clinical use"
 
 
@@ -103,6 +104,26 @@ def map_targets(areas: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.where(pooled >= MIN_AREA_MM2, 1.0, np.where(pooled > 0.05, -1.0, 0.0)).astype(np.float32)
 
 
+class NegativeMemory:
+    """The last probability the network gave each negative training slice, to draw the hard ones
+    (the study score is the maximum over its slices, so a negative study is only as good as its
+    worst slice). Slices not scored yet, or whose pool slot now holds another volume, count 0.5."""
+
+    def __init__(self, n: int) -> None:
+        self.prob = np.full(n, 0.5, np.float32)
+        self.vol = np.full(n, -2, np.int64)
+
+    def update(self, idx: np.ndarray, vol: np.ndarray, prob: np.ndarray) -> None:
+        self.prob[idx], self.vol[idx] = prob, vol[idx]
+
+    def draw(self, rng: np.random.Generator, neg_idx: np.ndarray, vol: np.ndarray, n: int) -> np.ndarray:
+        """``n`` negatives, each drawn with probability proportional to its last score."""
+        if n <= 0:
+            return np.zeros(0, np.int64)
+        p = np.where(self.vol[neg_idx] == vol[neg_idx], self.prob[neg_idx], 0.5) + 1e-3
+        return rng.choice(neg_idx, n, p=p / p.sum())
+
+
 def per_volume_weights(vol: np.ndarray, idx: np.ndarray) -> np.ndarray:
     """Drawing probabilities for the slices ``idx`` that give every volume the same share:
     a small lesion seen on one slice is drawn as often as a large one seen on eight."""
@@ -111,18 +132,18 @@ def per_volume_weights(vol: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return w / w.sum()
 
 
-def ct_volume_item(seed: int, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def ct_volume_item(seed: int, index: int, real_fraction: float = 0.1) -> tuple[np.ndarray, ...]:
     """Phantom ``index`` of ``seed`` as the model sees it (``ct_case_item``)."""
-    return ct_case_item(draw_case("ich", seed, index))
+    return ct_case_item(draw_case("ich", seed, index, real_fraction=real_fraction))
 
 
-def _ct_generator(seed: int, start: int, stride: int, out, stop) -> None:
+def _ct_generator(seed: int, start: int, stride: int, out, stop, real_fraction: float = 0.1) -> None:
     """A generator process: fresh training phantoms, one after another, into ``out``."""
     import queue
 
     i = start
     while not stop.is_set():
-        item = ct_volume_item(seed, i)
+        item = ct_volume_item(seed, i, real_fraction)
         while not stop.is_set():
             try:
                 out.put(item, timeout=0.5)
@@ -140,7 +161,8 @@ class CTStream:
     one training thread, the two cores of the budget are both busy and the network sees several
     thousand different heads instead of overfitting a few hundred."""
 
-    def __init__(self, seed: int, slots: int = 600, workers: int = 1, n_slices: int = 32) -> None:
+    def __init__(self, seed: int, slots: int = 600, workers: int = 1, n_slices: int = 32,
+                 real_fraction: float = 0.1) -> None:
         import multiprocessing as mp
 
         ctx = mp.get_context("spawn")
@@ -152,7 +174,8 @@ class CTStream:
         self.vol = np.full(slots * n_slices, -1, np.int64)
         self.queue = ctx.Queue(maxsize=64)
         self.stop = ctx.Event()
-        self.procs = [ctx.Process(target=_ct_generator, args=(seed, w, workers, self.queue, self.stop), daemon=True)
+        self.procs = [ctx.Process(target=_ct_generator, daemon=True,
+                                  args=(seed, w, workers, self.queue, self.stop, real_fraction))
                       for w in range(workers)]
         for p in self.procs:
             p.start()
@@ -281,7 +304,8 @@ def score_cxr(model, data: CXRSet) -> np.ndarray:
 def train(task: str, *, seed: int, val_seed: int, n_train: int, n_val: int, minutes: float, batch: int,
           lr: float, threads: int, out_dir: Path, target_sensitivity: float, progress: bool = True,
           cpu_minutes: float = 30.0, resume: bool = False, stream_workers: int = 0, arch: dict | None = None,
-          val_every: int = 0, map_weight: float = 0.0, balance: str = "slice") -> dict:
+          val_every: int = 0, map_weight: float = 0.0, balance: str = "slice",
+          real_fraction: float = TRAIN_REAL_FRACTION, hard_negatives: float = 0.0, ema: float = 0.0) -> dict:
     import torch
     from tqdm import tqdm
 
@@ -301,7 +325,8 @@ def train(task: str, *, seed: int, val_seed: int, n_train: int, n_val: int, minu
         prior_cpu, prior_wall = float(old["cpu_minutes"]), float(old["minutes"])
         prior_history = old.get("history", [])
         model.load_state_dict(torch.load(folder / "model.pt", weights_only=True))
-    stream = CTStream(seed, workers=stream_workers) if task == "ich" and stream_workers > 0 else None
+    stream = (CTStream(seed, workers=stream_workers, real_fraction=real_fraction)
+              if task == "ich" and stream_workers > 0 else None)
     val_set = load_set(task, val_seed, n_val, progress)
     if stream is not None:
         stream.ingest(wait_for=min(64, n_train))
@@ -322,6 +347,11 @@ def train(task: str, *, seed: int, val_seed: int, n_train: int, n_val: int, minu
         return (time.perf_counter() - t_train > budget_s * 0.9
                 or time.process_time() - c0 > cpu_budget_s - 60)   # a minute left for the last validation
     loss_fn = torch.nn.BCEWithLogitsLoss()
+    memory = NegativeMemory(len(train_set.vol)) if hard_negatives > 0 and task == "ich" else None
+    # An exponential moving average of the weights (and BatchNorm statistics) is what is validated
+    # and shipped when ``ema`` > 0: one noisy step's weights are a worse pick than their average.
+    averaged = (torch.optim.swa_utils.AveragedModel(
+        model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(ema), use_buffers=True) if ema > 0 else None)
     best = {"auroc": -1.0}
     history = []
     step = 0
@@ -341,13 +371,18 @@ def train(task: str, *, seed: int, val_seed: int, n_train: int, n_val: int, minu
                 for group in opt.param_groups:
                     group["lr"] = lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
             n_pos = batch * 2 // 5                          # 40 % positives in a batch
-            idx = np.r_[rng.choice(pos_idx, n_pos, p=pos_p), rng.choice(neg_idx, batch - n_pos)]
+            n_hard = round((batch - n_pos) * hard_negatives) if memory is not None else 0
+            idx = np.r_[rng.choice(pos_idx, n_pos, p=pos_p), rng.choice(neg_idx, batch - n_pos - n_hard)]
+            if n_hard:
+                idx = np.r_[idx, memory.draw(rng, neg_idx, train_set.vol, n_hard)]
             flip = rng.random() < 0.5                       # left-right flip
             x = train_set.batch(idx, flip)
             x = x * rng.uniform(0.9, 1.1) + rng.uniform(-0.04, 0.04)
             target = train_set.labels[idx].reshape(len(idx), -1)
             logits, maps = model(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
             loss = loss_fn(logits, torch.from_numpy(target))
+            if memory is not None:
+                memory.update(idx, train_set.vol, torch.sigmoid(logits.detach())[:, 0].numpy())
             if map_weight > 0:   # dense targets: every cell of every slice says where blood is, or none
                 areas = train_set.areas[idx][..., ::-1] if flip else train_set.areas[idx]
                 cells = torch.from_numpy(map_targets(areas, tuple(maps.shape[-2:])))
@@ -358,13 +393,16 @@ def train(task: str, *, seed: int, val_seed: int, n_train: int, n_val: int, minu
             opt.zero_grad()
             loss.backward()
             opt.step()
+            if averaged is not None:
+                averaged.update_parameters(model)
             losses.append(float(loss.detach()))
             step += 1
             bar.update(1)
             if out_of_time():
                 break
-        model.eval()
-        scores = score_ct(model, val_set) if task == "ich" else score_cxr(model, val_set)
+        judged = averaged.module if averaged is not None else model
+        judged.eval()
+        scores = score_ct(judged, val_set) if task == "ich" else score_cxr(judged, val_set)
         labels = np.array(val_set.study_labels)[:, None] if task == "ich" else val_set.labels
         scores = scores.reshape(len(labels), -1)
         aurocs = [auroc(labels[:, k], scores[:, k]) for k in range(labels.shape[1])]
@@ -374,7 +412,7 @@ def train(task: str, *, seed: int, val_seed: int, n_train: int, n_val: int, minu
         bar.set_postfix(loss=f"{np.mean(losses):.3f}", val_auroc=f"{mean_auc:.3f}")
         log.info("step %d loss %.4f val AUROC %s", step, np.mean(losses), aurocs)
         if mean_auc > best["auroc"]:
-            best = {"auroc": mean_auc, "state": {k: v.clone() for k, v in model.state_dict().items()},
+            best = {"auroc": mean_auc, "state": {k: v.clone() for k, v in judged.state_dict().items()},
                     "scores": scores, "labels": labels, "step": step}
     bar.close()
     generator_cpu = stream.close() if stream is not None else 0.0
@@ -395,12 +433,20 @@ def train(task: str, *, seed: int, val_seed: int, n_train: int, n_val: int, minu
     size = CT_SIZE if task == "ich" else CXR_SIZE
     diff = export_onnx(model, folder / "model.onnx", (1, ARCHS[task]["in_channels"], size, size))
     card = model_card(task, name, thresholds, val_metrics, history, train_minutes, volumes_seen, n_val, seed,
-                      val_seed, threads, diff, best["step"], arch=model_arch(task, arch), streamed=stream is not None)
+                      val_seed, threads, diff, best["step"], arch=model_arch(task, arch), streamed=stream is not None,
+                      real_fraction=real_fraction)
     card["training"]["cpu_minutes"] = round(cpu_used, 1)
     card["training"]["resumed"] = resume
     if balance == "volume" and task == "ich":
         card["training"]["positive_sampling"] = ("per volume: each positive volume has the same share of the "
                                                  "positive slices drawn, whatever the lesion's extent")
+    if ema > 0:
+        card["training"]["weights"] = ("exponential moving average of the weights and BatchNorm statistics "
+                                       f"(decay {ema:g})")
+    if hard_negatives > 0:
+        card["training"]["hard_negatives"] = (
+            f"{hard_negatives:.0%} of each batch's negatives drawn in proportion to the probability the network "
+            "last gave them (NegativeMemory); the rest uniformly")
     if map_weight > 0:
         card["training"]["map_targets"] = (
             f"loss = slice BCE + {map_weight:g} x cell BCE on the maps: a cell is 1 where it holds >= "
@@ -455,7 +501,8 @@ def model_arch(task: str, arch: dict | None = None) -> dict:
 
 
 def model_card(task, name, thresholds, val_metrics, history, train_minutes, n_train, n_val, seed, val_seed,
-               threads, diff, best_step, arch: dict | None = None, streamed: bool = False) -> dict:
+               threads, diff, best_step, arch: dict | None = None, streamed: bool = False,
+               real_fraction: float = 0.1) -> dict:
     arch = arch or model_arch(task)
     if task == "ich":
         modalities = ["CT"]
@@ -485,14 +532,16 @@ def model_card(task, name, thresholds, val_metrics, history, train_minutes, n_tr
                                     + ("; stem: 3x3 stride-2 convolution without max-pool (maps at 1/4 of the input)"
                                        if arch.get("stem") == "fine" else ""), **{
             k: list(v) if isinstance(v, tuple) else v for k, v in arch.items()}},
-        "training_data": {"generator": "models/phantoms.py (synthetic; 10 % lesions inserted into pydicom-data "
-                                       f"{'693' if task == 'ich' else 'RG1'})",
+        "training_data": {"generator": f"models/phantoms.py version {GENERATOR_VERSION} (synthetic; "
+                                       f"{round(100 * real_fraction) if streamed else 10} % of the volumes on "
+                                       f"pydicom-data {'693' if task == 'ich' else 'RG1'}, with lesions or none)",
                           "train_seed": seed, "n_train": n_train, "val_seed": val_seed, "n_val": n_val,
                           **({"streamed": "fresh volumes generated during training by a second process; each "
                                           "volume enters a pool of the 600 newest and is never redrawn; n_train "
                                           "counts them"} if streamed else {}),
-                          **({"slice_labels": "positive where >= 3 mm2 of pixels are at least half filled with "
-                                              "blood; slices with only a partial-volume sliver are left out of "
+                          **({"slice_labels": "positive where >= 3 mm2 of pixels hold visible blood (at least "
+                                              "30 % blood, >= 45 HU and >= 10 HU above the tissue it replaces); "
+                                              "slices with only a partial-volume sliver are left out of "
                                               "training; study labels are the ground truth"}
                              if streamed else {}),
                           "held_out_seeds": "9000 and above (bench/triage.py); never used in training"},
@@ -529,6 +578,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--balance", choices=["volume", "slice"], default="volume",
                    help="ich: draw positive slices so that every positive volume has the same share (volume, "
                         "the default) or every positive slice (slice)")
+    p.add_argument("--real-fraction", type=float, default=TRAIN_REAL_FRACTION,
+                   help="ich, streamed: share of training volumes made on the real head CT slice (default "
+                        f"{TRAIN_REAL_FRACTION}, as in the validation and held-out sets; 0.3 was measured)")
+    p.add_argument("--hard-negatives", type=float, default=0.0,
+                   help="share of a batch's negatives drawn by the score the network last gave them (default 0)")
+    p.add_argument("--ema", type=float, default=0.0,
+                   help="validate and ship an exponential moving average of the weights with this decay "
+                        "(default 0: off; 0.998 was measured)")
     p.add_argument("--resume", action="store_true", help="continue from the shipped model.pt and its card")
     p.add_argument("--batch", type=int, default=None)
     p.add_argument("--lr", type=float, default=2e-3)
@@ -558,7 +615,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                  threads=args.threads or (1 if workers else 2), out_dir=args.out, target_sensitivity=args.target_sensitivity,
                  progress=not args.quiet, cpu_minutes=cpu_minutes, resume=args.resume, stream_workers=workers,
                  arch={"stem": args.stem} if args.stem else None, val_every=args.val_every,
-                 map_weight=args.map_weight if args.task == "ich" else 0.0, balance=args.balance)
+                 map_weight=args.map_weight if args.task == "ich" else 0.0, balance=args.balance,
+                 real_fraction=args.real_fraction, hard_negatives=args.hard_negatives,
+                 ema=args.ema)
     print(json.dumps({"model": card["name"], "minutes": card["training"]["minutes"],
                       "cpu_minutes": card["training"]["cpu_minutes"],
                       "validation": card["metrics"]["validation"]}, indent=2))
