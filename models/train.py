@@ -132,12 +132,12 @@ def per_volume_weights(vol: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return w / w.sum()
 
 
-def ct_volume_item(seed: int, index: int, real_fraction: float = 0.1) -> tuple[np.ndarray, ...]:
+def ct_volume_item(seed: int, index: int, real_fraction: float = TRAIN_REAL_FRACTION) -> tuple[np.ndarray, ...]:
     """Phantom ``index`` of ``seed`` as the model sees it (``ct_case_item``)."""
     return ct_case_item(draw_case("ich", seed, index, real_fraction=real_fraction))
 
 
-def _ct_generator(seed: int, start: int, stride: int, out, stop, real_fraction: float = 0.1) -> None:
+def _ct_generator(seed: int, start: int, stride: int, out, stop, real_fraction: float = TRAIN_REAL_FRACTION) -> None:
     """A generator process: fresh training phantoms, one after another, into ``out``."""
     import queue
 
@@ -162,7 +162,7 @@ class CTStream:
     thousand different heads instead of overfitting a few hundred."""
 
     def __init__(self, seed: int, slots: int = 600, workers: int = 1, n_slices: int = 32,
-                 real_fraction: float = 0.1) -> None:
+                 real_fraction: float = TRAIN_REAL_FRACTION) -> None:
         import multiprocessing as mp
 
         ctx = mp.get_context("spawn")
@@ -502,7 +502,7 @@ def model_arch(task: str, arch: dict | None = None) -> dict:
 
 def model_card(task, name, thresholds, val_metrics, history, train_minutes, n_train, n_val, seed, val_seed,
                threads, diff, best_step, arch: dict | None = None, streamed: bool = False,
-               real_fraction: float = 0.1) -> dict:
+               real_fraction: float = TRAIN_REAL_FRACTION) -> dict:
     arch = arch or model_arch(task)
     if task == "ich":
         modalities = ["CT"]

@@ -17,16 +17,6 @@ from sqlalchemy import select
 from models import phantoms
 from models.metrics import auroc, operating_point, threshold_for_sensitivity
 from models.preprocess import CXR_SIZE, ct_inputs, cxr_input, space_to_depth as _s2d, window
-
-
-def space_to_depth(x):
-    return _s2d(x, 2)
-
-
-def depth_to_space(x):
-    import torch
-
-    return torch.nn.functional.pixel_shuffle(torch.from_numpy(np.ascontiguousarray(x)), 2).numpy()
 from models.registry import WEIGHTS_DIR, installed_models
 from readingroom.schema import AIFinding, Study, utcnow
 from triage.intake import Intake
@@ -35,6 +25,18 @@ from triage.studies import complete_due_studies
 SHIPPED = {c.name: c for c in installed_models()}
 needs_weights = pytest.mark.skipif(not {"ich-ct", "cxr-chest"} <= set(SHIPPED),
                                    reason="shipped weights missing: run `readingroom train`")
+
+
+def space_to_depth(x):
+    """The shipped CT fold (detail 2)."""
+    return _s2d(x, 2)
+
+
+def depth_to_space(x):
+    """torch's inverse of the fold: the reference that ``space_to_depth`` is checked against."""
+    import torch
+
+    return torch.nn.functional.pixel_shuffle(torch.from_numpy(np.ascontiguousarray(x)), 2).numpy()
 
 
 # ----------------------------------------------------------------------------- phantoms
