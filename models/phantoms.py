@@ -50,6 +50,7 @@ GENERATOR_VERSION = 3
 # that partial volume spreads into brain-like values nowhere (a thin band on a curved skull, a
 # 3 mm sphere in a 5 mm slice) is blood no reader could report, so it is not drawn as a positive.
 VISIBLE_HU, VISIBLE_CONTRAST_HU, VISIBLE_MM2 = 45.0, 10.0, 3.0
+SMALL_SHARE = 0.3   # share of the bleeds drawn small (3-5 mm) in every phantom set, unless training asks for more
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -71,12 +72,14 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], cells: int) 
     return (c00 * (1 - fy) * (1 - fx) + c01 * (1 - fy) * fx + c10 * fy * (1 - fx) + c11 * fy * fx)
 
 
-def _lesion_size(rng: np.random.Generator) -> float:
-    """Largest diameter in mm: a third small and subtle (3-5 mm), a third medium, a third large."""
+def _lesion_size(rng: np.random.Generator, small_share: float = SMALL_SHARE) -> float:
+    """Largest diameter in mm: ``small_share`` small and subtle (3-5 mm), the rest half medium
+    (5-15 mm), half large (15-45 mm). Training may ask for more small ones than the evaluation
+    sets hold; the random draws are the same, so the default reproduces every case."""
     u = rng.random()
-    if u < 0.3:
+    if u < small_share:
         return float(rng.uniform(3, 5))
-    if u < 0.65:
+    if u < (1 + small_share) / 2:   # 0.65 by default, exactly as before
         return float(rng.uniform(5, 15))
     return float(rng.uniform(15, 45))
 
@@ -131,7 +134,7 @@ class _Head:
 
 
 def ct_head(rng: np.random.Generator, *, n_slices: int = 32, size: int = 256, positive: bool | None = None,
-            subtype: str | None = None, thickness_mm: float = 5.0) -> CTCase:
+            subtype: str | None = None, thickness_mm: float = 5.0, small_share: float = SMALL_SHARE) -> CTCase:
     """One synthetic non-contrast head CT. ``positive`` None draws it (50 %)."""
     if positive is None:
         positive = bool(rng.random() < 0.5)
@@ -146,7 +149,7 @@ def ct_head(rng: np.random.Generator, *, n_slices: int = 32, size: int = 256, po
     ca, sa = math.cos(head.angle), math.sin(head.angle)
     X = ca * (gx - head.cx) + sa * (gy - head.cy)
     Y = -sa * (gx - head.cx) + ca * (gy - head.cy)
-    lesion_spec = _draw_lesion(rng, head, subtype) if positive else None
+    lesion_spec = _draw_lesion(rng, head, subtype, small_share) if positive else None
     if lesion_spec is not None and lesion_spec["size"] >= 15 and lesion_spec["kind"] in (
             "intraparenchymal", "subdural", "epidural"):
         head.shift = -np.sign(lesion_spec["side"]) * min(8.0, lesion_spec["size"] * 0.2)
@@ -171,7 +174,8 @@ def ct_head(rng: np.random.Generator, *, n_slices: int = 32, size: int = 256, po
                             & (base["hu"] - before >= VISIBLE_CONTRAST_HU)).sum())
         hu[k] = base["hu"] + rng.normal(0, noise_sd, size=(size, size)).astype(np.float32)
     if lesion_spec is not None and solid.max() * px * px < VISIBLE_MM2:   # nowhere visible: redraw
-        return ct_head(rng, n_slices=n_slices, size=size, positive=True, subtype=subtype, thickness_mm=thickness_mm)
+        return ct_head(rng, n_slices=n_slices, size=size, positive=True, subtype=subtype, thickness_mm=thickness_mm,
+                       small_share=small_share)
     return CTCase(hu=hu, lesion=lesion, ich=int(positive), subtype=lesion_spec["kind"] if lesion_spec else "",
                   size_mm=round(lesion_spec["size"], 1) if lesion_spec else 0.0, pixel_mm=px,
                   thickness_mm=thickness_mm, mimics=tuple(sorted(k for k, v in mimics.items() if v is True)) + (
@@ -273,9 +277,9 @@ def _head_slice(rng, head: _Head, X, Y, z: float, mimics: dict, px: float) -> di
     return {"hu": hu, "brain": brain & ~csf, "csf": csf & ~vent, "vent": vent, "inside": inside}
 
 
-def _draw_lesion(rng: np.random.Generator, head: _Head, subtype: str | None) -> dict:
+def _draw_lesion(rng: np.random.Generator, head: _Head, subtype: str | None, small_share: float = SMALL_SHARE) -> dict:
     kind = subtype or str(rng.choice(ICH_SUBTYPES))
-    size = _lesion_size(rng)
+    size = _lesion_size(rng, small_share)
     side = float(rng.choice([-1, 1]))
     spec = {"kind": kind, "size": size, "side": side, "hu": _blood_hu(rng, size)}
     if kind == "intraparenchymal":
@@ -356,7 +360,7 @@ def _real_ct_slice() -> tuple[np.ndarray, float]:
 
 
 def ct_head_real(rng: np.random.Generator, *, n_slices: int = 8, size: int = 256,
-                 positive: bool | None = None) -> CTCase:
+                 positive: bool | None = None, small_share: float = SMALL_SHARE) -> CTCase:
     """Lesions inserted into the real slice 693, stacked into a short volume with augmentation
     (flip, scale, HU offset, fresh noise per slice).
 
@@ -387,7 +391,7 @@ def ct_head_real(rng: np.random.Generator, *, n_slices: int = 8, size: int = 256
     scale = rng.uniform(0.9, 1.1)
     if abs(scale - 1) < 0.01:
         scale = 1.01
-    size_mm = _lesion_size(rng) if positive else 0.0
+    size_mm = _lesion_size(rng, small_share) if positive else 0.0
     kind = str(rng.choice(["intraparenchymal", "subdural"])) if positive else ""
     blood = _blood_hu(rng, size_mm)
     if positive:   # a point well inside the brain, on a slice drawn
@@ -416,7 +420,7 @@ def ct_head_real(rng: np.random.Generator, *, n_slices: int = 8, size: int = 256
                 lesion[k] = m
         hu[k] = sl + rng.normal(0, rng.uniform(2, 5), size=(size, size))
     if positive and lesion.reshape(n_slices, -1).sum(axis=1).max() * px * px < VISIBLE_MM2:   # nowhere visible
-        return ct_head_real(rng, n_slices=n_slices, size=size, positive=True)
+        return ct_head_real(rng, n_slices=n_slices, size=size, positive=True, small_share=small_share)
     return CTCase(hu=hu, lesion=lesion, ich=int(positive), subtype=kind, size_mm=round(size_mm, 1), pixel_mm=px,
                   thickness_mm=5.0, source="real")
 
@@ -653,16 +657,18 @@ def _blur(img: np.ndarray) -> np.ndarray:
 
 
 def draw_case(task: str, seed: int, index: int, *, size: int | None = None, real_fraction: float = 0.1,
-              n_slices: int = 32):
-    """Case ``index`` of the dataset ``seed``: the same arguments always give the same case."""
+              n_slices: int = 32, small_share: float = SMALL_SHARE):
+    """Case ``index`` of the dataset ``seed``: the same arguments always give the same case.
+    ``small_share`` (head CT): the share of bleeds drawn 3-5 mm (training may ask for more)."""
     rng = np.random.default_rng([seed, index, 0 if task == "ich" else 1])
     real = bool(rng.random() < real_fraction)
     if task == "ich":
         positive = bool(rng.random() < 0.5)
         subtype = ICH_SUBTYPES[index % len(ICH_SUBTYPES)] if positive else None
         if real:
-            return ct_head_real(rng, size=size or 256, positive=positive)
-        return ct_head(rng, n_slices=n_slices, size=size or 256, positive=positive, subtype=subtype)
+            return ct_head_real(rng, size=size or 256, positive=positive, small_share=small_share)
+        return ct_head(rng, n_slices=n_slices, size=size or 256, positive=positive, subtype=subtype,
+                       small_share=small_share)
     if task == "cxr":
         return cxr_image(rng, size=size or 1024, real=real)
     raise ValueError(f"unknown task {task!r}: use ich or cxr")

@@ -22,14 +22,14 @@ from typing import Sequence
 import numpy as np
 
 from models.metrics import auroc, operating_point, threshold_for_sensitivity
-from models.phantoms import GENERATOR_VERSION, TASK_FINDINGS, draw_case
+from models.phantoms import GENERATOR_VERSION, SMALL_SHARE, TASK_FINDINGS, draw_case
 from models.preprocess import CT_SIZE, CXR_SIZE, ct_inputs, ct_mask_to_model, cxr_input, space_to_depth
 from models.registry import WEIGHTS_DIR
 
 log = logging.getLogger(__name__)
 
 MODEL_NAMES = {"ich": "ich-ct", "cxr": "cxr-chest"}
-MODEL_VERSIONS = {"ich": "0.4.0", "cxr": "0.1.0"}   # what a new run writes (0.3.0 ships: docs/benchmarks.md)
+MODEL_VERSIONS = {"ich": "0.4.0", "cxr": "0.1.0"}   # what a new run writes (the shipped recipes)
 CT_DETAIL = 2          # CT input: 256 x 256 folded into 4 x 5 channels of 128 x 128 (ct_inputs' detail)
 AREA_GRID = 32          # CT lesion areas are kept on a 32 x 32 grid per slice, pooled to the map's cells
 MIN_AREA_MM2 = 3.0      # the visible-blood rule: slices and map cells with less are left out, not taught
@@ -132,18 +132,20 @@ def per_volume_weights(vol: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return w / w.sum()
 
 
-def ct_volume_item(seed: int, index: int, real_fraction: float = TRAIN_REAL_FRACTION) -> tuple[np.ndarray, ...]:
+def ct_volume_item(seed: int, index: int, real_fraction: float = TRAIN_REAL_FRACTION,
+                   small_share: float = SMALL_SHARE) -> tuple[np.ndarray, ...]:
     """Phantom ``index`` of ``seed`` as the model sees it (``ct_case_item``)."""
-    return ct_case_item(draw_case("ich", seed, index, real_fraction=real_fraction))
+    return ct_case_item(draw_case("ich", seed, index, real_fraction=real_fraction, small_share=small_share))
 
 
-def _ct_generator(seed: int, start: int, stride: int, out, stop, real_fraction: float = TRAIN_REAL_FRACTION) -> None:
+def _ct_generator(seed: int, start: int, stride: int, out, stop, real_fraction: float = TRAIN_REAL_FRACTION,
+                  small_share: float = SMALL_SHARE) -> None:
     """A generator process: fresh training phantoms, one after another, into ``out``."""
     import queue
 
     i = start
     while not stop.is_set():
-        item = ct_volume_item(seed, i, real_fraction)
+        item = ct_volume_item(seed, i, real_fraction, small_share)
         while not stop.is_set():
             try:
                 out.put(item, timeout=0.5)
@@ -162,7 +164,7 @@ class CTStream:
     thousand different heads instead of overfitting a few hundred."""
 
     def __init__(self, seed: int, slots: int = 600, workers: int = 1, n_slices: int = 32,
-                 real_fraction: float = TRAIN_REAL_FRACTION) -> None:
+                 real_fraction: float = TRAIN_REAL_FRACTION, small_share: float = SMALL_SHARE) -> None:
         import multiprocessing as mp
 
         ctx = mp.get_context("spawn")
@@ -175,7 +177,7 @@ class CTStream:
         self.queue = ctx.Queue(maxsize=64)
         self.stop = ctx.Event()
         self.procs = [ctx.Process(target=_ct_generator, daemon=True,
-                                  args=(seed, w, workers, self.queue, self.stop, real_fraction))
+                                  args=(seed, w, workers, self.queue, self.stop, real_fraction, small_share))
                       for w in range(workers)]
         for p in self.procs:
             p.start()
@@ -185,9 +187,10 @@ class CTStream:
         import queue
 
         got = 0
+        ready = self.queue.qsize()   # items put, not yet got: some may still be in the pipe
         while True:
-            try:
-                chans, labels, areas = (self.queue.get(timeout=1.0) if self.added < wait_for
+            try:   # a volume is 6 MB: get_nowait() would find the pipe mid-transfer and stop early
+                chans, labels, areas = (self.queue.get(timeout=1.0) if self.added < wait_for or got < ready
                                         else self.queue.get_nowait())
             except queue.Empty:
                 if self.added < wait_for:
@@ -305,7 +308,8 @@ def train(task: str, *, seed: int, val_seed: int, n_train: int, n_val: int, minu
           lr: float, threads: int, out_dir: Path, target_sensitivity: float, progress: bool = True,
           cpu_minutes: float = 30.0, resume: bool = False, stream_workers: int = 0, arch: dict | None = None,
           val_every: int = 0, map_weight: float = 0.0, balance: str = "slice",
-          real_fraction: float = TRAIN_REAL_FRACTION, hard_negatives: float = 0.0, ema: float = 0.0) -> dict:
+          real_fraction: float = TRAIN_REAL_FRACTION, hard_negatives: float = 0.0, ema: float = 0.0,
+          small_share: float = SMALL_SHARE) -> dict:
     import torch
     from tqdm import tqdm
 
@@ -325,7 +329,7 @@ def train(task: str, *, seed: int, val_seed: int, n_train: int, n_val: int, minu
         prior_cpu, prior_wall = float(old["cpu_minutes"]), float(old["minutes"])
         prior_history = old.get("history", [])
         model.load_state_dict(torch.load(folder / "model.pt", weights_only=True))
-    stream = (CTStream(seed, workers=stream_workers, real_fraction=real_fraction)
+    stream = (CTStream(seed, workers=stream_workers, real_fraction=real_fraction, small_share=small_share)
               if task == "ich" and stream_workers > 0 else None)
     val_set = load_set(task, val_seed, n_val, progress)
     if stream is not None:
@@ -355,7 +359,7 @@ def train(task: str, *, seed: int, val_seed: int, n_train: int, n_val: int, minu
     best = {"auroc": -1.0}
     history = []
     step = 0
-    epoch_steps = val_every or (200 if stream is not None else max(50, len(train_set.labels) // batch // 2))
+    epoch_steps = val_every or (400 if stream is not None else max(50, len(train_set.labels) // batch // 2))
     bar = tqdm(total=None, desc=f"train {task}", disable=not progress, unit="step")
     t_train = time.perf_counter()
     while step == 0 or not out_of_time():   # at least one step and one validation
@@ -440,6 +444,10 @@ def train(task: str, *, seed: int, val_seed: int, n_train: int, n_val: int, minu
     if balance == "volume" and task == "ich":
         card["training"]["positive_sampling"] = ("per volume: each positive volume has the same share of the "
                                                  "positive slices drawn, whatever the lesion's extent")
+    if small_share != SMALL_SHARE and stream is not None:
+        card["training_data"]["small_share"] = (
+            f"{small_share:.0%} of the training bleeds drawn 3-5 mm (the validation and held-out sets: "
+            f"{SMALL_SHARE:.0%})")
     if ema > 0:
         card["training"]["weights"] = ("exponential moving average of the weights and BatchNorm statistics "
                                        f"(decay {ema:g})")
@@ -586,6 +594,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--ema", type=float, default=0.0,
                    help="validate and ship an exponential moving average of the weights with this decay "
                         "(default 0: off; 0.998 was measured)")
+    p.add_argument("--small-share", type=float, default=SMALL_SHARE,
+                   help="ich, streamed: share of the training bleeds drawn small (3-5 mm); default "
+                        f"{SMALL_SHARE}, as in the validation and held-out sets")
     p.add_argument("--resume", action="store_true", help="continue from the shipped model.pt and its card")
     p.add_argument("--batch", type=int, default=None)
     p.add_argument("--lr", type=float, default=2e-3)
@@ -601,6 +612,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.seed == args.val_seed or args.seed >= 9000 or args.val_seed >= 9000:
         raise ReadingRoomError("training and validation seeds must differ and stay below 9000 (held-out seeds)")
+    for flag, share in (("--small-share", args.small_share), ("--real-fraction", args.real_fraction),
+                        ("--hard-negatives", args.hard_negatives)):
+        if not 0.0 <= share <= 1.0:
+            raise ReadingRoomError(f"{flag} is a share of the training data: give a number from 0 to 1, not {share}")
     defaults = {"ich": (320, 200, 32), "cxr": (1000, 250, 32)}[args.task]
     workers = (1 if args.stream_workers is None else args.stream_workers) if args.task == "ich" else 0
     minutes = args.minutes or (30.0 if args.task == "ich" else 90.0)
@@ -617,7 +632,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                  arch={"stem": args.stem} if args.stem else None, val_every=args.val_every,
                  map_weight=args.map_weight if args.task == "ich" else 0.0, balance=args.balance,
                  real_fraction=args.real_fraction, hard_negatives=args.hard_negatives,
-                 ema=args.ema)
+                 ema=args.ema, small_share=args.small_share)
     print(json.dumps({"model": card["name"], "minutes": card["training"]["minutes"],
                       "cpu_minutes": card["training"]["cpu_minutes"],
                       "validation": card["metrics"]["validation"]}, indent=2))

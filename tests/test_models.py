@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -126,6 +127,30 @@ def test_every_synthetic_bleed_is_visible_somewhere():
         bright = (case.hu[k][case.lesion[k]] >= phantoms.VISIBLE_HU - 5).sum()   # noise sd <= 3.5 HU
         assert bright >= 0.5 * case.solid[k], (subtype, bright, case.solid[k])
         assert (case.training_labels() == 1).any()
+
+
+def test_training_can_ask_for_more_small_bleeds_without_changing_the_evaluation_sets():
+    sizes = [phantoms._lesion_size(np.random.default_rng([7, i])) for i in range(2000)]
+    share = np.mean(np.array(sizes) < 5)
+    assert abs(share - phantoms.SMALL_SHARE) < 0.04 and max(sizes) > 15
+    more = [phantoms._lesion_size(np.random.default_rng([7, i]), 0.7) for i in range(2000)]
+    assert abs(np.mean(np.array(more) < 5) - 0.7) < 0.04
+    mid, large = np.mean((np.array(more) >= 5) & (np.array(more) < 15)), np.mean(np.array(more) >= 15)
+    assert abs(mid - large) < 0.05                     # the rest stays half medium, half large
+    for index in (0, 2, 5):                            # the default share draws the very same cases
+        a = phantoms.draw_case("ich", 11, index, size=64, n_slices=8)
+        b = phantoms.draw_case("ich", 11, index, size=64, n_slices=8, small_share=phantoms.SMALL_SHARE)
+        assert np.array_equal(a.hu, b.hu) and a.size_mm == b.size_mm
+
+
+def test_train_refuses_held_out_seeds_and_shares_outside_0_to_1():
+    import models.train as train_mod
+    from readingroom.errors import ReadingRoomError
+
+    with pytest.raises(ReadingRoomError, match="below 9000"):
+        train_mod.main(["--task", "ich", "--seed", "9001"])
+    with pytest.raises(ReadingRoomError, match="--small-share .* from 0 to 1"):
+        train_mod.main(["--task", "ich", "--small-share", "1.5"])
 
 
 def test_cxr_phantom_findings_have_masks_and_can_coexist():
@@ -259,6 +284,10 @@ def test_streamed_ct_training_runs_and_writes_a_card(tmp_path, monkeypatch):
     try:
         stream.ingest(wait_for=4)                       # one more than the pool holds: the oldest left
         assert stream.added >= 4
+        deadline = time.monotonic() + 60
+        while stream.queue.qsize() < 3 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert stream.ingest() >= 3                     # all that waits, not the one the pipe had ready
         assert set(np.unique(stream.vol)) - {-1} <= set(range(stream.added - 3, stream.added))
         assert len(stream.pos_idx) + len(stream.neg_idx) <= (stream.vol >= 0).sum()
         assert (stream.labels[stream.pos_idx] == 1).all() and (stream.labels[stream.neg_idx] == 0).all()
@@ -272,9 +301,10 @@ def test_streamed_ct_training_runs_and_writes_a_card(tmp_path, monkeypatch):
     card = train_mod.train("ich", seed=5, val_seed=6, n_train=8, n_val=4, minutes=0.25, batch=8, lr=1e-3,
                            threads=1, out_dir=tmp_path / "w", target_sensitivity=0.9, progress=False,
                            stream_workers=1, val_every=5, map_weight=1.0, hard_negatives=0.5, real_fraction=0.5,
-                           ema=0.9)
+                           ema=0.9, small_share=0.6)
     assert card["training_data"]["streamed"] and card["training_data"]["n_train"] >= 8
     assert "50 % of the volumes" in card["training_data"]["generator"]
+    assert card["training_data"]["small_share"].startswith("60% of the training bleeds")
     assert "cell BCE" in card["training"]["map_targets"] and "50%" in card["training"]["hard_negatives"]
     assert "moving average" in card["training"]["weights"]
     assert card["onnx_vs_torch_max_abs_diff"] <= 1e-4 and card["architecture"]["stem"] == "monai"
