@@ -303,7 +303,8 @@ def test_streamed_ct_training_runs_and_writes_a_card(tmp_path, monkeypatch):
     card = train_mod.train("ich", seed=5, val_seed=6, n_train=8, n_val=4, minutes=0.25, batch=8, lr=1e-3,
                            threads=1, out_dir=tmp_path / "w", target_sensitivity=0.9, progress=False,
                            stream_workers=1, val_every=5, map_weight=1.0, hard_negatives=0.5, real_fraction=0.5,
-                           ema=0.9, small_share=0.6)
+                           ema=0.9, small_share=0.6, precision="bf16")
+    assert card["training"]["precision"].startswith("bfloat16 autocast")
     assert card["training_data"]["streamed"] and card["training_data"]["n_train"] >= 8
     assert "50 % of the volumes" in card["training_data"]["generator"]
     assert card["training_data"]["small_share"].startswith("60% of the training bleeds")
