@@ -34,7 +34,7 @@ CT_DETAIL = 2          # CT input: 256 x 256 folded into 4 x 5 channels of 128 x
 AREA_GRID = 32          # CT lesion areas are kept on a 32 x 32 grid per slice, pooled to the map's cells
 MIN_AREA_MM2 = 3.0      # the visible-blood rule: slices and map cells with less are left out, not taught
 TRAIN_REAL_FRACTION = 0.1   # streamed CT training: share of volumes on the real slice 693 (as evaluated)
-PRECISIONS = ("fp32", "bf16")   # bf16: 1.7x the steps per minute on a CPU with AVX512-BF16 (docs/models.md)
+PRECISIONS = ("fp32", "bf16")   # bf16: a CT step 2.5x cheaper on a CPU with AVX512-BF16 (bench/train_step.py)
 INTENDED_USE = "demonstration; trained on synthetic data; not for clinical use"
 
 
@@ -324,10 +324,10 @@ def train(task: str, *, seed: int, val_seed: int, n_train: int, n_val: int, minu
     name = MODEL_NAMES[task]
     folder = out_dir / name
     prior_cpu, prior_wall, prior_history = 0.0, 0.0, []
-    model = build(task, arch).to(memory_format=torch.channels_last)   # the layout oneDNN's convolutions prefer
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r}: use one of {', '.join(PRECISIONS)}")
     low = precision == "bf16"
+    model = build(task, arch).to(memory_format=torch.channels_last)   # the layout oneDNN's convolutions prefer
     if resume:   # continue from the shipped checkpoint; its CPU time counts against the budget
         old = json.loads((folder / "metadata.json").read_text(encoding="utf-8"))["training"]
         prior_cpu, prior_wall = float(old["cpu_minutes"]), float(old["minutes"])
@@ -449,9 +449,9 @@ def train(task: str, *, seed: int, val_seed: int, n_train: int, n_val: int, minu
                       val_seed, threads, diff, best["step"], arch=model_arch(task, arch), streamed=stream is not None,
                       real_fraction=real_fraction)
     card["training"]["cpu_minutes"] = round(cpu_used, 1)
-    if low:
-        card["training"]["precision"] = ("bfloat16 autocast for the training forward pass (weights, optimizer, "
-                                         "loss, validation and export in float32); channels-last layout")
+    card["training"]["precision"] = (("bfloat16 autocast for the training forward pass (weights, optimizer, "
+                                      "loss, validation and export in float32)" if low else "float32")
+                                     + "; channels-last layout")
     card["training"]["resumed"] = resume
     if balance == "volume" and task == "ich":
         card["training"]["positive_sampling"] = ("per volume: each positive volume has the same share of the "

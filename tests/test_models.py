@@ -315,6 +315,21 @@ def test_streamed_ct_training_runs_and_writes_a_card(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "w" / "ich-ct" / "metadata.json").read_text())["status"] == "UNVERIFIED"
 
 
+def test_cxr_training_runs_in_float32_and_the_card_says_so(tmp_path, monkeypatch):
+    """The fp32 path of `readingroom train` (the CXR default): the card records the arithmetic,
+    and the exported ONNX matches torch although training ran on the channels-last layout."""
+    import models.train as train_mod
+
+    monkeypatch.setattr(train_mod, "CACHE_DIR", tmp_path / "cache")
+    card = train_mod.train("cxr", seed=5, val_seed=6, n_train=12, n_val=20, minutes=0.1, batch=4, lr=1e-3,
+                           threads=1, out_dir=tmp_path / "w", target_sensitivity=0.9, progress=False)
+    assert card["training"]["precision"] == "float32; channels-last layout"
+    assert card["onnx_vs_torch_max_abs_diff"] <= 1e-4
+    with pytest.raises(ValueError, match="use one of fp32, bf16"):
+        train_mod.train("cxr", seed=5, val_seed=6, n_train=12, n_val=20, minutes=0.1, batch=4, lr=1e-3,
+                        threads=1, out_dir=tmp_path / "w", target_sensitivity=0.9, progress=False, precision="fp16")
+
+
 @needs_weights
 @pytest.mark.parametrize("name", ["ich-ct", "cxr-chest"])
 def test_shipped_onnx_matches_shipped_torch_weights(name):
