@@ -1,5 +1,6 @@
 """Training-step benchmark: milliseconds per step of the CT network on one thread, in the
-layouts and precisions `readingroom train --precision` offers.
+float32 contiguous layout of ich-ct 0.4.0 and before, and in the variants that led to
+`readingroom train --precision bf16` (bfloat16 autocast on a channels-last layout).
 
 A step is what the trainer does for each batch: forward pass of 32 slices (20 x 128 x 128, the
 ich-ct input), BCE loss, backward pass and AdamW update. Inputs are random: the arithmetic
