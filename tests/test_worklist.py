@@ -65,8 +65,8 @@ def test_a_stored_triage_result_reorders_at_once_and_notifies(settings, db, queu
     assert _uids(items)[0] == uids[2]
     top = items[0]
     assert top["status"] == "triaged" and top["ai_status"] == "done"
-    assert {"finding": "ich", "probability": 0.93, "positive": True, "model": "ich-net", "version": "1.0",
-            "verification": "UNVERIFIED"} in top["ai"]
+    assert {"finding": "ich", "probability": 0.93, "positive": True, "threshold": 0.5, "urgency": "critical",
+            "model": "ich-net", "version": "1.0", "verification": "UNVERIFIED"} in top["ai"]
     assert "ich 0.93 ≥ 0.50 → critical" in top["priority"]["reason"]
     events = events_since(db)
     assert [(e.kind, e.study_uid, e.payload["finding"]) for e in events] == [("critical_finding", uids[2], "ich")]

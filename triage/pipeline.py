@@ -27,6 +27,7 @@ from readingroom.schema import AIFinding, Series, Study, utcnow
 from readingroom.settings import PROJECT_ROOT, Settings
 from readingroom.storage import atomic_write
 from triage.notify import CRITICAL_FINDING, Notifier
+from triage.priority import AIResult, Decision, decide, positive_reason
 from triage.worklist import policy_config
 
 log = logging.getLogger(__name__)
@@ -46,9 +47,10 @@ class ModelOutput:
 def record_results(db: Database, settings: Settings, notifier: Notifier | None, study_uid: str,
                    outputs: Sequence[ModelOutput]) -> list[str]:
     """Store a study's AI results (replacing earlier ones of the same models). Returns the
-    positive findings. A positive finding of the top class raises a notification."""
+    positive findings that the policy gives a class. A positive finding of the top class raises a
+    notification. Positive means ``triage.priority.decide``: the same rule the worklist uses."""
     config = policy_config(settings)
-    positive: list[tuple[ModelOutput, str]] = []
+    positive: list[tuple[ModelOutput, Decision]] = []
     with db.session() as session:
         study = session.scalar(select(Study).where(Study.study_uid == study_uid))
         if study is None:
@@ -57,14 +59,13 @@ def record_results(db: Database, settings: Settings, notifier: Notifier | None, 
         if models:
             session.execute(delete(AIFinding).where(AIFinding.study_id == study.id, AIFinding.model.in_(models)))
         for out in outputs:
-            rule = config.findings.get(out.finding)
-            threshold = out.threshold if out.threshold is not None else (rule.threshold if rule else 0.5)
-            is_positive = out.probability >= threshold
+            decision = decide(AIResult(out.finding, out.probability, out.threshold), config)
             session.add(AIFinding(study_id=study.id, finding=out.finding, probability=out.probability,
-                                  positive=is_positive, model=out.model, version=out.version, threshold=threshold,
-                                  series_uid=out.series_uid, heatmap_path=out.heatmap_path))
-            if is_positive and rule is not None:
-                positive.append((out, rule.urgency))
+                                  positive=decision.positive, model=out.model, version=out.version,
+                                  threshold=decision.threshold, series_uid=out.series_uid,
+                                  heatmap_path=out.heatmap_path))
+            if decision.positive and decision.urgency is not None:
+                positive.append((out, decision))
         study.ai_status = "done"
         study.ai_reason = ""
         study.triaged_at = utcnow()
@@ -73,10 +74,11 @@ def record_results(db: Database, settings: Settings, notifier: Notifier | None, 
         site_name = study.site.name if study.site else ""
         accession = study.accession
     if notifier is not None:
-        for out, urgency in positive:
-            if urgency == config.top:
+        for out, decision in positive:
+            if decision.urgency == config.top:
                 notifier.publish(CRITICAL_FINDING, study_uid, {
-                    "finding": out.finding, "probability": round(out.probability, 4), "urgency": urgency,
+                    "finding": out.finding, "probability": round(out.probability, 4), "urgency": decision.urgency,
+                    "threshold": round(decision.threshold, 4), "reason": positive_reason(decision),
                     "model": out.model, "version": out.version, "site": site_name, "accession": accession,
                     "summary": f"{out.finding} {out.probability:.2f} (AI, UNVERIFIED) at {site_name}, "
                                f"accession {accession}",

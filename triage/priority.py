@@ -4,8 +4,11 @@ The live worklist and the night-shift simulator both call ``place()``; there is 
 
 A study's class is the highest of:
   * its order priority (STAT, urgent, routine; from the order or the DICOM tags);
-  * the urgency of each positive AI finding (probability >= the finding's threshold), unless the
-    policy ignores AI or the AI result is not available;
+  * the urgency of each positive AI finding, unless the policy ignores AI or the AI result is not
+    available. ``decide()`` is the one rule for "is this finding positive": the probability is at
+    or above the model's own operating threshold (its model card), else the policy's threshold
+    for the finding. The triage job's stored flag, the critical alert, the worklist class, the
+    reasons, the viewer's AI panel and the simulator all call it;
   * the top class, once the study has waited ``max_wait_min`` (the upper limit), when the policy
     ages studies.
 Within a class, the study that arrived first is read first.
@@ -107,6 +110,39 @@ class AIResult:
     threshold: float | None = None   # the model's own operating threshold, if it has one
 
 
+DEFAULT_THRESHOLD = 0.5   # a finding that neither the model card nor findings.yaml gives a threshold
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The one AI decision for one finding: whether it is positive, at which threshold, and the
+    class a positive finding raises the study to (None when the policy has no rule for it, so it
+    is stored and shown but does not move the study)."""
+
+    finding: str
+    probability: float
+    threshold: float
+    positive: bool
+    urgency: str | None
+
+
+def decide(result: AIResult, config: PolicyConfig) -> Decision:
+    """Is this AI finding positive? The model's threshold wins; else the policy's; else 0.5."""
+    rule = config.findings.get(result.finding)
+    if result.threshold is not None:
+        threshold = float(result.threshold)
+    else:
+        threshold = rule.threshold if rule is not None else DEFAULT_THRESHOLD
+    return Decision(result.finding, float(result.probability), threshold, result.probability >= threshold,
+                    rule.urgency if rule is not None else None)
+
+
+def positive_reason(decision: Decision) -> str:
+    """The words for a positive finding, as the worklist's reason and the alert show them."""
+    return (f"{decision.finding} {decision.probability:.2f} ≥ {decision.threshold:.2f} → "
+            f"{decision.urgency or 'no class'} (AI, UNVERIFIED)")
+
+
 @dataclass(frozen=True)
 class StudyFacts:
     """What the policy needs to know about one study."""
@@ -132,22 +168,19 @@ def _order_class(order_priority: str, config: PolicyConfig) -> str:
 
 
 def classify(facts: StudyFacts, config: PolicyConfig,
-             policy: Policy = Policy.AI_AGING) -> tuple[str, bool, list[tuple[AIResult, float, str]]]:
-    """The decision alone, without words: (class, promoted, positive findings with their
-    threshold and urgency). ``place()`` explains it; ``reading_order()`` sorts by it."""
+             policy: Policy = Policy.AI_AGING) -> tuple[str, bool, list[Decision]]:
+    """The decision alone, without words: (class, promoted, the positive findings that have a
+    class in the policy). ``place()`` explains it; ``reading_order()`` sorts by it."""
     ranks = config.ranks
     best = config.lowest if policy is Policy.FIFO else _order_class(facts.order_priority, config)
-    positive: list[tuple[AIResult, float, str]] = []
+    positive: list[Decision] = []
     if policy is Policy.AI or policy is Policy.AI_AGING:
         for result in facts.ai:
-            rule = config.findings.get(result.finding)
-            if rule is None:
-                continue
-            threshold = result.threshold if result.threshold is not None else rule.threshold
-            if result.probability >= threshold:
-                positive.append((result, threshold, rule.urgency))
-                if ranks[rule.urgency] > ranks[best]:
-                    best = rule.urgency
+            decision = decide(result, config)
+            if decision.positive and decision.urgency is not None:
+                positive.append(decision)
+                if ranks[decision.urgency] > ranks[best]:
+                    best = decision.urgency
     promoted = False
     if policy is Policy.AI_AGING and best != config.top:
         limit = facts.max_wait_min if facts.max_wait_min is not None else config.max_wait_min
@@ -167,14 +200,13 @@ def place(facts: StudyFacts, config: PolicyConfig, policy: Policy = Policy.AI_AG
     if policy in (Policy.AI, Policy.AI_AGING):
         if not facts.ai_available:
             reasons.append("AI unavailable")
-        for result, threshold, urgency in positive:
-            reasons.append(f"{result.finding} {result.probability:.2f} ≥ {threshold:.2f} → {urgency} (AI, UNVERIFIED)")
+        reasons += [positive_reason(decision) for decision in positive]
     if promoted:
         limit = facts.max_wait_min if facts.max_wait_min is not None else config.max_wait_min
         reasons.append(f"waited {facts.waited_min:.0f} min ≥ {limit:.0f} → promoted to {config.top}")
     else:
         reasons.append(f"waited {facts.waited_min:.0f} min")
-    return Placement(label, config.ranks[label], promoted, tuple(r.finding for r, _, _ in positive), "; ".join(reasons))
+    return Placement(label, config.ranks[label], promoted, tuple(d.finding for d in positive), "; ".join(reasons))
 
 
 def reading_order(items: Iterable[tuple[float, int, StudyFacts]], config: PolicyConfig,

@@ -156,6 +156,9 @@ class ScoresSpec(_Model):
     findings: list[str] | None = None          # default: every finding with both columns
     probability_column: str = "{finding}"
     label_column: str = "{finding}_label"
+    # The model's operating threshold per finding (its model card's); a finding not listed uses
+    # the policy's threshold. triage.priority.decide applies it, as on the live worklist.
+    thresholds: dict[str, float] = {}
 
 
 class Modality(_Model):
@@ -545,17 +548,20 @@ def generate_studies(scenario: Scenario, seed: int) -> list[Study]:
                 sens = np.array([modality.findings[f].sensitivity for f in findings])
                 spec = np.array([modality.findings[f].specificity for f in findings])
                 probs = np.where(truth, u < sens, u >= spec).astype(float)
+                thresholds: dict[str, float] = {}
             else:
                 table = load_scores(modality.scores, scenario.base_dir)
                 findings = list(table.findings)
                 rows = _rng(seed, 7, *key).integers(0, len(table.uids), n)
                 truth, probs = table.labels[rows], table.probabilities[rows]
                 uids = [table.uids[r] for r in rows]
+                thresholds = modality.scores.thresholds
             for i in range(n):
                 drafts.append((float(times[i]), len(drafts), {
                     "site": site_name, "modality": mod_name,
                     "findings": tuple(f for f, t in zip(findings, truth[i]) if t),
-                    "ai": tuple(AIResult(f, float(pr)) for f, pr in zip(findings, probs[i])) if available[i] else (),
+                    "ai": (tuple(AIResult(f, float(pr), thresholds.get(f)) for f, pr in zip(findings, probs[i]))
+                           if available[i] else ()),
                     "ai_available": bool(available[i]), "order_priority": names[orders[i]],
                     "reading_min": float(reading[i]), "max_wait_min": site.max_wait_min,
                     "counted": bool(lo <= times[i] < hi), "source_uid": uids[i]}))

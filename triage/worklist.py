@@ -21,7 +21,8 @@ from readingroom.db import Database
 from readingroom.errors import ReadingRoomError
 from readingroom.schema import AIFinding, Instance, Order, Series, Site, Study, User, utcnow
 from readingroom.settings import Settings
-from triage.priority import AIResult, Policy, PolicyConfig, StudyFacts, load_policy_config, reading_order, sla_min
+from triage.priority import (AIResult, Policy, PolicyConfig, StudyFacts, decide, load_policy_config, reading_order,
+                             sla_min)
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,16 @@ def policy_config(settings: Settings) -> PolicyConfig:
     """configs/findings.yaml, read again only when the file changes."""
     path = settings.findings_path
     return _policy(path, path.stat().st_mtime if path.exists() else 0.0)
+
+
+def ai_view(finding: Any, config: PolicyConfig) -> dict[str, Any]:
+    """One stored AI finding as the worklist and the viewer's AI panel show it. ``positive`` is
+    ``triage.priority.decide`` on the stored probability and threshold: the rule that placed the
+    study and raised the alert, not a second copy."""
+    decision = decide(AIResult(finding.finding, finding.probability, finding.threshold), config)
+    return {"finding": finding.finding, "probability": round(finding.probability, 4), "positive": decision.positive,
+            "threshold": round(decision.threshold, 4), "urgency": decision.urgency,
+            "model": finding.model, "version": finding.version, "verification": "UNVERIFIED"}
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -119,7 +130,7 @@ def open_studies(db: Database, settings: Settings, *, user: str | None = None, f
         facts.append((study.received_at.timestamp(), study.id, StudyFacts(
             waited_min=(now - study.received_at).total_seconds() / 60,
             order_priority=study.order_priority,
-            ai=tuple(AIResult(f.finding, f.probability) for f in findings[study.id]),
+            ai=tuple(AIResult(f.finding, f.probability, f.threshold) for f in findings[study.id]),
             ai_available=study.ai_status in ("pending", "done"),
             max_wait_min=site.max_wait_min if site else None,
         )))
@@ -150,9 +161,7 @@ def open_studies(db: Database, settings: Settings, *, user: str | None = None, f
             "sla": {"target_min": target, "due_at": _iso(due),
                     "remaining_min": round((due - now).total_seconds() / 60, 1) if due else None},
             "ai_status": study.ai_status,
-            "ai": [{"finding": f.finding, "probability": round(f.probability, 4), "positive": f.positive,
-                    "model": f.model, "version": f.version, "verification": "UNVERIFIED"}
-                   for f in findings[study.id]],
+            "ai": [ai_view(f, config) for f in findings[study.id]],
             "claimed_by": study.claimed_by if claimed else None,
             # The order the images were acquired for (triage.orders.linking); unlinked studies are flagged.
             "order": orders.get(study.order_id),

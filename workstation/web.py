@@ -33,6 +33,8 @@ from readingroom.auth import authenticate, check_session, issue_session, session
 from readingroom.db import Database
 from readingroom.schema import AIFinding, Instance, Order, Series, Study
 from readingroom.settings import Settings
+from triage.priority import PolicyConfig
+from triage.worklist import ai_view, policy_config
 from workstation.viewer import (
     PRESETS, VolumeCache, ViewerError, encode_png, heatmap_layer, heatmap_rgba, render_slice,
 )
@@ -67,8 +69,9 @@ def current_user(request: Any, key: bytes) -> str | None:
     return check_session(key, request.cookies.get(COOKIE))
 
 
-def study_payload(db: Database, study_uid: str) -> dict[str, Any] | None:
-    """What the viewer needs to open a study (without decoding any image)."""
+def study_payload(db: Database, study_uid: str, config: PolicyConfig) -> dict[str, Any] | None:
+    """What the viewer needs to open a study (without decoding any image). ``config`` is the
+    priority policy, whose ``decide`` says which AI findings are positive."""
     with db.reader() as session:
         study = session.scalar(select(Study).where(Study.study_uid == study_uid))
         if study is None:
@@ -80,10 +83,8 @@ def study_payload(db: Database, study_uid: str) -> dict[str, Any] | None:
         } for s in study.series]
         findings = session.scalars(select(AIFinding).where(AIFinding.study_id == study.id)
                                    .order_by(AIFinding.id)).all()
-        ai = [{"id": f.id, "finding": f.finding, "probability": round(f.probability, 4), "positive": f.positive,
-               "model": f.model, "version": f.version, "verification": "UNVERIFIED",
-               "series_uid": getattr(f, "series_uid", None), "heatmap": bool(getattr(f, "heatmap_path", None))}
-              for f in findings]
+        ai = [{"id": f.id, **ai_view(f, config), "series_uid": getattr(f, "series_uid", None),
+               "heatmap": bool(getattr(f, "heatmap_path", None))} for f in findings]
         priors = []
         if study.patient_id:
             for p in session.scalars(select(Study).where(Study.patient_id == study.patient_id,
@@ -176,7 +177,7 @@ def install_routes(api: Any, settings: Settings, db: Database, cache: VolumeCach
 
     @api.get("/api/viewer/study/{study_uid}")
     def viewer_study(study_uid: str) -> dict[str, Any]:
-        payload = study_payload(db, study_uid)
+        payload = study_payload(db, study_uid, policy_config(settings))
         if payload is None:
             raise HTTPException(404, f"study {study_uid} is not in the database")
         return payload

@@ -1,7 +1,7 @@
 """DICOM Modality Worklist: dcmtk's findscu -W against our listener (same AE title and port as intake)."""
 
 import subprocess
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 
 import pytest
@@ -13,6 +13,10 @@ from triage.orders import review
 from triage.orders.store import receive_hl7
 
 TODAY = date.today().strftime("%Y%m%d")
+# W3 is scheduled a month from the day the tests run, and queried by a range around it: never a
+# fixed calendar date, so the test holds on any day.
+LATER = (date.today() + timedelta(days=30)).strftime("%Y%m%d")
+LATER_RANGE = f"{(date.today() + timedelta(days=20)):%Y%m%d}-{(date.today() + timedelta(days=40)):%Y%m%d}"
 SPS = "ScheduledProcedureStepSequence"
 
 
@@ -44,7 +48,7 @@ def orders(settings, db):
     new("W1", procedure="CTHEAD^CT HEAD WITHOUT CONTRAST", modality="CT", indication="Thunderclap headache",
         patient_id="PW1", patient_name="HEAD^ANNA", priority="S")
     new("W2", procedure="XRCHEST^XR CHEST 2 VIEWS", modality="CR", patient_id="PW2", patient_name="CHEST^BEN")
-    new("W3", procedure="CTHEAD^CT HEAD WITHOUT CONTRAST", modality="CT", patient_id="PW3", start="20261201090000")
+    new("W3", procedure="CTHEAD^CT HEAD WITHOUT CONTRAST", modality="CT", patient_id="PW3", start=LATER + "090000")
     new("W4", procedure="CTHEAD^CT HEAD WITHOUT CONTRAST", modality="CT", patient_id="PW4")  # not approved
     for accession in ("W1", "W2", "W3"):
         review.approve(db, settings, accession)
@@ -68,7 +72,7 @@ def test_only_approved_orders_appear_with_the_protocol(listener, orders, tmp_pat
     ((f"{SPS}[0].Modality=CT",), ["W1", "W3"]),
     ((f"{SPS}[0].Modality=CR",), ["W2"]),
     ((f"{SPS}[0].ScheduledProcedureStepStartDate={TODAY}",), ["W1", "W2"]),
-    ((f"{SPS}[0].ScheduledProcedureStepStartDate=20261130-20261231",), ["W3"]),
+    ((f"{SPS}[0].ScheduledProcedureStepStartDate={LATER_RANGE}",), ["W3"]),
     ((f"{SPS}[0].ScheduledStationAETitle=TEST_SCU",), ["W1", "W2", "W3"]),
     ((f"{SPS}[0].ScheduledStationAETitle=NOT_OURS",), []),
     (("PatientID=PW2",), ["W2"]),
