@@ -1,7 +1,12 @@
 """Report text normalization: numbers and units, vertebral levels, spoken punctuation, sentences.
 
-Pure functions on strings. Only number words, unit words, punctuation words and letter case are
-rewritten: every other word (negations and laterality included) is kept as it is.
+Pure functions on strings. Only number words, unit words, punctuation words, letter case and
+the split word "a cute" (for "acute") are rewritten: every other word (negations and laterality
+included) is kept as it is.
+
+A number word is turned into digits only when it really is one: a word Whisper wrote instead of
+a number ("measuring i millimeters" for "nine") is left exactly as it is, never dropped, so the
+size's absence stays visible to the reader and to the pre-sign checks.
 """
 
 from __future__ import annotations
@@ -203,8 +208,29 @@ def tidy_sentences(text: str) -> str:
     return "\n".join(lines).strip("\n ") if any(lines) else ""
 
 
+_A_CUTE = re.compile(r"\b(?:a[ \t-]+)?cute\b", re.IGNORECASE)
+
+
+def rejoin_acute(text: str) -> str:
+    """'a cute subdural' -> 'acute subdural'.
+
+    Whisper often splits a spoken "acute" into "a cute" (or drops the clipped "a": "Cute
+    infarct"). "cute" has no use in a radiology report, so every "a cute" and every lone "cute"
+    is the word "acute"; the letter case of the first letter is kept.
+    """
+
+    def repl(match: re.Match) -> str:
+        said = match.group(0)
+        if said.isupper() and len(said) > 1:
+            return "ACUTE"
+        return "Acute" if said[:1].isupper() else "acute"
+
+    return _A_CUTE.sub(repl, text)
+
+
 def normalize_report_text(text: str) -> str:
     """The full normalization for dictated report text."""
+    text = rejoin_acute(text)
     text = convert_spoken_punctuation(text)
     text = _convert_numbers(text)
     text = _convert_units(text)

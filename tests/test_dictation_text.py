@@ -80,6 +80,62 @@ def test_normalization(spoken, written):
     assert normalize_report_text(spoken) == written
 
 
+@pytest.mark.parametrize("spoken, written", [
+    # a mis-heard number word stays: the later pre-sign check flags a unit without a number
+    ("subdural hematoma measuring i millimeters", "Subdural hematoma measuring i millimeters."),
+    ("measuring I millimeters in thickness", "Measuring I millimeters in thickness."),
+    ("a point millimeters", "A point millimeters."),
+    ("measuring nine millimeters", "Measuring 9 mm."),
+])
+def test_normalization_never_drops_a_number_like_word(spoken, written):
+    assert normalize_report_text(spoken) == written
+
+
+@pytest.mark.parametrize("spoken, written", [
+    ("a cute subdural hematoma", "Acute subdural hematoma."),
+    ("there is a cute infarct in the left MCA territory", "There is acute infarct in the left MCA territory."),
+    ("No a cute intracranial abnormality", "No acute intracranial abnormality."),
+    ("A CUTE fracture", "ACUTE fracture."),
+    ("a-cute appendicitis", "Acute appendicitis."),
+    ("Cute subdural hematoma", "Acute subdural hematoma."),
+    ("findings comma a cute on chronic subdural", "Findings, acute on chronic subdural."),
+    ("no acute abnormality", "No acute abnormality."),          # untouched
+    ("a cuter", "A cuter."),                                     # whole words only
+])
+def test_a_cute_becomes_acute(spoken, written):
+    assert normalize_report_text(spoken) == written
+
+
+def test_a_cute_through_the_session_path(lexicon):
+    """Post-correction then normalization, as DictationSession.clean_text runs them."""
+    for raw in ["A cute subdural hematoma.", "There is a cute subdural hematoma measuring nine millimeters."]:
+        corrected, _ = lexicon.correct(raw)
+        text = normalize_report_text(corrected)
+        assert "acute subdural hematoma" in text.lower() and not re.search(r"\bcute\b", text, re.I)
+
+
+def test_post_correction_keeps_a_misheard_number_word(lexicon):
+    """Issue 17: "measuring i millimeters" (for "nine") became "measuring millimeters"."""
+    corrected, corrections = lexicon.correct("subdural hematoma measuring i millimeters")
+    assert corrected == "subdural hematoma measuring i millimeters" and corrections == []
+    between = re.search(r"measuring (.+?) millimeters", corrected)
+    assert between is not None and between.group(1).strip()
+
+
+@pytest.mark.parametrize("text", [
+    "measuring ix millimeters", "measuring ay millimeters", "pneumothorax ix on the left",
+])
+def test_post_correction_never_drops_a_word_the_term_does_not_need(lexicon, text):
+    # "measuring ix" scores high against "measuring", but "measuring" alone is already the term
+    assert lexicon.correct(text) == (text, [])
+
+
+def test_post_correction_never_swallows_a_hyphenated_number(lexicon):
+    corrected, corrections = lexicon.correct("a nine-millimeter nodle")
+    assert corrected == "a nine-millimeter nodule"
+    assert [(c.original, c.term, c.start, c.end) for c in corrections] == [("nodle", "nodule", 18, 23)]
+
+
 def test_new_line_word_in_text():
     assert normalize_report_text("no effusion new line impression") == "No effusion.\nImpression."
 

@@ -26,7 +26,7 @@ DICTATION = (
 
 def _speak(tmp_path: Path, text: str) -> Path:
     if shutil.which("espeak-ng") is None:
-        pytest.skip("espeak-ng is not installed (apt-get install espeak-ng; make install does it)")
+        pytest.fail("espeak-ng is not installed: run `make install` (it runs apt-get install espeak-ng)")
     path = tmp_path / "dictation.wav"
     subprocess.run(["espeak-ng", "-v", "en-us", "-s", "150", "-w", str(path), text], check=True)
     return path
@@ -133,6 +133,7 @@ def test_final_model_is_loaded_once(engine):
     from dictation.models import base_path
 
     if not (base_path() / "model.bin").exists():
-        pytest.skip("Whisper base not installed (python -m dictation.install)")
+        pytest.fail(f"Whisper base is not installed at {base_path()}: run `make install` "
+                    "(or `python -m dictation.install`)")
     assert engine.final_model is not engine.model
     assert Engine(DictationSettings(model="tiny.en")).final_model is engine.final_model
