@@ -1,6 +1,9 @@
 # ReadingRoom: two set-up commands.
-#   make run   installs (once) and starts the workstation with demo data
-#   make test  installs (once) and runs the tests
+#   make run   installs (once), checks the models, and starts the workstation with demo data
+#   make test  installs (once), checks the models, and runs the tests
+# Every run checks each model by checksum and installs what is missing (`readingroom models`):
+# the models live in .venv/share/readingroom/models, not in the data folder var/, so
+# `rm -rf var` resets the demo without losing them; `make clean` removes them with .venv.
 PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -16,6 +19,7 @@ test: install
 	$(BIN)/python -m pytest
 
 install: system-deps $(STAMP)
+	$(BIN)/readingroom models
 
 # Debian packages the tests and the demo use (dcmtk's storescu/echoscu/findscu).
 system-deps:
@@ -29,7 +33,6 @@ $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'
-	$(BIN)/python -m dictation.install
 	touch $(STAMP)
 
 bench: install

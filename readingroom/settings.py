@@ -166,6 +166,9 @@ class ModelSettings(_Section):
 
 class Settings(_Section):
     home: Path = Path("var")
+    # Installed speech models (Whisper base, joined at install): outside ``home`` so that
+    # resetting the data folder keeps them. "": inside the virtual environment (dictation/models.py).
+    models_dir: str = ""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     sites_file: str = "sites.yaml"
     findings_file: str = "findings.yaml"
