@@ -6,7 +6,7 @@ A seeded generator writes clean reports of five kinds (CT head, chest radiograph
 pelvis, extremity radiograph with an ordered side, CT chest) from phrase pools with varied
 negation ("no", "there is no evidence of", "negative for", "... is not identified", "has
 resolved", chronic findings), positive findings echoed in the impression, and concordant AI
-findings. Then it injects one error per report copy, of nine kinds, and runs
+findings. Then it injects one error per report copy, of eleven kinds, and runs
 ``dictation.checks.run_checks`` on every report.
 
 - recall: an injected error counts as found when an issue of the expected check fires;
@@ -49,6 +49,12 @@ def pick(rng: random.Random, pool: list[str], k: int) -> list[str]:
     return rng.sample(pool, min(k, len(pool)))
 
 
+def without(sentences: list[str], *words: str) -> list[str]:
+    """The sentences that name none of ``words``: a clean report must not negate what it describes
+    (the contradiction check would rightly flag "No hydronephrosis." beside "mild hydronephrosis")."""
+    return [s for s in sentences if not any(w in s.lower() for w in words)]
+
+
 def head(rng: random.Random) -> Case:
     side = rng.choice(SIDES)
     negatives = ["No acute intracranial hemorrhage.", "There is no evidence of acute intracranial hemorrhage.",
@@ -63,6 +69,8 @@ def head(rng: random.Random) -> Case:
                  "No intracranial mass, hemorrhage or acute territorial infarct.",
                  "There is no acute hemorrhage, although evaluation of the posterior fossa is limited by artifact."]
     findings = pick(rng, negatives, rng.randint(4, 7))
+    if any("chronic subdural" in f for f in findings):
+        findings = without(findings, "extra-axial", "negative for intracranial", "no intracranial mass, hemorrhage")
     impression = [rng.choice(["No acute intracranial abnormality.", "No acute intracranial process.",
                               "No CT evidence of acute intracranial pathology."])]
     sided = []
@@ -92,16 +100,19 @@ def chest(rng: random.Random) -> Case:
     impression, ai, sided = [], [], []
     choice = rng.random()
     if choice < 0.3:
+        findings = without(findings, "lungs are clear", "focal consolidation")
         findings.append(f"{side.capitalize()} lower lobe consolidation.")
         impression.append(f"{side.capitalize()} lower lobe pneumonia.")
         ai.append(AIResult("consolidation", True, 0.81, "cxr-net", "2.1"))
         sided.append(side)
     elif choice < 0.55:
+        findings = without(findings, "lungs are clear", "no pleural effusion", f"resolution of the {side}")
         findings.append(f"Small {side} pleural effusion.")
         impression.append(f"Small {side} pleural effusion.")
         ai.append(AIResult("effusion", True, 0.77, "cxr-net", "2.1"))
         sided.append(side)
     elif choice < 0.7:
+        findings = without(findings, "silhouette is within normal limits", "heart size is normal")
         findings.append("The cardiac silhouette is enlarged.")
         impression.append("Mild cardiomegaly.")
         ai.append(AIResult("cardiomegaly", True, 0.7, "cxr-net", "2.1"))
@@ -128,6 +139,7 @@ def abdomen(rng: random.Random) -> Case:
     choice = rng.random()
     if choice < 0.35:
         n = rng.randint(3, 9)
+        findings = without(findings, "hydronephrosis")
         findings.append(f"A {n} mm obstructing stone in the {side} proximal ureter with mild {side} hydronephrosis.")
         impression.append(f"Obstructing {n} mm {side} ureteral stone with mild hydronephrosis.")
         sided.append(side)
@@ -156,12 +168,13 @@ def extremity(rng: random.Random, child: bool | None = None) -> Case:
     if rng.random() < 0.5:
         bone = {"knee": "proximal tibia", "wrist": "distal radius", "ankle": "distal fibula", "elbow": "radial head",
                 "shoulder": "humeral neck", "hand": "fifth metacarpal"}[part]
-        findings = [f for f in findings if "fracture" not in f]
+        findings = without(findings, "fracture")
         findings.append(f"Nondisplaced fracture of the {side} {bone}.")
         impression.append(f"Nondisplaced {side} {bone} fracture.")
     else:
         impression.append(f"No acute osseous abnormality of the {side} {part}.")
     if part == "knee" and rng.random() < 0.5:
+        findings = without(findings, "joint effusion")
         findings.append(f"Small {side} knee joint effusion.")
         impression.append("Small joint effusion.")
     age = rng.randint(6, 14) if child else rng.randint(25, 85)
@@ -213,6 +226,16 @@ CRITICAL_PAIRS = [
     ("Acute infarct in the {side} MCA territory.", "Acute {side} MCA infarct."),
     ("Subarachnoid hemorrhage in the {side} sylvian fissure.", "Acute subarachnoid hemorrhage."),
 ]
+# (positive finding, a statement that contradicts it)
+CONTRADICTIONS = [
+    ("Small {side} pneumothorax.", "No pneumothorax."),
+    ("{Side} lower lobe consolidation.", "The lungs are clear."),
+    ("Nondisplaced fracture of the {side} fifth rib.", "No acute fracture."),
+    ("Acute {side} frontal subdural hematoma measuring 8 mm with 3 mm midline shift.",
+     "No acute intracranial hemorrhage."),
+    ("Mild {side} hydronephrosis.", "No hydronephrosis."),
+]
+UNITLESS = ["measuring millimeters", "measuring 3 x cm", "which measures cm", "of centimeters"]
 PLACEHOLDERS = ["[preserved|indistinct]", "___", "XXX", "[ ]", "<measurement>"]
 
 
@@ -268,6 +291,14 @@ def inject(case: Case, error: str, rng: random.Random) -> Case | None:
             return None
         ctx = replace(ctx, ai_findings=ai)
         expected = "ai_discordance"
+    elif error == "contradiction":
+        positive, negative = (t.format(side=side, Side=side.capitalize()) for t in rng.choice(CONTRADICTIONS))
+        r["findings"] = f"{negative} {r['findings']} {positive}"
+        r["impression"] = f"{positive} {r['impression']}"
+        expected = "contradiction"
+    elif error == "unit_without_number":
+        r["findings"] = r["findings"] + f" A {side} adrenal nodule {rng.choice(UNITLESS)}."
+        expected = "units"
     elif error == "placeholder":
         section = rng.choice(["findings", "impression"])
         r[section] = r[section] + f" The value is {rng.choice(PLACEHOLDERS)}."
@@ -281,7 +312,7 @@ def inject(case: Case, error: str, rng: random.Random) -> Case | None:
 
 
 ERRORS = ("laterality_order", "laterality_impression", "sex", "age", "findings_impression", "critical",
-          "ai_discordance", "placeholder", "empty_impression")
+          "ai_discordance", "placeholder", "empty_impression", "contradiction", "unit_without_number")
 
 
 def build(n_clean: int, per_type: int, seed: int) -> tuple[list[Case], list[Case]]:

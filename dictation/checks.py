@@ -3,7 +3,7 @@
 ``run_checks(text, context)`` returns a list of ``Issue``. Each issue has a stable ``key`` (an
 override or an acknowledgement names it) and a severity:
 
-- ``block``: resolve it, or override it with a reason (audited) before signing;
+- ``blocking``: resolve it, or override it with a reason (audited) before signing;
 - ``warn``: acknowledge it before signing (AI discordance);
 - ``critical``: a critical finding; a final report needs a critical-result communication record;
 - ``info``: not shown as a problem; logged for model QA (report critical, AI negative).
@@ -12,7 +12,11 @@ The checks: laterality (ordered side against the report; findings against impres
 age (uterus in a male, prostate in a female, open physes in an adult...), findings against
 impression (a positive finding missing from the impression), critical findings with negation
 handling ("no acute hemorrhage" is not critical, "acute subdural hematoma" is), AI discordance,
-empty template fields and unreplaced placeholders.
+empty template fields and unreplaced placeholders, contradictions (a negative or normal statement
+against a positive finding of the same report: "no pneumothorax" and "small left pneumothorax";
+the table NORMAL_STATEMENTS says which findings a template normal rules out), a measurement unit
+without a number ("measuring millimeters"), and a critical-result communication whose side or size
+differs from the report's.
 
 Text handling is a small NegEx: a concept is negated by a trigger before it in its clause ("no",
 "without", "negative for"...) or after it ("is not seen", "has resolved"); "no change in" and
@@ -28,14 +32,14 @@ from typing import Iterable
 
 log = logging.getLogger(__name__)
 
-SEVERITIES = ("block", "warn", "critical", "info")
+SEVERITIES = ("blocking", "warn", "critical", "info")
 
 
 @dataclass(frozen=True)
 class Issue:
     key: str          # stable id: "laterality:order:right", "critical:pneumothorax"...
     check: str        # laterality, sex_age, findings_impression, critical, ai_discordance, ai_qa, template
-    severity: str     # block, warn, critical, info
+    severity: str     # blocking, warn, critical, info
     message: str
     section: str = ""
 
@@ -65,6 +69,8 @@ class CheckContext:
     ai_findings: tuple[AIResult, ...] = ()
     # Fields of the template: {section: {field label: value}}; an empty value is an issue.
     template_fields: dict[str, dict[str, str]] = field(default_factory=dict)
+    # The findings told in the critical-result communications ("8 mm right subdural hematoma").
+    communications: tuple[str, ...] = ()
 
 
 # --- concepts -----------------------------------------------------------------------------------
@@ -281,7 +287,7 @@ def check_laterality(report: dict[str, str], ordered_side: str | None) -> list[I
     if ordered_side in ("left", "right") and mentioned:
         other = "right" if ordered_side == "left" else "left"
         if other in mentioned and ordered_side not in mentioned:
-            issues.append(Issue(f"laterality:order:{other}", "laterality", "block",
+            issues.append(Issue(f"laterality:order:{other}", "laterality", "blocking",
                                 f"The order is for the {ordered_side.upper()} side, but the report describes only "
                                 f"the {other.upper()} side. Correct the side, or override with a reason.", "findings"))
     # The impression is compared with the findings and the technique ("Three views of the left knee").
@@ -296,7 +302,7 @@ def check_laterality(report: dict[str, str], ordered_side: str | None) -> list[I
             matching = [s for s in findings if topic in _topics(s) and sides(s) and not _all_negated(s)]
             if matching and all(side not in sides(s) for s in matching):
                 other = sorted(sides(matching[0]))[0]
-                issues.append(Issue(f"laterality:impression:{topic}", "laterality", "block",
+                issues.append(Issue(f"laterality:impression:{topic}", "laterality", "blocking",
                                     f"The impression says {side.upper()} for '{topic}', the findings or technique say "
                                     f"{other.upper()}. Correct the side, or override with a reason.", "impression"))
                 break
@@ -321,19 +327,19 @@ def check_sex_age(text: str, sex: str, age: float | None) -> list[Issue]:
         found = sorted({m.group(1).lower() for m in wrong.finditer(text)})
         if found:
             who = "male" if sex == "M" else "female"
-            issues.append(Issue(f"sex:{sex}:{found[0]}", "sex_age", "block",
+            issues.append(Issue(f"sex:{sex}:{found[0]}", "sex_age", "blocking",
                                 f"The patient is {who}, but the report mentions {', '.join(found)}. Check the "
                                 "patient and the template, or override with a reason."))
     if age is not None:
         if age >= 25 and _OPEN_PHYSES.search(text):
-            issues.append(Issue("age:open_physes", "sex_age", "block",
+            issues.append(Issue("age:open_physes", "sex_age", "blocking",
                                 f"Open growth plates are described in a patient aged {age:.0f}. Check the patient, "
                                 "or override with a reason."))
         if age < 30 and re.search(r"\bpostmenopausal\b", text, re.IGNORECASE):
-            issues.append(Issue("age:postmenopausal", "sex_age", "block",
+            issues.append(Issue("age:postmenopausal", "sex_age", "blocking",
                                 f"'Postmenopausal' in a patient aged {age:.0f}. Check the patient, or override."))
         if (age < 9 or age > 60 or sex == "M") and any(not m_neg for m_neg in _pregnancy_mentions(text)):
-            issues.append(Issue("age:pregnancy", "sex_age", "block",
+            issues.append(Issue("age:pregnancy", "sex_age", "blocking",
                                 f"Pregnancy is described in a patient aged {age:.0f} ({sex or 'sex unknown'}). "
                                 "Check the patient, or override with a reason."))
     return issues
@@ -361,7 +367,7 @@ def check_findings_impression(report: dict[str, str]) -> list[Issue]:
             continue
         seen.add(m.concept)
         label = _CONCEPT[m.concept].label
-        issues.append(Issue(f"findings_impression:{m.concept}", "findings_impression", "block",
+        issues.append(Issue(f"findings_impression:{m.concept}", "findings_impression", "blocking",
                             f"The findings describe {label} ('{m.sentence[:80]}'), but the impression does not "
                             "mention it. Add it to the impression, or override with a reason.", "impression"))
     return issues
@@ -434,20 +440,446 @@ def check_template(report: dict[str, str], fields: dict[str, dict[str, str]]) ->
     issues: list[Issue] = []
     for section in ("findings", "impression"):
         if not report.get(section, "").strip():
-            issues.append(Issue(f"template:empty:{section}", "template", "block",
+            issues.append(Issue(f"template:empty:{section}", "template", "blocking",
                                 f"The {section} section is empty. Dictate it before signing.", section))
     for section, values in fields.items():
         for label, value in values.items():
             if not (value or "").strip():
-                issues.append(Issue(f"template:field:{section}:{label}", "template", "block",
+                issues.append(Issue(f"template:field:{section}:{label}", "template", "blocking",
                                     f"Template field '{label}' ({section}) is empty. Dictate it, say 'insert "
                                     "normal', or override with a reason.", section))
     for section, text in report.items():
         for m in _PLACEHOLDER.finditer(text or ""):
-            issues.append(Issue(f"template:placeholder:{section}:{m.group(0)[:40]}", "template", "block",
+            issues.append(Issue(f"template:placeholder:{section}:{m.group(0)[:40]}", "template", "blocking",
                                 f"Unreplaced placeholder {m.group(0)!r} in {section}. Choose or type the value.",
                                 section))
     return issues
+
+
+# --- contradictions ------------------------------------------------------------------------------
+# A negated concept also rules out these (directional: "no hemorrhage" rules out a subdural
+# hematoma, "no subdural hematoma" does not rule out a subarachnoid hemorrhage).
+RULES_OUT: dict[str, tuple[str, ...]] = {
+    "hemorrhage": ("intracranial_hematoma",),
+    "mass_effect": ("midline_shift", "brain_herniation"),
+    "consolidation": ("pneumonia", "infiltrate"),
+    "infiltrate": ("consolidation", "pneumonia"),
+}
+
+
+@dataclass(frozen=True)
+class NormalStatement:
+    """A normal sentence of a template (or its usual variants) and the findings it rules out.
+
+    ``scope``: "any" rules out every positive mention; "acute" only those not called chronic
+    ("No acute intracranial abnormality" and a chronic subdural hematoma agree); "new" only those
+    called acute or new. ``where``: the positive sentence must name this site ("The calvarium is
+    intact" rules out a skull fracture, not a rib fracture).
+    """
+
+    pattern: str
+    rules_out: tuple[str, ...]
+    scope: str = "any"
+    where: str = ""
+
+
+NORMAL_STATEMENTS: tuple[NormalStatement, ...] = (
+    # chest radiograph
+    NormalStatement(r"\blungs?(?:\s+bases?)?\s+(?:(?:are|is|remain)\s+)?clear\b",
+                    ("consolidation", "pneumonia", "infiltrate", "opacity")),
+    NormalStatement(r"\b(?:cardiomediastinal|cardiac)\s+silhouette\s+is\s+(?:within\s+normal\s+limits|normal)\b|"
+                    r"\bheart\s+(?:size\s+)?is\s+normal\b", ("cardiomegaly",)),
+    NormalStatement(r"\bno\s+acute\s+cardiopulmonary\s+(?:process|abnormality|disease|findings?)\b",
+                    ("pneumothorax", "consolidation", "pneumonia", "infiltrate", "congestion"), "acute"),
+    NormalStatement(r"\bno\s+acute\s+(?:osseous|bony|skeletal)\s+(?:abnormalit(?:y|ies)|findings?|injury)\b",
+                    ("fracture", "dislocation"), "acute"),
+    # CT head
+    NormalStatement(r"\bno\s+(?:(?:CT\s+)?evidence\s+of\s+)?acute\s+intracranial\s+"
+                    r"(?:abnormalit(?:y|ies)|process|pathology|findings?|injury)\b",
+                    ("hemorrhage", "intracranial_hematoma", "midline_shift", "mass_effect", "infarct",
+                     "brain_herniation"), "acute"),
+    NormalStatement(r"\bgr[ae]y[- ]white(?:\s+matter)?\s+differentiation\s+is\s+(?:preserved|maintained|normal)\b",
+                    ("infarct",), "new"),
+    NormalStatement(r"\bventricles\b(?:\s+and\s+basal\s+cisterns)?\s+are\s+normal(?:\s+in\s+size)?\b",
+                    ("hydrocephalus",)),
+    NormalStatement(r"\bno\s+extra-?axial\s+(?:fluid\s+)?collections?\b", ("intracranial_hematoma", "hemorrhage"),
+                    where=r"\b(?:subdural|epidural|extradural|extra-?axial|SDH|EDH)\b"),
+    NormalStatement(r"\b(?:calvarium|skull|cranial\s+vault)\s+(?:is|appears)\s+intact\b", ("fracture",),
+                    where=r"\b(?:skull|calvari\w*|cranial\s+vault|(?:frontal|parietal|temporal|occipital|sphenoid)"
+                          r"\s+bones?)\b"),
+    # CT abdomen and pelvis
+    NormalStatement(r"\bno\s+acute\s+(?:abnormalit(?:y|ies)|process|findings?)\s+in\s+the\s+abdomen\b|"
+                    r"\bno\s+acute\s+(?:abdominal|abdominopelvic|intra-?abdominal)(?:\s+or\s+pelvic)?\s+"
+                    r"(?:abnormalit(?:y|ies)|process|pathology|findings?)\b",
+                    ("pneumoperitoneum", "bowel_obstruction", "appendicitis", "diverticulitis", "cholecystitis",
+                     "abscess"), "acute"),
+    NormalStatement(r"\bappendix\s+is\s+(?:normal|unremarkable)\b", ("appendicitis",)),
+    NormalStatement(r"\bgallbladder\s+is\s+(?:normal|unremarkable)\b", ("cholecystitis",)),
+    NormalStatement(r"\bpancreas\s+is\s+(?:normal|unremarkable)\b", ("mass", "abscess"), where=r"\bpancrea\w*"),
+    NormalStatement(r"\badrenal\s+glands\s+are\s+(?:normal|unremarkable)\b", ("mass", "nodule"),
+                    where=r"\badrenals?\b"),
+)
+_NORMALS = [(re.compile(n.pattern, re.IGNORECASE), n, re.compile(n.where, re.IGNORECASE) if n.where else None)
+            for n in NORMAL_STATEMENTS]
+# Where a finding is: two mentions at different sites do not contradict ("no pericardial
+# effusion", "small left pleural effusion"). Umbrella words (intracranial, extra-axial) are not sites.
+SITES: dict[str, str] = {
+    "pleural": r"pleural", "pericardial": r"peri-?cardial", "joint": r"joints?|intra-?articular",
+    "skull": r"skull|calvari\w*|(?:frontal|parietal|temporal|occipital|sphenoid) bones?",
+    "face": r"nasal|facial|orbital|orbits?|zygom\w*|maxill\w*|mandib\w*", "rib": r"ribs?",
+    "spine": r"spin\w*|vertebra\w*|cervical|thoracic|lumbar|sacr(?:al|um)|coccy\w*|[CTL]\d{1,2}",
+    "pelvis": r"pelvi[cs]|acetabul\w*|iliac|pubic|pubis", "hip": r"hips?|femoral neck|intertrochanteric",
+    "femur": r"femurs?|femoral", "tibia": r"tibi\w*", "fibula": r"fibul\w*", "knee": r"knees?|patell\w*",
+    "ankle": r"ankles?|malleol\w*", "foot": r"feet|foot|metatars\w*|calcane\w*|toes?", "radius": r"radius|radial",
+    "ulna": r"ulna\w*", "wrist": r"wrists?|scaphoid|carpal", "hand": r"hands?|metacarp\w*|fingers?|phalan\w*",
+    "humerus": r"humer\w*", "shoulder": r"shoulders?|glenoid", "clavicle": r"clavic\w*", "scapula": r"scapul\w*",
+    "elbow": r"elbows?|olecran\w*", "aorta": r"aort\w*", "spleen": r"splen\w*|spleen", "liver": r"hepat\w*|liver",
+    "kidney": r"renal|kidneys?", "pancreas": r"pancrea\w*", "adrenal": r"adrenals?", "scalp": r"scalp|subgaleal",
+    "soft_tissue": r"soft[- ]tissues?", "subdural": r"subdural|SDH", "epidural": r"epidural|extradural|EDH",
+    "subarachnoid": r"subarachnoid|SAH", "parenchymal": r"intraparenchymal|intracerebral|parenchymal",
+    "ventricular": r"intraventricular|IVH", "retroperitoneal": r"retroperitone\w*", "upper_lobe": r"upper lobes?",
+    "middle_lobe": r"middle lobe", "lower_lobe": r"lower lobes?", "lingula": r"lingula\w*",
+    "mediastinum": r"mediastin\w*", "hilum": r"hil(?:ar|um)", "axilla": r"axill\w*", "bladder": r"bladder",
+    "thyroid": r"thyroid", "breast": r"breasts?",
+}
+_SITES = [(name, re.compile(rf"(?<![\w-])(?:{pattern})(?![\w-])", re.IGNORECASE)) for name, pattern in SITES.items()]
+_WINDOW_STOP = re.compile(r",|\b(?:and|or|with|without|no|not|of|in|measuring|measures)\b", re.IGNORECASE)
+_AFTER_SITE = re.compile(r"^\s*(?:of|in|at|along|within|involving|over)\b([^,;]*)", re.IGNORECASE)
+_NEW = re.compile(r"\b(?:new|newly|interval|further)\b", re.IGNORECASE)
+# "Otherwise, the lungs are clear", "no other fracture": the statement sets aside what was described.
+_OTHERWISE = re.compile(r"\b(?:otherwise|elsewhere|other|another|remainder|remaining|rest of|additional)\b",
+                        re.IGNORECASE)
+_CHRONIC_AFTER = re.compile(r"\b(?:chronic|old|remote|healed|unchanged|stable)\b", re.IGNORECASE)
+CONTRADICTION_SECTIONS = ("findings", "impression")
+
+
+@dataclass(frozen=True)
+class RuleOut:
+    """A sentence that says concepts are absent: a negated mention, or a normal statement."""
+
+    section: str
+    sentence: str
+    concepts: frozenset[str]
+    scope: str                     # any, acute, new (see NormalStatement)
+    sides: frozenset[str]
+    sites: frozenset[str]
+    where: re.Pattern | None = None
+
+
+@dataclass(frozen=True)
+class Positive:
+    """A finding the report says is there."""
+
+    section: str
+    sentence: str
+    concept: str
+    sides: frozenset[str]
+    sites: frozenset[str]
+    chronic: bool
+    acute: bool                    # called acute or new
+
+
+@dataclass(frozen=True)
+class Contradiction:
+    rule_out: RuleOut
+    positive: Positive
+
+
+def _site_names(text: str) -> frozenset[str]:
+    return frozenset(name for name, pattern in _SITES if pattern.search(text))
+
+
+def _clause(sentence: str, start: int, end: int) -> str:
+    return _clause_prefix(sentence, start) + sentence[start:end] + _clause_suffix(sentence, end)
+
+
+def _site_window(sentence: str, m: Mention, spans: list[tuple[int, int]]) -> str:
+    """The words that say where this mention is: its own words, the few before it (up to a
+    coordinator, a negation or another finding) and an 'of the left fifth rib' after it."""
+    before = _clause_prefix(sentence, m.start)
+    offset = m.start - len(before)
+    cut = max([s.end() for s in _WINDOW_STOP.finditer(before)] +
+              [e - offset for s, e in spans if e <= m.start and e - offset > 0] + [0])
+    window = " ".join(before[cut:].split()[-4:]) + " " + sentence[m.start:m.end]
+    after = _AFTER_SITE.match(_clause_suffix(sentence, m.end))
+    if after:
+        window += " " + " ".join(_WINDOW_STOP.split(after.group(1))[0].split()[:6])
+    return window
+
+
+def _scope(sentence: str, m: Mention) -> str:
+    """What a negation rules out: 'no new fracture' only new ones, 'no acute fracture' all but old ones."""
+    prefix = _clause_prefix(sentence, m.start)
+    cleaned = _PSEUDO.sub(" ", prefix)
+    last = None
+    for last in _PRE_NEG.finditer(cleaned):
+        pass
+    words = cleaned[last.end():] if last else " ".join(prefix.split()[-4:])
+    return "new" if _NEW.search(words) else "acute" if _ACUTE.search(words) else "any"
+
+
+def _statements(section: str, text: str) -> tuple[list[RuleOut], list[Positive]]:
+    """What ``text`` rules out and what it says is there, sentence by sentence."""
+    rule_outs: list[RuleOut] = []
+    positives: list[Positive] = []
+    found = mentions(text)
+    for sentence in dict.fromkeys(m.sentence for m in found):
+        spans = [(m.start, m.end) for m in found if m.sentence == sentence]
+        for m in (m for m in found if m.sentence == sentence):
+            clause = _clause(sentence, m.start, m.end)
+            if m.negated and _OTHERWISE.search(clause):
+                continue
+            sides_ = frozenset(sides(clause))
+            sites = _site_names(_site_window(sentence, m, spans))
+            if m.negated:
+                concepts = frozenset({m.concept, *RULES_OUT.get(m.concept, ())})
+                rule_outs.append(RuleOut(section, sentence, concepts, _scope(sentence, m), sides_, sites))
+            else:
+                chronic = m.chronic or bool(_CHRONIC_AFTER.search(_clause_suffix(sentence, m.end)))
+                near = " ".join(_clause_prefix(sentence, m.start).split()[-4:])
+                positives.append(Positive(section, sentence, m.concept, sides_, sites, chronic,
+                                          bool(_ACUTE.search(near))))
+    for sentence in sentences(text):
+        for pattern, normal, where in _NORMALS:
+            match = pattern.search(sentence)
+            clause = _clause(sentence, match.start(), match.end()) if match else ""
+            if match and not _OTHERWISE.search(clause):
+                rule_outs.append(RuleOut(section, sentence, frozenset(normal.rules_out), normal.scope,
+                                         frozenset(sides(clause)), frozenset(), where))
+    return rule_outs, positives
+
+
+def ruled_out(text: str) -> set[str]:
+    """The concepts ``text`` says are absent ("The lungs are clear." -> consolidation, pneumonia...)."""
+    return {c for r in _statements("", text)[0] for c in r.concepts}
+
+
+def rules_out(r: RuleOut, p: Positive) -> bool:
+    """True when ``r`` says ``p`` is absent: the one contradiction rule (checks and 'insert normal')."""
+    if p.concept not in r.concepts or (r.section, r.sentence) == (p.section, p.sentence):
+        return False
+    if (r.scope == "acute" and p.chronic) or (r.scope == "new" and not p.acute):
+        return False
+    if r.sides and not (r.sides & p.sides):      # "no left pneumothorax", "right pneumothorax"
+        return False
+    if r.sites and not (r.sites & p.sites):      # "no pericardial effusion", "pleural effusion"
+        return False
+    return r.where is None or bool(r.where.search(p.sentence))
+
+
+def contradictions(report: dict[str, str]) -> list[Contradiction]:
+    """Every (rule-out, positive) pair of the findings and impression that contradict each other."""
+    rule_outs: list[RuleOut] = []
+    positives: list[Positive] = []
+    for section in CONTRADICTION_SECTIONS:
+        r, p = _statements(section, report.get(section, "") or "")
+        rule_outs += r
+        positives += p
+    return [Contradiction(r, p) for p in positives for r in rule_outs if rules_out(r, p)]
+
+
+def contradicting_sentences(text: str, report: dict[str, str]) -> list[str]:
+    """The sentences of ``text`` (a normal to insert) that contradict the findings or impression of
+    ``report``, in either direction."""
+    new_r, new_p = _statements("\0new", text)
+    old_r: list[RuleOut] = []
+    old_p: list[Positive] = []
+    for section in CONTRADICTION_SECTIONS:
+        r, p = _statements(section, report.get(section, "") or "")
+        old_r += r
+        old_p += p
+    bad = {r.sentence for r in new_r for p in old_p if rules_out(r, p)}
+    bad |= {p.sentence for p in new_p for r in old_r if rules_out(r, p)}
+    return [s for s in sentences(text) if s in bad]
+
+
+def _quote(sentence: str) -> str:
+    return sentence if len(sentence) <= 120 else sentence[:117] + "..."
+
+
+def check_contradictions(report: dict[str, str]) -> list[Issue]:
+    """A negative or normal statement that contradicts a positive finding of the same report."""
+    issues: list[Issue] = []
+    seen_concepts: set[str] = set()
+    seen_pairs: set[tuple[str, str]] = set()
+    for c in contradictions(report):
+        r, p = c.rule_out, c.positive
+        if p.concept in seen_concepts or (r.sentence, p.sentence) in seen_pairs:
+            continue
+        seen_concepts.add(p.concept)
+        seen_pairs.add((r.sentence, p.sentence))
+        label = _CONCEPT[p.concept].label
+        issues.append(Issue(
+            f"contradiction:{p.concept}", "contradiction", "blocking",
+            f"The report contradicts itself about {label}: '{_quote(r.sentence)}' ({r.section}) but "
+            f"'{_quote(p.sentence)}' ({p.section}). Remove or correct one of them, or override with a reason.",
+            p.section))
+    return issues
+
+
+# --- measurements: a unit without a number, the critical-result communication ----------------------
+_NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
+                 "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen",
+                 "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety")
+_WORD_VALUE = {w: i if i < 20 else 20 + 10 * (i - 20) for i, w in enumerate(_NUMBER_WORDS)}
+_WORD = r"(?:" + "|".join(_NUMBER_WORDS) + r"|hundred|half)"
+_NUMBER = (rf"(?:\d+(?:\.\d+)?|\.\d+|\b{_WORD}(?:[\s-]+(?:and\s+a\s+|point\s+)?{_WORD})*(?:\s+point\s+{_WORD})*\b)")
+# unit -> (dimension, factor to the base unit: mm, ml, HU)
+UNITS = {"mm": ("length", 1.0), "cm": ("length", 10.0), "millimeter": ("length", 1.0),
+         "centimeter": ("length", 10.0), "ml": ("volume", 1.0), "milliliter": ("volume", 1.0),
+         "hu": ("density", 1.0), "hounsfield unit": ("density", 1.0)}
+_UNIT = (r"(?<![A-Za-z_/])(?:mm|cm|ml|mL|HU|(?i:millimet(?:er|re)s?|centimet(?:er|re)s?|millilit(?:er|re)s?|"
+         r"hounsfield units?))(?![\w/])")
+_UNIT_RE = re.compile(_UNIT)
+_MEASUREMENT = re.compile(rf"(?i:({_NUMBER})((?:\s*(?<![a-z])(?:x|by)(?![a-z])\s*{_NUMBER})*))\s*-?\s*({_UNIT})")
+# What may stand before a unit instead of a digit: a number word, a vague quantity ("a few
+# millimeters"), a placeholder (its own check names it), a range or a dimension's number.
+_BEFORE_UNIT = re.compile(rf"(?:\d|\b{_WORD}|\b(?:few|several|couple|fraction)|_|(?-i:\bX{{2,}})|\?|\])\s*-?\s*$",
+                          re.IGNORECASE)
+
+
+def _unit_name(unit: str) -> str:
+    unit = unit.lower().rstrip("s").replace("metre", "meter").replace("litre", "liter")
+    return unit if unit in UNITS else {"hounsfield unit": "hu"}.get(unit, unit)
+
+
+def number_value(text: str) -> float | None:
+    """'8', '2.5', 'nine', 'two point five', 'twenty one', 'one and a half' -> a number; else None."""
+    text = text.strip().lower()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    whole, point = text.split(" point ", 1) if " point " in text else (text, "")
+    total = 0.0
+    for word in re.split(r"[\s-]+", whole):
+        if word in _WORD_VALUE:
+            total += _WORD_VALUE[word]
+        elif word == "hundred":
+            total = (total or 1) * 100
+        elif word == "half":
+            total += 0.5
+        elif word not in ("and", "a", ""):
+            return None
+    digits = [str(_WORD_VALUE.get(w, "")) for w in point.split()]
+    if point and not all(d.isdigit() and len(d) == 1 for d in digits):
+        return None
+    return total + (float("0." + "".join(digits)) if point else 0.0)
+
+
+def check_units(report: dict[str, str]) -> list[Issue]:
+    """A measurement unit with no number before it ('measuring millimeters', '3 x cm'): the number
+    was not dictated, or speech recognition lost it."""
+    issues: list[Issue] = []
+    for section, text in report.items():
+        for m in _UNIT_RE.finditer(text or ""):
+            before = text[:m.start()]
+            if _BEFORE_UNIT.search(before):
+                continue
+            sentence = re.split(r"(?<=[.!?;:])\s+|\n", before)[-1]
+            phrase = " ".join(sentence.split()[-2:] + [m.group(0)])
+            issues.append(Issue(f"unit_without_number:{section}:{phrase.lower()}", "units", "blocking",
+                                f"'{phrase}' ({section}): the unit {m.group(0)!r} stands without a number. Dictate "
+                                "the measurement (e.g. '8 mm'), or override with a reason.", section))
+    return issues
+
+
+@dataclass
+class _Facts:
+    sides: set[str] = field(default_factory=set)
+    sizes: dict[str, set[float]] = field(default_factory=dict)     # dimension -> values in mm, ml, HU
+    shown: dict[float, str] = field(default_factory=dict)          # value -> as written ("8 mm")
+
+
+def _measurements(sentence: str) -> list[tuple[int, str, float, str]]:
+    """(position, dimension, value in the base unit, as written) of every number + unit."""
+    out = []
+    for m in _MEASUREMENT.finditer(sentence):
+        dimension, factor = UNITS[_unit_name(m.group(3))]
+        numbers = [m.group(1), *re.split(r"\s*(?<![a-z])(?:x|by)(?![a-z])\s*", m.group(2), flags=re.IGNORECASE)[1:]]
+        for number in numbers:
+            value = number_value(number)
+            if value is not None:
+                out.append((m.start(), dimension, round(value * factor, 3), f"{number.strip()} {m.group(3)}"))
+    return out
+
+
+def _facts(text: str) -> dict[str, _Facts]:
+    """Positive concept -> the sides and measurements written next to it (each word goes to the
+    nearest positive mention of its sentence; a sentence without any goes to '*')."""
+    facts: dict[str, _Facts] = {}
+    found = [m for m in mentions(text) if not m.negated]
+    for sentence in sentences(text):
+        here = [m for m in found if m.sentence == sentence]
+
+        def owners(pos: int) -> list[str]:
+            if not here:
+                return ["*"]
+            distance: dict[str, int] = {}
+            for m in here:
+                d = min(abs(pos - m.start), abs(pos - m.end))
+                distance[m.concept] = min(d, distance.get(m.concept, d))
+            best = min(distance.values())
+            return [c for c, d in distance.items() if d == best]
+
+        for side in _SIDE.finditer(sentence):
+            for owner in owners(side.start()):
+                facts.setdefault(owner, _Facts()).sides |= sides(side.group(0))
+        for pos, dimension, value, shown in _measurements(sentence):
+            for owner in owners(pos):
+                f = facts.setdefault(owner, _Facts())
+                f.sizes.setdefault(dimension, set()).add(value)
+                f.shown.setdefault(value, shown)
+        for m in here:
+            facts.setdefault(m.concept, _Facts())
+    return facts
+
+
+def _family(concept: str) -> set[str]:
+    return {concept, *RELATED.get(concept, set()), *RULES_OUT.get(concept, ())}
+
+
+def communication_mismatches(report: dict[str, str], communication: str) -> list[Issue]:
+    """Sides and measurements of a critical-result communication's text that differ from the
+    report's own for that finding ('left' told, 'right' written; '10 mm' told, '8 mm' written)."""
+    body = "\n".join(report.get(s, "") or "" for s in CONTRADICTION_SECTIONS)
+    told, written = _facts(communication), _facts(body)
+    issues: list[Issue] = []
+    for concept, facts in told.items():
+        if concept == "*":   # the communication names no finding we know: compare with the critical ones
+            family = {m.concept for m in critical_mentions(body)} or {c for c in written if c != "*"}
+            label = "the critical finding"
+        else:
+            family = _family(concept)
+            label = _CONCEPT[concept].label
+        ours = [written[c] for c in sorted(family) if c in written]
+        if not ours:
+            continue
+        our_sides = set().union(*(f.sides for f in ours))
+        if facts.sides and our_sides and not facts.sides <= our_sides:
+            issues.append(Issue(
+                f"communication_mismatch:{concept}:side", "communication", "blocking",
+                f"The critical-result communication ('{_quote(communication)}') says "
+                f"{'/'.join(sorted(facts.sides)).upper()} for {label}; the report says "
+                f"{'/'.join(sorted(our_sides)).upper()}. Correct the report or record a corrected "
+                "communication, or override with a reason.", "impression"))
+        for dimension, values in sorted(facts.sizes.items()):
+            our_values = set().union(*(f.sizes.get(dimension, set()) for f in ours))
+            differ = sorted(values - our_values)
+            if our_values and differ:
+                shown = {v: s for f in ours for v, s in f.shown.items()}
+                issues.append(Issue(
+                    f"communication_mismatch:{concept}:{dimension}", "communication", "blocking",
+                    f"The critical-result communication ('{_quote(communication)}') says "
+                    f"{', '.join(facts.shown[v] for v in differ)} for {label}; the report says "
+                    f"{', '.join(shown[v] for v in sorted(our_values))}. Correct the report or record a corrected "
+                    "communication, or override with a reason.", "impression"))
+    return issues
+
+
+def check_communications(report: dict[str, str], communications: Iterable[str]) -> list[Issue]:
+    return [issue for text in communications if (text or "").strip()
+            for issue in communication_mismatches(report, text)]
 
 
 def run_checks(report: dict[str, str], context: CheckContext | None = None) -> list[Issue]:
@@ -461,6 +893,9 @@ def run_checks(report: dict[str, str], context: CheckContext | None = None) -> l
         *check_findings_impression(report),
         *check_critical(report),
         *check_ai(report, context.ai_findings),
+        *check_contradictions(report),
+        *check_units(report),
+        *check_communications(report, context.communications),
     ]
     unique: dict[str, Issue] = {}
     for issue in issues:

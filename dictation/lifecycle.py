@@ -347,10 +347,14 @@ class ReportService:
         study = record.study
         ai = tuple(checks.AIResult(f.finding, bool(f.positive), float(f.probability), f.model, f.version)
                    for f in session.scalars(select(AIFinding).where(AIFinding.study_id == study.id)))
+        # What was told in the critical-result communications, compared with the report's own sides and sizes.
+        told = tuple(f for f in session.scalars(select(CriticalCommunication.finding)
+                                                .where(CriticalCommunication.report_id == record.id)
+                                                .order_by(CriticalCommunication.id)) if (f or "").strip())
         context = checks.CheckContext(
             patient_sex=study.patient_sex, patient_age_years=age_years(study.patient_birth_date, study.study_date),
             ordered_side=self.ordered_side(study), indication=report.sections.get("clinical_information", ""),
-            ai_findings=ai, template_fields=template_fields)
+            ai_findings=ai, template_fields=template_fields, communications=told)
         return text, context
 
     def ordered_side(self, study: Study) -> str | None:
@@ -398,11 +402,11 @@ class ReportService:
         """Override a blocking check; the reason is required and audited."""
         if not reason.strip():
             raise ReportError("an override needs a reason (e.g. --reason 'side confirmed with the technologist')")
-        self._resolve_issue(report_id, key, user, reason, "override", ("block",))
+        self._resolve_issue(report_id, key, user, reason, "override", ("blocking",))
 
     def acknowledge(self, report_id: int, key: str, user: str, note: str = "") -> None:
         """Acknowledge a warning (AI discordance)."""
-        self._resolve_issue(report_id, key, user, note, "acknowledge", ("warn", "block"))
+        self._resolve_issue(report_id, key, user, note, "acknowledge", ("warn", "blocking"))
 
     def _resolve_issue(self, report_id: int, key: str, user: str, reason: str, action: str,
                        severities: tuple[str, ...]) -> None:
@@ -424,7 +428,11 @@ class ReportService:
     def record_communication(self, report_id: int, user: str, *, recipient: str, method: str,
                              read_back: bool, communicated_at: datetime | None = None,
                              finding: str = "") -> dict[str, Any]:
-        """Record a critical-result communication; its statement is added to the signed report."""
+        """Record a critical-result communication; its statement is added to the signed report.
+
+        ``finding`` is what was told ("8 mm right subdural hematoma"); a side or a size in it that
+        differs from the report's own blocks signing (check ``communication_mismatch``).
+        """
         if not recipient.strip():
             raise ReportError("a critical-result communication needs the recipient (name and role)")
         if method not in METHODS:

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from readingroom.errors import ConfigError
 
+from dictation import checks
 from dictation.commands import SECTION_ORDER, Command
 
 log = logging.getLogger(__name__)
@@ -236,18 +237,27 @@ class Report:
             log.info("command %s ignored here (template %s)", command, self.template.name)
 
     def _insert_normal(self) -> None:
+        """Fill the EMPTY fields (only the active one, when the cursor is on a field) and the empty
+        section text with the template's normals. Dictated text is never replaced, and a normal
+        sentence that contradicts what was dictated anywhere ("No acute intracranial hemorrhage."
+        after "acute subdural hematoma") is left out: the pre-sign contradiction rule decides."""
         spec = self.template.sections.get(self.section)
         if spec is None:
             return
-        if self.active_field:
-            normal = next(f.normal for f in spec.fields if f.name == self.active_field)
-            self._set(render_markup(normal))
-            return
+        active = self.active_field
         for f in spec.fields:
-            if not self.fields[self.section][f.name]:
-                self.fields[self.section][f.name] = render_markup(f.normal)
-        if spec.default and not self.sections[self.section]:
-            self.sections[self.section] = render_markup(spec.default)
+            if (active is None or f.name == active) and not self.fields[self.section][f.name].strip():
+                self.fields[self.section][f.name] = self._consistent(render_markup(f.normal))
+        if active is None and spec.default and not self.sections[self.section].strip():
+            self.sections[self.section] = self._consistent(render_markup(spec.default))
+
+    def _consistent(self, normal: str) -> str:
+        """``normal`` without the sentences that contradict the report as it stands."""
+        bad = checks.contradicting_sentences(normal, self.check_sections())
+        if not bad:
+            return normal
+        log.info("insert normal: left out %s (contradicts the dictated text)", bad)
+        return " ".join(s for s in checks.sentences(normal) if s not in bad)
 
     # output -------------------------------------------------------------------------------
     def section_text(self, section: str) -> str:
@@ -264,6 +274,11 @@ class Report:
 
     def as_dict(self) -> dict[str, str]:
         return {s: self.section_text(s) for s in SECTION_ORDER}
+
+    def check_sections(self) -> dict[str, str]:
+        """{section: field values and section text, without field labels}: what the checks read."""
+        return {s: "\n".join([*[v for v in self.fields.get(s, {}).values() if v.strip()],
+                               self.sections.get(s, "")]).strip() for s in SECTION_ORDER}
 
     def render(self) -> str:
         out = [self.template.title.upper()] if self.template.name != "free" else []

@@ -116,6 +116,18 @@ def test_empty_fields_and_placeholders():
     assert sum(k.startswith("template:placeholder:findings") for k in found) == 2
 
 
+def test_blocking_is_the_severity_of_what_must_be_resolved_before_signing():
+    from dictation.checks import SEVERITIES
+
+    assert SEVERITIES == ("blocking", "warn", "critical", "info")
+    report = {"findings": "No pneumothorax. Small left pneumothorax. A nodule measuring millimeters.",
+              "impression": ""}
+    issues = run_checks(report, CheckContext(patient_sex="M"))
+    assert {i.severity for i in issues} <= set(SEVERITIES)
+    assert {i.severity for i in issues if i.check in ("template", "contradiction", "units")} == {"blocking"}
+    assert {i.check for i in issues} >= {"template", "contradiction", "units"}
+
+
 def test_clean_report_has_no_issues():
     report = {"clinical_information": "Headache.", "technique": "Noncontrast CT of the head.",
               "findings": "No acute intracranial hemorrhage. No mass effect or midline shift. The ventricles are "

@@ -214,8 +214,12 @@ def test_fields_and_undo():
     report.apply(Command("undo"))
     assert report.fields["findings"]["lungs"] == ""
     report.dictate("small left effusion.")
-    report.apply(Command("insert_normal"))          # the active field only
-    assert report.fields["findings"]["lungs"] == "The lungs are clear. No focal consolidation."
+    report.apply(Command("insert_normal"))          # the active field only, never over dictated text
+    assert report.fields["findings"]["lungs"] == "Small left effusion."
+    assert report.fields["findings"]["pleura"] == ""
+    report.apply(Command("previous_field"))
+    report.apply(Command("insert_normal"))          # an empty active field gets its normal
+    assert report.fields["findings"]["lines_tubes"] == "None."
     assert report.fields["findings"]["pleura"] == ""
 
 

@@ -93,8 +93,10 @@ def test_blocking_checks_need_an_override_with_a_reason(service, db):
 
 def test_critical_finding_needs_a_communication_before_final(service, db):
     view = draft(service, db)
+    # (the extra-axial field changes too: "No extra-axial collection." would contradict the hematoma)
     service.save_draft(view.id, "dr_lee", fields={"findings": {**CLEAN_FINDINGS,
-                                                               "hemorrhage": "Acute left subdural hematoma."}},
+                                                               "hemorrhage": "Acute left subdural hematoma.",
+                                                               "extra_axial": "As above."}},
                        sections={"impression": "Acute left subdural hematoma."})
     with pytest.raises(ChecksNotResolved, match="critical:intracranial_hematoma"):
         service.sign(view.id, "dr_lee", final=True)
@@ -110,6 +112,29 @@ def test_critical_finding_needs_a_communication_before_final(service, db):
     final = service.sign(view.id, "dr_lee", final=True)
     assert final.number == 2 and "CRITICAL RESULT COMMUNICATION" in final.text and out["statement"] in final.text
     assert [v.status for v in service.get(view.id).versions] == ["preliminary", "final"]
+
+
+def test_a_communication_that_differs_from_the_report_blocks_signing(service, db):
+    view = draft(service, db)
+    service.save_draft(view.id, "dr_lee", fields={"findings": {
+        **CLEAN_FINDINGS, "hemorrhage": "Acute right frontal subdural hematoma measuring 8 mm.",
+        "extra_axial": "As above."}},
+        sections={"impression": "Acute right subdural hematoma."})
+    service.record_communication(view.id, "dr_lee", recipient="Dr Smith, ED", method="phone", read_back=True,
+                                 finding="10 mm left subdural hematoma")
+    with pytest.raises(ChecksNotResolved) as refused:
+        service.sign(view.id, "dr_lee", final=True)
+    issues = {c.issue.key: c.issue for c in refused.value.open_issues}
+    assert sorted(issues) == ["communication_mismatch:intracranial_hematoma:length",
+                              "communication_mismatch:intracranial_hematoma:side"]
+    assert all(i.severity == "blocking" for i in issues.values())
+    assert "10 mm" in issues["communication_mismatch:intracranial_hematoma:length"].message
+    # the report was right: a corrected communication alone does not clear the first one; an override does
+    service.record_communication(view.id, "dr_lee", recipient="Dr Smith, ED", method="phone", read_back=True,
+                                 finding="8 mm right subdural hematoma")
+    for key in issues:
+        service.override(view.id, key, "dr_lee", "corrected by a second call, read back")
+    assert service.sign(view.id, "dr_lee", final=True).status == "final"
 
 
 def test_ai_discordance_must_be_acknowledged_and_qa_is_logged(service, db):
