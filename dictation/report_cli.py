@@ -189,12 +189,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ChecksNotResolved as exc:
             print(f"readingroom: {exc}", file=sys.stderr)
             return 3
-        queued = [row["destination"] for row in reversed(service.delivery_status(args.report_id))
-                  if row["version"] == version.number]
+        from dictation.delivery.outbox import report_site, sign_message, sites_file_label
+
+        rows = service.delivery_status(args.report_id)
+        queued = [row["destination"] for row in reversed(rows) if row["version"] == version.number]
         print(f"report {args.report_id} v{version.number} signed {version.status} by {version.signed_by} at "
               f"{version.signed_at.isoformat()}Z, sha256 {version.sha256}")
+        print(sign_message(version.status, version.number, report_site(ctx.db, args.report_id), rows,
+                           sites_file_label(ctx.settings)))
         print(f"queued for delivery to {', '.join(queued)}; `readingroom run` or `readingroom worker` delivers it"
-              if queued else "the study's site has no destinations (sites.yaml); use `report export`")
+              if queued else "to hand the report over anyway, write it out with `readingroom report export`")
     elif a == "export":
         path = service.export(args.report_id, args.format, args.out, user=args.user)
         print(f"wrote {path}")

@@ -188,3 +188,139 @@ def test_partial_text_goes_into_the_active_section_while_speaking_but_a_command_
     assert live.display_sections()["findings"] == "There is a small effusion."
     live._events([Partial("Go to impression.", 3.0, 0.1)])               # a command is never typed
     assert live.display_sections()["findings"] == "There is a small effusion."
+
+
+# --- after signing, the page knows it (issue 17, item 6) -----------------------------------------
+def _view(status: str, versions: list[tuple[str, str]] = ()):  # noqa: ANN202 - (status, body) per version
+    """A ReportView as ReportService returns it, with signed versions at a fixed time."""
+    from datetime import datetime
+
+    from dictation.lifecycle import ReportView, VersionView
+
+    signed = [VersionView(i + 10, i + 1, st, body, "ab" * 32, "demo", datetime(2026, 11, 30, 3, 12 + i, 5), "",
+                          {"body": body}) for i, (st, body) in enumerate(versions)]
+    return ReportView(7, "1.2.3", "ACC1", "P1", "DOE^JOHN", "ct_head", status, {}, {}, 3, "", datetime(2026, 11, 30),
+                      signed)
+
+
+def test_the_header_shows_the_signed_state_and_the_version():
+    from workstation.signoff import reading_header, report_state
+
+    assert report_state(_view("draft")) == "DRAFT, not signed yet"
+    final = _view("final", [("final", "FINDINGS: x")])
+    assert report_state(final) == "FINAL v1, signed by demo at 03:12Z on 2026-11-30"
+    assert "report 7: **FINAL v1, signed by demo" in reading_header("**DOE^JOHN** · CT HEAD", final)
+    addendum = _view("addendum", [("final", "B"), ("addendum", "B\n\nADDENDUM (x):\nMore.")])
+    assert report_state(addendum).startswith("FINAL + ADDENDUM v2, signed by demo at 03:13Z")
+    assert report_state(_view("preliminary", [("preliminary", "B")])).startswith("PRELIMINARY v1")
+
+
+def test_a_signed_final_report_is_read_only_and_a_preliminary_one_is_not():
+    from workstation.live import LiveDictation
+    from workstation.signoff import is_read_only
+
+    assert not is_read_only(_view("draft")) and not is_read_only(_view("preliminary", [("preliminary", "B")]))
+    assert all(is_read_only(_view(s, [("final", "B")])) for s in ("final", "addendum", "corrected"))
+    live = LiveDictation("free", engine=object(), sections={"findings": "Signed text."})
+    live.read_only = True
+    live.edit("findings", "changed")
+    live.insert_normal()
+    live.feed(16000, np.zeros(1600, np.int16))                 # no dictation into a signed report
+    assert live.sections()["findings"] == "Signed text." and live._worker is None
+
+
+def test_an_addendum_is_shown_with_its_version_and_its_text():
+    from workstation.signoff import addendum_text, signed_markdown
+
+    body = "FINDINGS:\nSubdural hematoma."
+    view = _view("addendum", [("final", body),
+                              ("addendum", f"{body}\n\nADDENDUM (2026-11-30 03:20 UTC, demo):\nCompared with the "
+                                           "prior CT: new since then.")])
+    assert addendum_text(view.versions, 0) == ""
+    assert addendum_text(view.versions, 1) == "Compared with the prior CT: new since then."
+    shown = signed_markdown(view)
+    assert "- v1 final signed by demo" in shown and "- v2 addendum signed by demo" in shown
+    assert "Addendum (v2): Compared with the prior CT: new since then." in shown
+
+
+def test_a_blocking_template_field_is_named_in_full_and_shown_where_it_is_filled_in():
+    from dictation.checks import check_template
+    from dictation.lifecycle import CheckResult
+    from workstation.live import LiveDictation
+    from workstation.signoff import checks_markdown, issue_choices, issue_title
+
+    issues = check_template({"findings": "x", "impression": ""}, {"findings": {"Extra-axial spaces": "",
+                                                                               "Hemorrhage": "None."}})
+    results = [CheckResult(i, False) for i in issues]
+    by_key = {i.key: i for i in issues}
+    field = by_key["template:field:findings:Extra-axial spaces"]
+    assert issue_title(field) == "Findings > Extra-axial spaces is empty"
+    assert issue_title(by_key["template:empty:impression"]) == "Impression is empty"
+    assert ("Findings > Extra-axial spaces is empty", field.key) in issue_choices(results)
+    assert 'Type it after "Extra-axial spaces:" in the Findings box' in checks_markdown(results)
+
+    # The Findings box shows every field of the template, the empty ones too, and typing after a
+    # label fills that field (the others keep their values).
+    live = LiveDictation("ct_head", engine=object(), fields={"findings": {"hemorrhage": "No hemorrhage."}})
+    shown = live.display_sections()["findings"].splitlines()
+    assert shown[0] == "Hemorrhage: No hemorrhage." and "Extra-axial spaces: " in shown
+    typed = "\n".join(line + ("No extra-axial collection." if line.startswith("Extra-axial") else "")
+                      for line in shown) + "\nSmall old infarct."
+    live.edit("findings", live.typed_text("findings", typed))
+    fields = live.session.report.fields["findings"]
+    assert fields["extra_axial"] == "No extra-axial collection." and fields["hemorrhage"] == "No hemorrhage."
+    assert live.session.report.sections["findings"] == "Small old infarct."
+    assert live.typed_text("findings", live.display_sections()["findings"]) is None   # nothing typed
+    live.read_only = True                                        # signed: the signed text, no empty labels
+    assert "Brain:" not in live.display_sections()["findings"]
+
+
+def test_page_messages_say_what_to_do_without_command_lines():
+    from dictation.lifecycle import ReportError
+    from workstation.pages import Refused, guarded
+    from workstation.signoff import page_message
+
+    assert page_message("report 1 is final and cannot change; add an addendum (`readingroom report addendum 1 "
+                        "--user NAME --text ...`) or a corrected version") == \
+        "Report 1 is final and cannot change; add an addendum or a corrected version."
+    assert page_message("report 1 has no open check 'x'; run `readingroom report check 1` for the current keys",
+                        "Press Run checks.") == "Report 1 has no open check 'x'. Press Run checks."
+
+    @guarded("Sign final")
+    def fails(kind: str):  # noqa: ANN202
+        raise {"refused": Refused("Open a study from the worklist first."),
+               "report": ReportError("no study 'u'; see `readingroom worklist` for the study UIDs"),
+               "bug": ZeroDivisionError("x")}[kind]
+
+    for kind, expected in (("refused", "Open a study from the worklist first."), ("report", "No study 'u'."),
+                           ("bug", "Sign final did not work because of a problem in ReadingRoom")):
+        with pytest.warns(UserWarning) as caught:
+            assert fails(kind) == {"__type__": "update"}         # gr.skip(): the outputs stay, no Error badge
+        message = str(caught[-1].message)
+        assert message.startswith(expected) and "readingroom " not in message and "`" not in message
+
+
+def test_the_worklist_status_filter_finds_signed_studies():
+    from triage.worklist import OPEN_STATUSES
+    from workstation.pages import STATUS_CHOICES, worklist_query
+
+    assert worklist_query("") == (OPEN_STATUSES, None)
+    assert worklist_query("new") == (OPEN_STATUSES, "new")
+    assert worklist_query("final") == (("final",), None)
+    statuses, one = worklist_query("all")
+    assert set(statuses) == {*OPEN_STATUSES, "final"} and one is None
+    assert {value for _label, value in STATUS_CHOICES} >= {"", "final", "all"}
+
+
+def test_the_sign_off_says_plainly_where_the_report_went():
+    from dictation.delivery.outbox import delivery_summary, sign_message
+
+    assert sign_message("final", 1, "St. Mary's Hospital", []) == (
+        "Signed final (version 1). Site St. Mary's Hospital has no delivery destination configured in "
+        "configs/sites.yaml: nothing was sent.")
+    assert "has no site" in delivery_summary("", 1, [])
+    rows = [{"id": 3, "version": 1, "destination": "pdf", "status": "delivered", "last_error": ""},
+            {"id": 2, "version": 1, "destination": "hl7", "status": "pending", "last_error": "MLLPError: refused"},
+            {"id": 1, "version": 0, "destination": "hl7", "status": "failed", "last_error": "old"}]
+    assert delivery_summary("North", 1, rows) == ("Delivery to North: RIS (HL7 ORU over MLLP) queued (last try: "
+                                                  "MLLPError: refused); PDF report delivered.")

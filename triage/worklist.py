@@ -87,8 +87,10 @@ class Filters:
 
 
 def open_studies(db: Database, settings: Settings, *, user: str | None = None, filters: Filters = Filters(),
-                 now: datetime | None = None, limit: int | None = None) -> list[dict[str, Any]]:
-    """Open studies in reading order, each with the fields of ``readingroom worklist --json``."""
+                 now: datetime | None = None, limit: int | None = None,
+                 statuses: tuple[str, ...] = OPEN_STATUSES) -> list[dict[str, Any]]:
+    """Open studies in reading order, each with the fields of ``readingroom worklist --json``.
+    ``statuses``: the study statuses to list (the workstation adds "final" to find signed ones)."""
     now = now or utcnow()
     config = policy_config(settings)
     allowed = user_sites(db, user)
@@ -101,12 +103,12 @@ def open_studies(db: Database, settings: Settings, *, user: str | None = None, f
             .subquery()
         )
         # Plain rows, not ORM objects: this runs every few seconds for every open study.
-        open_ids = select(Study.id).where(Study.status.in_(OPEN_STATUSES))
+        open_ids = select(Study.id).where(Study.status.in_(statuses))
         rows = session.execute(
             select(*Study.__table__.columns, Site.name.label("site_name"), counts.c.n)
             .outerjoin(Site, Study.site_id == Site.id)
             .outerjoin(counts, counts.c.study_id == Study.id)
-            .where(Study.status.in_(OPEN_STATUSES))
+            .where(Study.status.in_(statuses))
         ).all()
         rows = [(row, row.site_name, row.n) for row in rows if allowed is None or row.site_name in allowed]
         findings: dict[int, list[Any]] = {row.id: [] for row, _s, _n in rows}

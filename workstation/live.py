@@ -119,6 +119,9 @@ class LiveDictation:
         self._resampler: Resampler | None = None
         self.feedback = Feedback()
         self.recording = False
+        # A signed final report: nothing may change it here (only an addendum, which the page adds).
+        self.read_only = False
+        self.study_line = ""      # the reading tab's header: patient, study, claim
 
     @property
     def engine(self):  # noqa: ANN201
@@ -149,7 +152,10 @@ class LiveDictation:
                 self.feedback.partial = event.text
 
     def feed(self, sample_rate: int, samples: np.ndarray) -> None:
-        """Queue a microphone chunk; returns at once (a worker thread decodes)."""
+        """Queue a microphone chunk; returns at once (a worker thread decodes). A signed report
+        takes no dictation (the audio route refuses it first)."""
+        if self.read_only:
+            return
         if self._worker is None or not self._worker.is_alive():
             self._worker = threading.Thread(target=self._work, name="live-dictation", daemon=True)
             self._worker.start()
@@ -246,23 +252,78 @@ class LiveDictation:
         partial = fb.partial if fb.partial and not self.session.is_command(fb.partial) else ""
         return " ".join(t for t in (fb.provisional, partial) if t)
 
+    def field_labels(self, section: str) -> list[tuple[str, str]]:
+        """(name, label) of the template fields of ``section``, in template order."""
+        spec = self.session.report.template.sections.get(section)
+        return [(f.name, f.label) for f in spec.fields] if spec else []
+
+    def section_display(self, section: str) -> str:
+        """A section as its box shows it. While the report can be edited, every template field has
+        its own line ``Label: value``, the empty ones too, so that a field that blocks signing is
+        seen where it can be filled in; then the section's own text. Signed: the signed text."""
+        report = self.session.report
+        fields = self.field_labels(section)
+        if not fields or self.read_only:
+            return report.section_text(section)
+        lines = [f"{label}: {report.fields[section][name].strip()}" for name, label in fields]
+        own = report.sections[section].strip()
+        return "\n".join(lines + ([own] if own else []))
+
     def display_sections(self) -> dict[str, str]:
-        """What the page shows: the report, plus the pending text in the active section."""
-        texts = self.sections()
+        """What the page shows: the report, plus the pending text where it will go (the active
+        field's line, or the end of the active section)."""
+        texts = {s: self.section_display(s) for s in SECTION_ORDER}
         pending = self.pending_text()
         if pending:
             section = self.active_section
-            texts[section] = f"{texts[section]} {pending}".strip()
+            names = [name for name, _label in self.field_labels(section)]
+            field_name = self.session.report.active_field
+            if field_name in names and not self.read_only:
+                lines = texts[section].split("\n")
+                at = names.index(field_name)
+                lines[at] = f"{lines[at].rstrip()} {pending}"
+                texts[section] = "\n".join(lines)
+            else:
+                texts[section] = f"{texts[section]} {pending}".strip()
         return texts
 
+    def typed_text(self, section: str, text: str) -> str | None:
+        """What a keyboard edit of the box means for the report: None when the box holds what was
+        shown (nothing typed), else the typed text without the pending dictated text (its final
+        text comes by itself)."""
+        if text == self.display_sections()[section] or text == self.sections()[section]:
+            return None
+        pending = self.pending_text()
+        if pending and pending in text:
+            at = text.rfind(pending)
+            text = (text[:at].rstrip(" ") + text[at + len(pending):]).rstrip()
+        return text
+
     def edit(self, section: str, text: str) -> None:
-        """Keyboard edit of a section: the typed text replaces it (template fields included)."""
+        """Keyboard edit of a section: the typed text replaces it. A line that starts with a
+        template field's label (``Extra-axial spaces: ...``) fills that field; a field whose line
+        was deleted is emptied; the other lines are the section's own text. Ignored when signed."""
+        if self.read_only:
+            return
         report = self.session.report
+        fields = self.field_labels(section)
+        by_label = {label.strip().lower(): name for name, label in fields}
+        values = {name: "" for name, _label in fields}
+        seen: set[str] = set()
+        rest = []
+        for line in text.split("\n") if fields else []:
+            label, colon, value = line.partition(":")
+            name = by_label.get(label.strip().lower()) if colon else None
+            if name is not None and name not in seen:
+                values[name] = value.strip()
+                seen.add(name)
+            else:
+                rest.append(line)
         with self._lock:
             report._snapshot()
-            report.sections[section] = text
-            for name in report.fields.get(section, {}):
-                report.fields[section][name] = ""
+            report.sections[section] = "\n".join(rest).strip("\n") if fields else text
+            for name, value in values.items():
+                report.fields[section][name] = value
 
     def content_key(self) -> str:
         """Changes when the report's text changes (autosave compares it)."""
@@ -282,6 +343,8 @@ class LiveDictation:
     def insert_normal(self) -> None:
         from dictation.commands import Command
 
+        if self.read_only:
+            return
         with self._lock:
             self.session.report.apply(Command("insert_normal", None, "insert normal"))
 

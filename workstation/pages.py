@@ -7,11 +7,12 @@ on the routes of workstation/web.py; here it is one HTML block that names the op
 
 from __future__ import annotations
 
+import functools
 import html
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import gradio as gr   # at module level: Gradio resolves the callbacks' annotations (gr.Request...) here
 
@@ -26,11 +27,52 @@ log = logging.getLogger(__name__)
 STATIC = Path(__file__).resolve().parent / "static"
 WORKLIST_COLUMNS = ["#", "Priority", "SLA", "Status", "Modality", "Site", "Patient", "Accession", "Description",
                     "Images", "Received (UTC)", "AI (UNVERIFIED)", "Reason", "Study UID"]
-STATUS_CHOICES = ["", "new", "triaged", "in_progress", "receiving", "preliminary"]
+# The worklist's status filter, (label, value): open studies by default; signed ones on request
+# (to add an addendum); one open status; or everything.
+STATUS_CHOICES = [("open", ""), ("new", "new"), ("triaged", "triaged"), ("in progress", "in_progress"),
+                  ("receiving", "receiving"), ("preliminary", "preliminary"), ("signed (final)", "final"),
+                  ("all", "all")]
+SIGNED_STUDY_STATUSES = ("final",)
 # Template suggested for a study, by modality and words of its description.
 TEMPLATE_RULES = [("CT", ("HEAD", "BRAIN", "CRANI"), "ct_head"), ("CT", ("ABD", "PELV"), "ct_abdomen_pelvis"),
                   ("CR", ("CHEST", "THORAX", "LUNG"), "chest_radiograph"),
                   ("DX", ("CHEST", "THORAX", "LUNG"), "chest_radiograph")]
+
+
+class Refused(Exception):
+    """A page action that cannot be done now; the message says what to do on the page."""
+
+
+def guarded(action: str, quiet: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Wrap a page callback so that it never raises into Gradio (which marks every output with a
+    bare "Error" badge): a refusal or a ReadingRoom error becomes a warning that says what to do
+    (without command lines), an unexpected error is logged and said so, and the outputs stay.
+    ``quiet`` (the timers, every few seconds): logged only, never a toast each tick."""
+    from readingroom.errors import ReadingRoomError
+    from workstation.signoff import page_message
+
+    def warn(message: str, title: str) -> None:
+        if quiet:
+            log.warning("page refresh %r: %s", action, message)
+        else:
+            gr.Warning(message, title=title)
+
+    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)   # Gradio reads the wrapped signature (gr.Request, gr.SelectData...)
+        def inner(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except Refused as exc:
+                warn(str(exc), action)
+            except ReadingRoomError as exc:
+                warn(page_message(str(exc)), f"{action}: not done")
+            except Exception:  # noqa: BLE001 - the page keeps working; the traceback is in the log
+                log.exception("page action %r failed", action)
+                warn(f"{action} did not work because of a problem in ReadingRoom; it is written in the log. "
+                     "Try again, and if it fails again, tell your administrator.", f"{action}: not done")
+            return gr.skip()
+        return inner
+    return wrap
 
 
 def head_html() -> str:
@@ -48,15 +90,29 @@ def sla_text(item: dict[str, Any]) -> str:
     return f"{remaining:.0f} min" if remaining < 120 else f"{remaining / 60:.1f} h"
 
 
+def worklist_query(status: str) -> tuple[tuple[str, ...], str | None]:
+    """The status filter's value as (study statuses to list, one status to keep or None): "" the
+    open studies, "final" the signed ones, "all" both, any other value that one open status."""
+    from triage.worklist import OPEN_STATUSES
+
+    if status == "all":
+        return (*OPEN_STATUSES, *SIGNED_STUDY_STATUSES), None
+    if status in SIGNED_STUDY_STATUSES:
+        return SIGNED_STUDY_STATUSES, None
+    return OPEN_STATUSES, status or None
+
+
 def worklist_rows(db: Database, settings: Settings, user: str | None = None, site: str = "", modality: str = "",
                   status: str = "") -> list[list[Any]]:
     from triage.worklist import Filters, open_studies
 
-    filters = Filters(site=site or None, modality=modality or None, status=status or None)
+    statuses, one_status = worklist_query(status or "")
+    filters = Filters(site=site or None, modality=modality or None, status=one_status)
     rows = []
-    for item in open_studies(db, settings, user=user, filters=filters):
+    for item in open_studies(db, settings, user=user, filters=filters, statuses=statuses):
         ai = "; ".join(f"{f['finding']} {f['probability']:.2f}" for f in item["ai"] if f["positive"])
-        rows.append([item["position"], item["priority"]["label"], sla_text(item), item["status"], item["modality"],
+        sla = "signed" if item["status"] in SIGNED_STUDY_STATUSES else sla_text(item)
+        rows.append([item["position"], item["priority"]["label"], sla, item["status"], item["modality"],
                      item["site"], item["patient_name"], item["accession"], item["description"],
                      item["num_instances"], (item["received_at"] or "")[:19].replace("T", " "),
                      ai or item["ai_status"], item["priority"]["reason"], item["study_uid"]])
@@ -129,7 +185,7 @@ def build_blocks(settings: Settings, db: Database, queue: Any = None,  # noqa: C
                  wake: Any = None) -> gr.Blocks:
     """The page. ``queue`` and ``wake`` (the worker pool's) let signed reports and order notices
     go out at once; without them a queue on the same database is used and the workers poll."""
-    from dictation.lifecycle import METHODS, SIGNED, ChecksNotResolved, ReportService
+    from dictation.lifecycle import METHODS, ChecksNotResolved, ReportService
     from dictation.report import SECTION_ORDER, SECTION_TITLES, list_templates
     from dictation.settings import DictationSettings
     from readingroom.auth import user_role
@@ -138,10 +194,11 @@ def build_blocks(settings: Settings, db: Database, queue: Any = None,  # noqa: C
     from triage import orders as order_api
     from triage.notify import CRITICAL_FINDING, events_since, latest_event_id
     from triage.orders.protocols import load_library
-    from triage.worklist import ClaimError, claim
+    from triage.worklist import claim
+    from dictation.delivery.outbox import delivery_summary, report_site, sign_message, sites_file_label
     from workstation.signoff import (
-        AUDIT_COLUMNS, DELIVERY_COLUMNS, ORDER_COLUMNS, audit_rows, checks_markdown, delivery_rows, open_issue_keys,
-        order_markdown, order_rows,
+        AUDIT_COLUMNS, DELIVERY_COLUMNS, ORDER_COLUMNS, audit_rows, checks_markdown, delivery_rows, is_read_only,
+        issue_choices, order_markdown, order_rows, page_message, reading_header, signed_markdown,
     )
 
     queue = queue or DatabaseJobQueue(db, settings.jobs)
@@ -169,11 +226,13 @@ def build_blocks(settings: Settings, db: Database, queue: Any = None,  # noqa: C
                     f_site = gr.Dropdown(site_names, value="", label="Site", scale=1)
                     f_modality = gr.Dropdown(["", "CT", "CR", "DX", "MR", "US", "NM", "XA"], value="",
                                              label="Modality", scale=1)
-                    f_status = gr.Dropdown(STATUS_CHOICES, value="", label="Status", scale=1)
+                    f_status = gr.Dropdown(STATUS_CHOICES, value="", label="Status", scale=1,
+                                           elem_id="rr-status-filter")
                     refresh = gr.Button("Refresh", size="sm", scale=0)
                 table = gr.Dataframe(headers=WORKLIST_COLUMNS, interactive=False, elem_id="worklist", wrap=True,
                                      max_height=640)
-                gr.Markdown("Click a row to open (and claim) the study. Critical rows are red; AI flags are UNVERIFIED.")
+                gr.Markdown("Click a row to open (and claim) the study. Critical rows are red; AI flags are UNVERIFIED. "
+                            "Signed studies are under Status: signed (final), to add an addendum.")
             # ---------------------------------------------------------------- reading
             with gr.Tab("Reading", id="reading"):
                 with gr.Row():
@@ -216,8 +275,12 @@ def build_blocks(settings: Settings, db: Database, queue: Any = None,  # noqa: C
                                 comm_btn = gr.Button("Record communication", size="sm")
                             signed_md = gr.Markdown("", elem_id="rr-signed")
                             with gr.Row():
-                                addendum_text = gr.Textbox(label="Addendum (to a final report)", scale=4)
-                                addendum_btn = gr.Button("Sign addendum", size="sm", scale=1)
+                                addendum_text = gr.Textbox(label="Addendum (to a final report)", scale=4,
+                                                           elem_id="rr-addendum", interactive=False,
+                                                           placeholder="An addendum follows a final report.")
+                                addendum_btn = gr.Button("Sign addendum", size="sm", scale=1, interactive=False,
+                                                         elem_id="rr-sign-addendum")
+                            delivery_md = gr.Markdown("", elem_id="rr-delivery-note")
                             delivery = gr.Dataframe(headers=DELIVERY_COLUMNS, interactive=False, elem_id="rr-delivery",
                                                     label="Delivery to the site")
             # ---------------------------------------------------------------- requests
@@ -247,7 +310,7 @@ def build_blocks(settings: Settings, db: Database, queue: Any = None,  # noqa: C
                 model_config = load_config(settings.config_dir / settings.models.file)
                 model_names = [c.name for c in all_models(WEIGHTS_DIR, model_config, PROJECT_ROOT)]
                 gr.Markdown("### Model evaluation\nScore a triage model on a folder of DICOM studies with a "
-                            "labels CSV (the phantom format, docs/models.md; make one with `readingroom phantoms`). "
+                            "labels CSV (the phantom format; docs/models.md says how to make one). "
                             "Results are UNVERIFIED.")
                 with gr.Row():
                     eval_model = gr.Dropdown(model_names, value=(model_names or [None])[0], label="Model", scale=1)
@@ -297,12 +360,14 @@ def build_blocks(settings: Settings, db: Database, queue: Any = None,  # noqa: C
                 admin_refresh = gr.Button("Refresh", size="sm")
 
         # ===================================================================== callbacks
+        @guarded("Load the page")
         def page_load(request: gr.Request):  # noqa: ANN202 - one round trip: who, tabs and the worklist
             user = username(request)
             role = user_role(db, user) if user else None
             return (f"{html.escape(user or '')} ({role}) · [Log out](/logout)", gr.update(visible=role == "admin"),
                     latest_event_id(db), styled(worklist_rows(db, settings, user)), list_requests("new"))
 
+        @guarded("Refresh the worklist", quiet=True)
         def refresh_worklist(site: str, modality: str, status: str, request: gr.Request):  # noqa: ANN202
             return styled(worklist_rows(db, settings, username(request), site, modality, status))
 
@@ -314,6 +379,7 @@ def build_blocks(settings: Settings, db: Database, queue: Any = None,  # noqa: C
         refresh.click(refresh_worklist, inputs=filters, outputs=table, api_name="refresh")
         gr.Timer(5).tick(refresh_worklist, inputs=filters, outputs=table, api_name="worklist", show_progress="hidden")
 
+        @guarded("Watch for critical studies", quiet=True)
         def poll_events(last_id: int, count: float, site: str, modality: str, status: str,
                         request: gr.Request):  # noqa: ANN202
             events = events_since(db, last_id)
@@ -330,86 +396,91 @@ def build_blocks(settings: Settings, db: Database, queue: Any = None,  # noqa: C
         critical_count.change(None, js="() => { window.rrBeep && window.rrBeep(); }")
 
         # ---- open a study: claim it, show it, start a report with the suggested template
+        sites_file = sites_file_label(settings)
+
+        def _label(section: str, session: LiveDictation | None) -> str:
+            title = SECTION_TITLES[section]
+            if session is not None and session.read_only:
+                return f"{title} (signed, read-only)"
+            return f"{title} (dictating here)" if session and session.active_section == section else title
+
+        section_boxes = [boxes[s] for s in SECTION_ORDER]
+        # What a signed final report locks (the report) and unlocks (the addendum).
+        lock_outputs = [template, normal, sign_prelim, sign_final, addendum_text, addendum_btn, *section_boxes]
+
+        def lock_updates(session: LiveDictation, view, with_text: bool = False) -> list[Any]:  # noqa: ANN001
+            editable, signed = not is_read_only(view), is_read_only(view)
+            session.read_only = signed
+            texts = session.display_sections()
+            boxes_out = [gr.update(value=texts[s], label=_label(s, session), interactive=editable) if with_text
+                         else gr.update(label=_label(s, session), interactive=editable) for s in SECTION_ORDER]
+            return [gr.update(value=view.template, interactive=editable), *[gr.update(interactive=editable)] * 3,
+                    gr.update(interactive=signed), gr.update(interactive=signed), *boxes_out]
+
+        def delivery_note(view) -> str:  # noqa: ANN001
+            if not view.versions:
+                return ""
+            rows = reports.delivery_status(report_id=view.id)
+            return delivery_summary(report_site(db, view.id), view.versions[-1].number, rows, sites_file)
+
+        @guarded("Open the study")
         def open_study(evt: gr.SelectData, request: gr.Request):  # noqa: ANN202
             row = evt.row_value if evt.row_value is not None else []
             uid = row[-1] if row else ""
             user = username(request) or "unknown"
-            skip = (gr.skip(),) * (10 + len(SECTION_ORDER))
             if not uid:
-                return skip
-            try:
-                until = claim(db, settings, uid, user)
-                view = reports.create(uid, user, template=suggest_template(row[4], row[8], templates))
-            except (ClaimError, ReadingRoomError) as exc:
-                gr.Warning(str(exc))
-                return skip
+                return gr.skip()
+            until = claim(db, settings, uid, user)
+            view = reports.create(uid, user, template=suggest_template(row[4], row[8], templates))
             session = LiveDictation(view.template, dictation_settings, sections=view.sections, fields=view.fields)
             session.report_id, session.revision = view.id, view.revision
+            session.study_line = (f"**{html.escape(str(row[6]))}** · {html.escape(str(row[8]))} · accession "
+                                  f"{html.escape(str(row[7]))} · claimed by {html.escape(user)} until "
+                                  f"{until:%H:%M} UTC")
             REGISTRY.put(user, uid, session)
-            texts = session.sections()
-            header = (f"**{html.escape(str(row[6]))}** · {html.escape(str(row[8]))} · accession "
-                      f"{html.escape(str(row[7]))} · claimed by {html.escape(user)} until {until:%H:%M} UTC · "
-                      f"report {view.id} ({view.status})")
-            return (uid, viewer_html(uid), header, gr.Tabs(selected="reading"), session, view.template,
-                    "", gr.update(choices=[], value=None), signed_text(view), delivery_rows(
-                        reports.delivery_status(report_id=view.id)),
-                    *[gr.update(value=texts[s], label=_label(s, session)) for s in SECTION_ORDER])
+            locks = lock_updates(session, view, with_text=True)
+            return (uid, viewer_html(uid), reading_header(session.study_line, view), gr.Tabs(selected="reading"),
+                    session, "", gr.update(choices=[], value=None), signed_markdown(view), delivery_note(view),
+                    delivery_rows(reports.delivery_status(report_id=view.id)), *locks)
 
-        def signed_text(view) -> str:  # noqa: ANN001
-            if not view.versions:
-                return f"Report {view.id}: **{view.status}** (not signed yet). Drafts save themselves."
-            lines = [f"Report {view.id}: **{view.status.upper()}**. Every signed version is kept; a final report "
-                     "changes only by addendum."]
-            for v in view.versions:
-                lines.append(f"- v{v.number} {v.status} signed by {html.escape(v.signed_by)} at "
-                             f"{v.signed_at:%Y-%m-%d %H:%M:%S} UTC · SHA-256 `{v.sha256[:16]}…`")
-            return "\n".join(lines)
-
-        def _label(section: str, session: LiveDictation | None) -> str:
-            title = SECTION_TITLES[section]
-            return f"▶ {title} (dictating here)" if session and session.active_section == section else title
-
-        section_boxes = [boxes[s] for s in SECTION_ORDER]
-        table.select(open_study, outputs=[open_uid, viewer, opened, tabs, live, template, checks_md, issue_key,
-                                          signed_md, delivery, *section_boxes])
+        table.select(open_study, outputs=[open_uid, viewer, opened, tabs, live, checks_md, issue_key, signed_md,
+                                          delivery_md, delivery, *lock_outputs])
 
         def report_updates(session: LiveDictation):  # noqa: ANN202
             texts = session.display_sections()
             return [gr.update(value=texts[s], label=_label(s, session)) for s in SECTION_ORDER]
 
+        @guarded("Change the template")
         def change_template(name: str, session: LiveDictation | None, uid: str,
                             request: gr.Request):  # noqa: ANN202
-            if not uid or session is None or session.report_id is None:
-                return session, *[gr.skip()] * len(SECTION_ORDER)
+            if not uid or session is None or session.report_id is None or session.read_only:
+                return gr.skip()
             user = username(request) or "unknown"
-            try:
-                flush(session, user)
-                view = reports.change_template(session.report_id, user, name)
-            except ReadingRoomError as exc:
-                raise gr.Error(str(exc)) from exc
+            flush(session, user)
+            view = reports.change_template(session.report_id, user, name)
             fresh = LiveDictation(view.template, dictation_settings, sections=view.sections, fields=view.fields)
-            fresh.report_id, fresh.revision = view.id, view.revision
+            fresh.report_id, fresh.revision, fresh.study_line = view.id, view.revision, session.study_line
             REGISTRY.put(user, uid, fresh)
             return fresh, *report_updates(fresh)
 
         template.input(change_template, inputs=[template, live, open_uid], outputs=[live, *section_boxes])
 
+        @guarded("Insert normal")
         def insert_normal(session: LiveDictation | None):  # noqa: ANN202
-            if session is None:
-                return [gr.skip()] * len(SECTION_ORDER)
+            if session is None or session.read_only:
+                return gr.skip()
             session.insert_normal()
             return report_updates(session)
 
         normal.click(insert_normal, inputs=live, outputs=section_boxes)
 
         def typed(section: str):  # noqa: ANN202
+            @guarded("Edit the report")
             def handler(text: str, session: LiveDictation | None):  # noqa: ANN202
-                if session is not None:
-                    if text == session.display_sections()[section] or text == session.sections()[section]:
+                if session is not None and not session.read_only:
+                    text = session.typed_text(section, text)
+                    if text is None:                          # the box holds what was shown
                         return
-                    pending = session.pending_text()
-                    if pending and text.endswith(pending):   # typed while dictated text was pending
-                        text = text[: -len(pending)].rstrip()
                     session.edit(section, text)
                     session.goto(section)
                     # what the page shows now: the poll must not write it back over the typing
@@ -423,12 +494,13 @@ def build_blocks(settings: Settings, db: Database, queue: Any = None,  # noqa: C
         # ---- dictation: microphone chunks stream in; partials, commands and text stream out
         def feedback_text(session: LiveDictation) -> tuple[str, str]:
             fb = session.feedback
-            partial_text = f"🎙 *{html.escape(fb.partial)}*" if fb.partial else ""
-            command = f"✔ command: **{html.escape(fb.commands[-1])}**" if fb.commands else ""
+            partial_text = f"Hearing: *{html.escape(fb.partial)}*" if fb.partial else ""
+            command = f"Command: **{html.escape(fb.commands[-1])}**" if fb.commands else ""
             return partial_text, command
 
         dictation_outputs = [live, partial, feedback, *section_boxes]
 
+        @guarded("Show the dictation", quiet=True)
         def poll_dictation(session: LiveDictation | None):  # noqa: ANN202
             if session is None:
                 return gr.skip(), gr.skip(), gr.skip(), *[gr.skip()] * len(SECTION_ORDER)
@@ -445,8 +517,9 @@ def build_blocks(settings: Settings, db: Database, queue: Any = None,  # noqa: C
         gr.Timer(0.3).tick(poll_dictation, inputs=live, outputs=dictation_outputs, show_progress="hidden")
 
         # ---- drafts autosave; checks; sign-off; delivery
+        @guarded("Save the draft", quiet=True)
         def autosave(session: LiveDictation | None, request: gr.Request):  # noqa: ANN202
-            if session is None or session.report_id is None:
+            if session is None or session.report_id is None or session.read_only:
                 return gr.skip()
             key = session.content_key()
             if key == session.saved_key:
@@ -455,111 +528,114 @@ def build_blocks(settings: Settings, db: Database, queue: Any = None,  # noqa: C
                 view = reports.save_draft(session.report_id, username(request) or "unknown",
                                           report=session.session.report, revision=session.revision)
             except ReadingRoomError as exc:
-                return f"⚠ Not saved: {html.escape(str(exc))}"
+                return f"Not saved: {html.escape(page_message(str(exc)))}"
             session.revision, session.saved_key = view.revision, key
             return f"Draft saved {time.strftime('%H:%M:%S')} (revision {view.revision})"
 
         gr.Timer(2).tick(autosave, inputs=live, outputs=autosaved, show_progress="hidden")
 
         def flush(session: LiveDictation, user: str) -> None:
-            if session.content_key() != session.saved_key:
+            if not session.read_only and session.content_key() != session.saved_key:
                 view = reports.save_draft(session.report_id, user, report=session.session.report,
                                           revision=session.revision)
                 session.revision, session.saved_key = view.revision, session.content_key()
 
-        def run_checks(session: LiveDictation | None, request: gr.Request):  # noqa: ANN202
+        def open_first(session: LiveDictation | None) -> LiveDictation:
             if session is None or session.report_id is None:
-                raise gr.Error("Open a study first.")
+                raise Refused("Open a study from the worklist first.")
+            return session
+
+        def checks_outputs(results: list[Any]) -> tuple[str, Any]:
+            choices = issue_choices(results)
+            return checks_markdown(results), gr.update(choices=choices, value=choices[0][1] if choices else None)
+
+        def checks_now(session: LiveDictation, request: gr.Request) -> tuple[str, Any]:
             flush(session, username(request) or "unknown")
-            results = reports.run_checks(session.report_id)
-            keys = open_issue_keys(results)
-            return checks_markdown(results), gr.update(choices=keys, value=keys[0] if keys else None)
+            return checks_outputs(reports.run_checks(session.report_id))
+
+        @guarded("Run the checks")
+        def run_checks(session: LiveDictation | None, request: gr.Request):  # noqa: ANN202
+            return checks_now(open_first(session), request)
 
         check_btn.click(run_checks, inputs=live, outputs=[checks_md, issue_key])
 
         def resolve(kind: str):  # noqa: ANN202
+            @guarded("Override" if kind == "override" else "Acknowledge")
             def handler(session: LiveDictation | None, key: str | None, note: str, request: gr.Request):  # noqa: ANN202
                 if session is None or session.report_id is None or not key:
-                    raise gr.Error("Run the checks and choose an open issue first.")
-                try:
-                    if kind == "override":
-                        reports.override(session.report_id, key, username(request) or "unknown", note)
-                    else:
-                        reports.acknowledge(session.report_id, key, username(request) or "unknown", note)
-                except ReadingRoomError as exc:
-                    raise gr.Error(str(exc)) from exc
-                return run_checks(session, request)
+                    raise Refused("Press Run checks, then choose an open issue in the list.")
+                action = reports.override if kind == "override" else reports.acknowledge
+                action(session.report_id, key, username(request) or "unknown", note)
+                return checks_now(session, request)
             return handler
 
         override_btn.click(resolve("override"), inputs=[live, issue_key, issue_note], outputs=[checks_md, issue_key])
         ack_btn.click(resolve("acknowledge"), inputs=[live, issue_key, issue_note], outputs=[checks_md, issue_key])
 
+        @guarded("Record the communication")
         def communicate(session: LiveDictation | None, recipient: str, method: str, read_back: bool, finding: str,
                         request: gr.Request):  # noqa: ANN202
-            if session is None or session.report_id is None:
-                raise gr.Error("Open a study first.")
-            try:
-                done = reports.record_communication(session.report_id, username(request) or "unknown",
-                                                    recipient=recipient, method=method, read_back=read_back,
-                                                    finding=finding)
-            except ReadingRoomError as exc:
-                raise gr.Error(str(exc)) from exc
+            done = reports.record_communication(open_first(session).report_id, username(request) or "unknown",
+                                                recipient=recipient, method=method, read_back=read_back,
+                                                finding=finding)
             gr.Info(done["statement"])
-            return run_checks(session, request)
+            return checks_now(session, request)
 
         comm_btn.click(communicate, inputs=[live, comm_recipient, comm_method, comm_readback, comm_finding],
                        outputs=[checks_md, issue_key])
 
+        def signed_outputs(session: LiveDictation, version) -> tuple[Any, ...]:  # noqa: ANN001
+            """After a signature: what was signed, where it goes, the header, and the locks."""
+            view = reports.get(session.report_id)
+            rows = reports.delivery_status(report_id=view.id)
+            gr.Info(sign_message(version.status, version.number, report_site(db, view.id), rows, sites_file),
+                    title="Signed")
+            return (signed_markdown(view), delivery_note(view), delivery_rows(rows),
+                    reading_header(session.study_line, view), *lock_updates(session, view))
+
         def sign(final: bool):  # noqa: ANN202
+            @guarded("Sign final" if final else "Sign preliminary")
             def handler(session: LiveDictation | None, request: gr.Request):  # noqa: ANN202
-                if session is None or session.report_id is None:
-                    raise gr.Error("Open a study first.")
-                user = username(request) or "unknown"
+                session, user = open_first(session), username(request) or "unknown"
                 try:
                     flush(session, user)
-                    reports.sign(session.report_id, user, final=final)
-                except ChecksNotResolved as exc:
-                    keys = open_issue_keys(exc.open_issues)
-                    gr.Warning("Not signed: resolve the open issues first.")
-                    return (checks_markdown(reports.run_checks(session.report_id)),
-                            gr.update(choices=keys, value=keys[0] if keys else None), gr.skip(), gr.skip())
-                except ReadingRoomError as exc:
-                    raise gr.Error(str(exc)) from exc
-                view = reports.get(session.report_id)
-                gr.Info(f"Report {view.id} signed {view.status}; delivery to the site has started.")
-                return ("✔ Signed.", gr.update(choices=[], value=None), signed_text(view),
-                        delivery_rows(reports.delivery_status(report_id=view.id)))
+                    version = reports.sign(session.report_id, user, final=final)
+                except ChecksNotResolved:
+                    gr.Warning("Not signed: resolve the open issues listed under Checks and sign-off first.",
+                               title="Not signed")
+                    return *checks_now(session, request), *[gr.skip()] * (4 + len(lock_outputs))
+                return "**Signed.**", gr.update(choices=[], value=None), *signed_outputs(session, version)
             return handler
 
-        sign_outputs = [checks_md, issue_key, signed_md, delivery]
-        sign_prelim.click(sign(False), inputs=live, outputs=sign_outputs)
-        sign_final.click(sign(True), inputs=live, outputs=sign_outputs)
+        after_sign = [signed_md, delivery_md, delivery, opened, *lock_outputs]
+        sign_prelim.click(sign(False), inputs=live, outputs=[checks_md, issue_key, *after_sign])
+        sign_final.click(sign(True), inputs=live, outputs=[checks_md, issue_key, *after_sign])
 
+        @guarded("Sign the addendum")
         def add_addendum(session: LiveDictation | None, text: str, request: gr.Request):  # noqa: ANN202
-            if session is None or session.report_id is None:
-                raise gr.Error("Open a study first.")
-            try:
-                reports.addendum(session.report_id, username(request) or "unknown", text)
-            except ReadingRoomError as exc:
-                raise gr.Error(str(exc)) from exc
-            view = reports.get(session.report_id)
-            return "", signed_text(view), delivery_rows(reports.delivery_status(report_id=view.id))
+            session = open_first(session)
+            version = reports.addendum(session.report_id, username(request) or "unknown", text)
+            return "", *signed_outputs(session, version)
 
-        addendum_btn.click(add_addendum, inputs=[live, addendum_text], outputs=[addendum_text, signed_md, delivery])
+        addendum_btn.click(add_addendum, inputs=[live, addendum_text], outputs=[addendum_text, *after_sign])
 
+        @guarded("Show the delivery", quiet=True)
         def refresh_delivery(session: LiveDictation | None):  # noqa: ANN202
             if session is None or session.report_id is None:
                 return gr.skip()
-            return delivery_rows(reports.delivery_status(report_id=session.report_id))
+            view = reports.get(session.report_id)
+            return delivery_note(view), delivery_rows(reports.delivery_status(report_id=session.report_id))
 
-        gr.Timer(3).tick(refresh_delivery, inputs=live, outputs=delivery, show_progress="hidden")
+        gr.Timer(3).tick(refresh_delivery, inputs=live, outputs=[delivery_md, delivery], show_progress="hidden")
 
         # ---- requests (orders): review, protocol, approve / reject / ask
         protocol_names = sorted(load_library(settings).protocols)
 
+        @guarded("List the requests")
         def list_requests(status: str):  # noqa: ANN202
             return order_rows(order_api.list_orders(db, status=status or None))
 
+        @guarded("Open the request")
         def pick_request(evt: gr.SelectData):  # noqa: ANN202
             row = evt.row_value if evt.row_value is not None else []
             if not row:
@@ -571,20 +647,18 @@ def build_blocks(settings: Settings, db: Database, queue: Any = None,  # noqa: C
                     gr.update(choices=protocol_names, value=chosen if chosen in protocol_names else None))
 
         def review(kind: str):  # noqa: ANN202
+            @guarded({"approve": "Approve", "reject": "Reject", "ask": "Ask"}[kind])
             def handler(accession: str, protocol_name: str | None, text: str, status: str,
                         request: gr.Request):  # noqa: ANN202
                 if not accession:
-                    raise gr.Error("Click a request first.")
+                    raise Refused("Click a request in the list first.")
                 user = username(request) or "unknown"
-                try:
-                    if kind == "approve":
-                        order_api.approve(db, settings, accession, protocol_name=protocol_name or None, user=user)
-                    elif kind == "reject":
-                        order_api.reject(db, settings, queue, accession, text, user=user)
-                    else:
-                        order_api.ask(db, accession, text, user=user, queue=queue)
-                except ReadingRoomError as exc:
-                    raise gr.Error(str(exc)) from exc
+                if kind == "approve":
+                    order_api.approve(db, settings, accession, protocol_name=protocol_name or None, user=user)
+                elif kind == "reject":
+                    order_api.reject(db, settings, queue, accession, text, user=user)
+                else:
+                    order_api.ask(db, accession, text, user=user, queue=queue)
                 if wake is not None:
                     wake()
                 gr.Info(f"Order {accession}: {kind} done.")
@@ -600,13 +674,14 @@ def build_blocks(settings: Settings, db: Database, queue: Any = None,  # noqa: C
         ask_btn.click(review("ask"), inputs=review_inputs, outputs=[order_md, orders_table])
 
         # ---- lab
+        @guarded("Run the simulation")
         def run_simulation(name: str, n_seeds: float, progress=gr.Progress()):  # noqa: ANN001, ANN202, B008
             import tempfile
 
             from triage.simulate import load_scenario, run, write_markdown, write_plots
 
             if not name:
-                raise gr.Error("Choose a scenario.")
+                raise Refused("Choose a scenario in the list first.")
             progress(0.1, desc=f"Simulating {name} over {int(n_seeds)} seeds…")
             started = time.perf_counter()
             report = run(load_scenario(name), seeds=int(n_seeds))
@@ -618,6 +693,7 @@ def build_blocks(settings: Settings, db: Database, queue: Any = None,  # noqa: C
 
         simulate.click(run_simulation, inputs=[scenario, seeds], outputs=[sim_table, sim_plots])
 
+        @guarded("Run the evaluation")
         def run_evaluation(name: str, data: str, labels: str, progress=gr.Progress(track_tqdm=True)):  # noqa: ANN001, ANN202, B008
             import tempfile
 
@@ -626,28 +702,29 @@ def build_blocks(settings: Settings, db: Database, queue: Any = None,  # noqa: C
 
             folder = Path(data.strip()).expanduser()
             if not data.strip() or not folder.is_dir():
-                raise gr.Error(f"No such folder: {data!r}. Give a folder of DICOM studies with a labels.csv.")
+                raise Refused(f"No such folder: {data!r}. Give a folder of DICOM studies with a labels.csv.")
             card = find_model(name, WEIGHTS_DIR, model_config, PROJECT_ROOT)
             if card is None:
-                raise gr.Error(f"No model {name!r}.")
+                raise Refused(f"No model {name!r}. Choose one of the models in the list.")
             out = Path(tempfile.mkdtemp(prefix="rr-eval-"))
             labels_path = Path(labels.strip()).expanduser() if labels.strip() else folder / "labels.csv"
-            try:
-                summary = evaluate(card, folder, labels_path, out, config_rules=model_config["rules"], progress=True)
-            except ReadingRoomError as exc:
-                raise gr.Error(str(exc)) from exc
+            summary = evaluate(card, folder, labels_path, out, config_rules=model_config["rules"], progress=True)
             return report(summary), [str(p) for p in sorted(out.glob("*.png"))]
 
         evaluate_btn.click(run_evaluation, inputs=[eval_model, eval_data, eval_labels], outputs=[eval_table, eval_plots])
 
         # ---- admin
+        def admin_only(request: gr.Request, what: str) -> None:
+            if user_role(db, username(request) or "") != "admin":
+                raise Refused(f"Only an administrator may {what}. Log out and log in as an administrator.")
+
+        @guarded("Admin")
         def admin_tables(request: gr.Request):  # noqa: ANN202
             from sqlalchemy import select
 
             from readingroom.schema import User
 
-            if user_role(db, username(request) or "") != "admin":
-                raise gr.Error("Only an admin may see this.")
+            admin_only(request, "see the admin tables")
             sites = []
             for s in settings.sites:
                 d = s.destinations
@@ -659,34 +736,31 @@ def build_blocks(settings: Settings, db: Database, queue: Any = None,  # noqa: C
                          for u in session.scalars(select(User).order_by(User.username))]
             return sites, users, delivery_rows(reports.delivery_status()), dead_job_rows(db, settings)
 
+        @guarded("Add user")
         def create_user(name: str, password: str, role: str, request: gr.Request):  # noqa: ANN202
             from readingroom.auth import ensure_user
 
-            if user_role(db, username(request) or "") != "admin":
-                raise gr.Error("Only an admin may add users.")
+            admin_only(request, "add users")
             if not name.strip() or len(password) < 8:
-                raise gr.Error("Give a user name and a password of at least 8 characters.")
+                raise Refused("Give a user name and a password of at least 8 characters.")
             if not ensure_user(db, name.strip(), password, role=role):
-                raise gr.Error(f"User {name} exists already.")
+                raise Refused(f"User {name} exists already; choose another name.")
             gr.Info(f"User {name} ({role}) added.")
             return admin_tables(request)
 
         admin_outputs = [sites_table, users_table, outbox, dead]
 
+        @guarded("Retry delivery")
         def retry_delivery(outbox_id: float | None, request: gr.Request):  # noqa: ANN202
-            if user_role(db, username(request) or "") != "admin":
-                raise gr.Error("Only an admin may retry deliveries.")
+            admin_only(request, "retry deliveries")
             if not outbox_id:
-                raise gr.Error("Give the outbox id of a failed delivery.")
-            try:
-                reports.retry_delivery(int(outbox_id), username(request) or "unknown")
-            except ReadingRoomError as exc:
-                raise gr.Error(str(exc)) from exc
+                raise Refused("Give the outbox id of a failed delivery (the first column of the outbox table).")
+            reports.retry_delivery(int(outbox_id), username(request) or "unknown")
             return admin_tables(request)
 
+        @guarded("Search the audit log")
         def search_audit(user: str, action: str, study: str, request: gr.Request):  # noqa: ANN202
-            if user_role(db, username(request) or "") != "admin":
-                raise gr.Error("Only an admin may search the audit log.")
+            admin_only(request, "search the audit log")
             return audit_rows(reports.audit(user=user.strip() or None, action=action.strip() or None,
                                             study_uid=study.strip() or None))
 

@@ -233,6 +233,9 @@ def install_routes(api: Any, settings: Settings, db: Database, cache: VolumeCach
         live = REGISTRY.get(current_user(request, key) or "", study_uid)
         if live is None:
             raise HTTPException(409, "no dictation is open for this study: open the study from the worklist first")
+        if live.read_only:
+            raise HTTPException(409, "this report is signed final and cannot change: type an addendum under "
+                                     "Checks and sign-off instead")
         body = await request.body()
         if len(body) % 2 or not 8000 <= rate <= 192000:
             raise HTTPException(400, "send 16-bit mono PCM with ?rate= between 8000 and 192000")

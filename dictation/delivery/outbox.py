@@ -51,6 +51,55 @@ def destinations_for(settings: Settings, site_name: str | None) -> list[str]:
     return [name for name in DESTINATIONS if configured[name]]
 
 
+# How a row's state is worded for a radiologist: "pending" means queued for the workers.
+DELIVERY_STATE = {"pending": "queued", "delivered": "delivered", "failed": "failed"}
+DESTINATION_NAMES = {"hl7": "RIS (HL7 ORU over MLLP)", "fhir": "FHIR DiagnosticReport", "dicom": "PACS (DICOM SR)",
+                     "pdf": "PDF report"}
+
+
+def report_site(db: Database, report_id: int) -> str:
+    """The name of the site of a report's study, or "" when the study has no site."""
+    with db.reader() as session:
+        record = session.get(ReportRecord, report_id)
+        study = record.study if record is not None else None
+        return study.site.name if study is not None and study.site is not None else ""
+
+
+def delivery_summary(site: str, version: int, rows: list[dict[str, Any]],
+                     sites_file: str = "configs/sites.yaml") -> str:
+    """What happened to one signed version, in one sentence: which destinations it goes to and
+    the state of each (queued, delivered, failed), or plainly that nothing was sent because the
+    site has no destination. ``rows`` are ``delivery_status`` rows; those of other versions are ignored."""
+    mine = sorted((r for r in rows if r["version"] == version), key=lambda r: r["id"])
+    if not mine:
+        if not site:
+            return "The study has no site, so there is no delivery destination: nothing was sent."
+        return f"Site {site} has no delivery destination configured in {sites_file}: nothing was sent."
+    parts = []
+    for r in mine:
+        state = DELIVERY_STATE.get(r["status"], r["status"])
+        detail = f" (last try: {r['last_error']})" if r["status"] != "delivered" and r.get("last_error") else ""
+        parts.append(f"{DESTINATION_NAMES.get(r['destination'], r['destination'])} {state}{detail}")
+    return f"Delivery to {site or 'the site'}: " + "; ".join(parts) + "."
+
+
+def sign_message(status: str, version: int, site: str, rows: list[dict[str, Any]],
+                 sites_file: str = "configs/sites.yaml") -> str:
+    """``Signed final (version 1).`` and the delivery summary: what the CLI and the page say after signing."""
+    return f"Signed {status} (version {version}). " + delivery_summary(site, version, rows, sites_file)
+
+
+def sites_file_label(settings: Settings) -> str:
+    """Where the sites are configured, as a path a person recognises (configs/sites.yaml)."""
+    from readingroom.settings import PROJECT_ROOT
+
+    path = settings.config_dir / settings.sites_file
+    try:
+        return str(path.resolve().relative_to(PROJECT_ROOT))
+    except ValueError:
+        return str(path)
+
+
 def file_stem(doc: DeliveryDoc) -> str:
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in (doc.accession or doc.study_uid))
     return f"{safe}-r{doc.report_id}-v{doc.version}-{doc.status}"

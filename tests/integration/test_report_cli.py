@@ -75,3 +75,61 @@ def test_report_lifecycle_from_the_command_line(tmp_path):
         assert rc == 2 and "no report 99" in out
     finally:
         ris.stop()
+
+
+def test_report_check_lists_contradictions_and_units_without_a_number(tmp_path):
+    home = tmp_path / "home"
+    settings = make_settings(home)
+    db = Database(settings)
+    db.upgrade()
+    sync_sites(db, [s.name for s in settings.sites])
+    uid = add_study(db)
+    db.dispose()
+
+    def rr(*args: str) -> tuple[int, str]:
+        done = readingroom("report", *args, home=home)
+        return done.returncode, done.stdout if "--json" in args else done.stdout + done.stderr
+
+    rc, out = rr("new", uid, "--user", "dr_lee", "--template", "ct_head")
+    assert rc == 0, out
+    rc, out = rr("set", "1", "--section", "findings", "--field", "hemorrhage", "--text",
+                 "No acute intracranial hemorrhage.", "--user", "dr_lee")
+    assert rc == 0, out
+    rc, out = rr("set", "1", "--section", "findings", "--text",
+                 "Acute right frontal subdural hematoma measuring millimeters.", "--user", "dr_lee")
+    assert rc == 0, out
+    rc, out = rr("check", "1", "--json")
+    assert rc == 1, out
+    issues = {i["key"]: i for i in json.loads(out)}
+    contradiction = [i for k, i in issues.items() if k.startswith("contradiction:")]
+    unitless = [i for k, i in issues.items() if k.startswith("unit_without_number:")]
+    assert [i["key"] for i in contradiction] == ["contradiction:intracranial_hematoma"]
+    assert [i["key"] for i in unitless] == ["unit_without_number:findings:hematoma measuring millimeters"]
+    assert all(i["severity"] == "blocking" and not i["resolved"] for i in contradiction + unitless)
+    assert "No acute intracranial hemorrhage." in contradiction[0]["message"]
+    assert "without a number" in unitless[0]["message"]
+    rc, out = rr("check", "1")                       # the text form names them too
+    assert "[blocking] contradiction:intracranial_hematoma" in out and "unit_without_number:" in out
+
+
+def test_signing_for_a_site_without_destinations_says_that_nothing_was_sent(tmp_path):
+    """Issue 17, item 5: the CLI does not claim a delivery that cannot happen."""
+    home = tmp_path / "home"
+    settings = make_settings(home, sites=SITES)                  # Test Hospital: no destinations
+    db = Database(settings)
+    db.upgrade()
+    sync_sites(db, [s.name for s in settings.sites])
+    uid = add_study(db)
+    db.dispose()
+    normal = "No acute intracranial abnormality."
+    for args in (("new", uid), ("set", "1", "--section", "findings", "--text", normal),
+                 ("set", "1", "--section", "impression", "--text", normal)):
+        done = readingroom("report", *args, "--user", "dr_lee", home=home)
+        assert done.returncode == 0, done.stdout + done.stderr
+    done = readingroom("report", "sign", "1", "--user", "dr_lee", "--final", home=home)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert ("Signed final (version 1). Site Test Hospital has no delivery destination configured in "
+            "configs/sites.yaml: nothing was sent.") in done.stdout
+    assert "queued for delivery" not in done.stdout
+    outbox = readingroom("report", "outbox", "--json", home=home)
+    assert json.loads(outbox.stdout) == []

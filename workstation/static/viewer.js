@@ -318,7 +318,17 @@ window.rrBeep = function () {
         const path = pcm ? `audio?rate=${rate}` : "stop";
         const resp = await fetch(`/api/dictation/${encodeURIComponent(uid)}/${path}`,
           { method: "POST", body: pcm || "", headers: { "Content-Type": "application/octet-stream" } });
-        if (!resp.ok) { console.warn("dictation:", resp.status, await resp.text()); }
+        if (!resp.ok) {
+          const answer = await resp.text();
+          console.warn("dictation:", resp.status, answer);
+          if (resp.status === 409 && D.recording) {   // e.g. a signed report: say why, stop recording
+            stop();
+            let why = answer;
+            try { why = JSON.parse(answer).detail || answer; } catch (e) { /* plain text */ }
+            const hint = document.querySelector("#rr-mic .rr-hint");
+            if (hint) hint.textContent = why;
+          }
+        }
         if (pcm) D.sent += pcm.byteLength / 2 / rate;
       }
     } finally { D.sending = false; }
