@@ -564,8 +564,13 @@ class ReportService:
                 audit.record(session, user, "model_qa", study_uid=study.study_uid, report_id=record.id,
                              detail={"check": r.issue.key, "message": r.issue.message})
         queued = self._queue_delivery(session, study, version)
-        log.info("report %d v%d signed %s by %s (sha256 %s...); delivery to %s", record.id, number, status, user,
-                 version.sha256[:12], ", ".join(queued) or "no destination")
+        if queued:
+            log.info("report %d v%d signed %s by %s (sha256 %s...); queued for delivery to %s", record.id, number,
+                     status, user, version.sha256[:12], ", ".join(queued))
+        else:
+            log.warning("report %d v%d signed %s by %s (sha256 %s...); nothing was sent: the site has no delivery "
+                        "destination (add one to configs/sites.yaml)", record.id, number, status, user,
+                        version.sha256[:12])
         return VersionView(version.id, number, status, text, version.sha256, user, signed_at, reason, content)
 
     def _wake_workers(self) -> None:
