@@ -8,7 +8,7 @@ PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-APT_PACKAGES := dcmtk espeak-ng chromium
+APT_PACKAGES := dcmtk espeak-ng chromium faketime
 
 .PHONY: run test install system-deps bench bench-dictation bench-reports bench-triage clean
 
