@@ -324,3 +324,90 @@ def test_the_sign_off_says_plainly_where_the_report_went():
             {"id": 1, "version": 0, "destination": "hl7", "status": "failed", "last_error": "old"}]
     assert delivery_summary("North", 1, rows) == ("Delivery to North: RIS (HL7 ORU over MLLP) queued (last try: "
                                                   "MLLPError: refused); PDF report delivered.")
+
+
+def test_the_lab_suggests_only_data_folders_that_exist(tmp_path):
+    """Issue 25, item 3: an empty home suggests nothing; a folder is suggested only once it holds
+    a labels.csv, the sample set first; a typed folder survives a model change."""
+    from pathlib import Path
+
+    from workstation.lab import data_for_model, default_folder, sample_folder
+
+    home = tmp_path / "home"
+    assert default_folder(home, "ich") == default_folder(home, "cxr") == default_folder(home, None) == ""
+    heldout = home / "phantoms" / "ich-heldout"
+    heldout.mkdir(parents=True)
+    assert default_folder(home, "ich") == ""                       # a folder without labels is no data set
+    (heldout / "labels.csv").write_text("study_uid,path,ich\n")
+    assert default_folder(home, "ich") == str(heldout) and default_folder(home, "cxr") == ""
+    sample = sample_folder(home, "ich")
+    sample.mkdir(parents=True)
+    (sample / "labels.csv").write_text("study_uid,path,ich\n")
+    assert default_folder(home, "ich") == str(sample)
+    for task in ("ich", "cxr"):
+        suggested = default_folder(home, task)
+        assert suggested == "" or (Path(suggested) / "labels.csv").is_file()
+    typed = str(tmp_path / "my-studies")
+    assert data_for_model(home, "cxr", typed) == typed              # the user's folder stays
+    assert data_for_model(home, "cxr", str(sample)) == ""           # another task's suggestion goes
+    assert data_for_model(home, "ich", "") == str(sample)
+
+
+def test_the_lab_sample_set_is_what_the_lab_evaluates(tmp_path):
+    """The sample button's function writes phantoms and a labels.csv that the Lab's evaluation
+    scores; a second press keeps the set; a missing folder is refused with what to do."""
+    import csv
+
+    from models.registry import WEIGHTS_DIR, find_model
+    from workstation.lab import (
+        LabError, default_folder, evaluate_folder, evaluation_inputs, make_sample, model_task,
+    )
+
+    cards = {name: find_model(name, WEIGHTS_DIR) for name in ("ich-ct", "cxr-chest")}
+    assert {name: model_task(card) for name, card in cards.items()} == {"ich-ct": "ich", "cxr-chest": "cxr"}
+    home = tmp_path / "home"
+    folder, written = make_sample(home, "cxr", n=8, size=256, progress=False)
+    assert written and folder == home / "phantoms" / "cxr-sample"
+    with (folder / "labels.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 8 and all((folder / r["path"]).is_dir() for r in rows)
+    assert default_folder(home, "cxr") == str(folder)
+    assert make_sample(home, "cxr", n=8, size=256, progress=False) == (folder, False)
+    table, plots = evaluate_folder(cards["cxr-chest"], str(folder), "", tmp_path / "eval", progress=False)
+    assert "8 of 8 studies scored" in table and "UNVERIFIED" in table and plots
+    with pytest.raises(LabError, match="No such folder.*Make a sample set"):
+        evaluation_inputs(str(tmp_path / "missing"), "")
+    with pytest.raises(LabError, match="choose a model"):
+        make_sample(home, None)
+
+
+# Emoji, pictographs, dingbats, arrows-and-symbols supplements and the emoji presentation
+# selector: Debian's default fonts (DejaVu) have no emoji, so chromium draws these as empty boxes.
+NO_FONT_RANGES = [(0x1F000, 0x1FAFF), (0x2600, 0x27BF), (0x2B00, 0x2BFF), (0xFE0F, 0xFE0F)]
+
+
+def _glyphs_without_a_font(text: str) -> list[str]:
+    """Characters in NO_FONT_RANGES, written as themselves or as a Python/JS escape or an HTML
+    character reference."""
+    import re
+
+    escaped = r"\\U([0-9a-fA-F]{8})|\\u\{([0-9a-fA-F]+)\}|\\u([0-9a-fA-F]{4})|&#[xX]([0-9a-fA-F]+);"
+    codes = [ord(ch) for ch in text]
+    codes += [int("".join(groups), 16) for groups in re.findall(escaped, text)]
+    codes += [int(d) for d in re.findall(r"&#([0-9]+);", text)]
+    return [f"U+{c:04X}" for c in codes if any(lo <= c <= hi for lo, hi in NO_FONT_RANGES)]
+
+
+def test_the_page_has_no_glyphs_that_debian_fonts_lack():
+    """Issue 25, item 4: every user-visible string of the page, its sign-off panel, live
+    dictation, the login page and the browser code, scanned for emoji and dingbats."""
+    from readingroom.settings import PROJECT_ROOT
+
+    sample = "ok \u26d4 \\u2705 &#x274C; &#127897; \\U0001F399 \\u{1F3A4} \u2764\ufe0f \u25cf \u2026 \u2192"
+    assert sorted(_glyphs_without_a_font(sample)) == sorted(["U+26D4", "U+2764", "U+FE0F", "U+2705", "U+274C",
+                                                             "U+1F399", "U+1F399", "U+1F3A4"])
+    root = PROJECT_ROOT / "workstation"
+    files = sorted([*root.glob("*.py"), *(p for p in (root / "static").iterdir() if p.is_file())])
+    assert {p.name for p in files} >= {"pages.py", "signoff.py", "live.py", "web.py", "viewer.js", "workstation.css"}
+    found = {str(p.relative_to(PROJECT_ROOT)): bad for p in files if (bad := _glyphs_without_a_font(p.read_text()))}
+    assert not found, f"characters Debian's fonts cannot draw (use text or inline SVG): {found}"

@@ -306,17 +306,27 @@ def build_blocks(settings: Settings, db: Database, queue: Any = None,  # noqa: C
                 from models.registry import WEIGHTS_DIR, all_models, load_config
                 from readingroom.settings import PROJECT_ROOT
                 from triage.simulate import shipped_scenarios
+                from workstation.lab import (
+                    SAMPLE_STUDIES, data_for_model, evaluate_folder, evaluation_inputs, make_sample, model_task,
+                )
 
                 model_config = load_config(settings.config_dir / settings.models.file)
                 model_names = [c.name for c in all_models(WEIGHTS_DIR, model_config, PROJECT_ROOT)]
                 gr.Markdown("### Model evaluation\nScore a triage model on a folder of DICOM studies with a "
-                            "labels CSV (the phantom format; docs/models.md says how to make one). "
-                            "Results are UNVERIFIED.")
+                            "labels CSV (the phantom format; docs/models.md). No folder yet? *Make a sample "
+                            "set* writes synthetic studies for the chosen model. Results are UNVERIFIED.")
                 with gr.Row():
                     eval_model = gr.Dropdown(model_names, value=(model_names or [None])[0], label="Model", scale=1)
-                    eval_data = gr.Textbox(label="Data folder", placeholder="var/phantoms/ich-heldout", scale=2)
+                    # Filled when the page loads, and only with a folder that exists (workstation/lab.py).
+                    eval_data = gr.Textbox(label="Data folder", scale=2, elem_id="rr-eval-data",
+                                           placeholder="a folder of DICOM studies with labels.csv, "
+                                                       "or press Make a sample set")
                     eval_labels = gr.Textbox(label="Labels CSV (default: labels.csv in the folder)", scale=2)
-                    evaluate_btn = gr.Button("Run evaluation", variant="primary", scale=0)
+                    with gr.Column(scale=0, min_width=200):
+                        evaluate_btn = gr.Button("Run evaluation", variant="primary")
+                        sample_btn = gr.Button(f"Make a sample set ({SAMPLE_STUDIES} studies)", size="sm",
+                                               elem_id="rr-eval-sample")
+                sample_md = gr.Markdown("", elem_id="rr-eval-sample-note")
                 eval_table = gr.Markdown(elem_id="rr-eval-table")
                 eval_plots = gr.Gallery(label="ROC, calibration and confusion plots", columns=3, height=360,
                                         elem_id="rr-eval-plots")
@@ -693,25 +703,50 @@ def build_blocks(settings: Settings, db: Database, queue: Any = None,  # noqa: C
 
         simulate.click(run_simulation, inputs=[scenario, seeds], outputs=[sim_table, sim_plots])
 
+        def lab_card(name: str | None):  # noqa: ANN202 - a ModelCard
+            from models.registry import find_model
+
+            card = find_model(name, WEIGHTS_DIR, model_config, PROJECT_ROOT) if name else None
+            if card is None:
+                raise Refused(f"No model {name!r}. Choose one of the models in the list.")
+            return card
+
         @guarded("Run the evaluation")
         def run_evaluation(name: str, data: str, labels: str, progress=gr.Progress(track_tqdm=True)):  # noqa: ANN001, ANN202, B008
             import tempfile
 
-            from models.evaluate import evaluate, report
-            from models.registry import find_model
-
-            folder = Path(data.strip()).expanduser()
-            if not data.strip() or not folder.is_dir():
-                raise Refused(f"No such folder: {data!r}. Give a folder of DICOM studies with a labels.csv.")
-            card = find_model(name, WEIGHTS_DIR, model_config, PROJECT_ROOT)
-            if card is None:
-                raise Refused(f"No model {name!r}. Choose one of the models in the list.")
-            out = Path(tempfile.mkdtemp(prefix="rr-eval-"))
-            labels_path = Path(labels.strip()).expanduser() if labels.strip() else folder / "labels.csv"
-            summary = evaluate(card, folder, labels_path, out, config_rules=model_config["rules"], progress=True)
-            return report(summary), [str(p) for p in sorted(out.glob("*.png"))]
+            evaluation_inputs(data, labels)                   # a bad folder is said before the model loads
+            card = lab_card(name)
+            return evaluate_folder(card, data, labels, Path(tempfile.mkdtemp(prefix="rr-eval-")),
+                                   rules=model_config["rules"], progress=True)
 
         evaluate_btn.click(run_evaluation, inputs=[eval_model, eval_data, eval_labels], outputs=[eval_table, eval_plots])
+
+        @guarded("Make a sample set")
+        def make_sample_set(name: str, progress=gr.Progress(track_tqdm=True)):  # noqa: ANN001, ANN202, B008
+            task = model_task(lab_card(name))
+            progress(0, desc=f"Writing {SAMPLE_STUDIES} SYNTHETIC studies…")
+            folder, written = make_sample(settings.home, task, progress=True)
+            done = "Wrote" if written else "Using the sample set already in"
+            note = (f"{done} `{folder}`: {SAMPLE_STUDIES} SYNTHETIC {task} studies and their labels.csv "
+                    "(the same as `readingroom phantoms`). Press Run evaluation.")
+            gr.Info(f"Sample set ready: {folder}", title="Make a sample set")
+            return str(folder), "", note
+
+        sample_btn.click(make_sample_set, inputs=eval_model, outputs=[eval_data, eval_labels, sample_md])
+
+        def lab_task(name: str | None) -> str | None:
+            from models.registry import find_model
+
+            card = find_model(name, WEIGHTS_DIR, model_config, PROJECT_ROOT) if name else None
+            return model_task(card) if card is not None else None
+
+        @guarded("Suggest a data folder", quiet=True)
+        def lab_defaults(name: str | None, current: str):  # noqa: ANN202 - at load and on a model change
+            return data_for_model(settings.home, lab_task(name), current)
+
+        blocks.load(lab_defaults, inputs=[eval_model, eval_data], outputs=eval_data)
+        eval_model.change(lab_defaults, inputs=[eval_model, eval_data], outputs=eval_data)
 
         # ---- admin
         def admin_only(request: gr.Request, what: str) -> None:

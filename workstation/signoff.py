@@ -75,7 +75,7 @@ def order_markdown(order: dict[str, Any]) -> str:
     if order.get("egfr") is not None:
         lines.append(f"**eGFR** {order['egfr']}")
     for hint in order.get("hints") or []:
-        lines.append(f"- ⚠ {esc(hint)}")
+        lines.append(f"- **Hint:** {esc(hint)}")
     suggestion = order.get("suggestion")
     if suggestion:
         name = suggestion.get("name") if isinstance(suggestion, dict) else getattr(suggestion, "name", "")

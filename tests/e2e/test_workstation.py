@@ -3,7 +3,9 @@ microphone. Logs in, checks the critical demo study is first, opens it, changes 
 scrolls a CT series, shows its AI heatmap, dictates into Findings, moves to Impression by voice, records the
 critical-result communication, signs final, and the ORU reaches a test MLLP listener (the
 site's RIS); the signed report is read-only, takes an addendum and is found again from the
-worklist's status filter. The Lab tab runs an evaluation and a simulation. Screenshots of every step go to var/test-artifacts/e2e/ (kept after the run)."""
+worklist's status filter. The Lab tab runs an evaluation and a simulation, and makes a sample set.
+Screenshots of every step go to var/test-artifacts/e2e/ (kept after the run); the README's two,
+docs/screenshots/worklist.png and reading.png, are rewritten by every run."""
 
 from __future__ import annotations
 
@@ -155,6 +157,37 @@ def shot(page, name: str) -> None:
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
 
 
+SCREENSHOTS = PROJECT_ROOT / "docs" / "screenshots"        # the README's pictures, rewritten every run
+DOC_VIEWPORT = {"width": 1280, "height": 800}
+# Emoji, pictographs and dingbats: Debian's fonts (DejaVu) have none, chromium draws empty boxes.
+NO_FONT_RANGES = [(0x1F000, 0x1FAFF), (0x2600, 0x27BF), (0x2B00, 0x2BFF), (0xFE0F, 0xFE0F)]
+
+
+def no_glyph_boxes(page) -> None:
+    """Nothing on screen needs an emoji font (issue 25, item 4)."""
+    text = page.evaluate("document.body.innerText")
+    bad = sorted({f"U+{ord(c):04X}" for c in text if any(lo <= ord(c) <= hi for lo, hi in NO_FONT_RANGES)})
+    assert not bad, f"characters Debian's fonts cannot draw are on the page: {bad}"
+
+
+def doc_shot(page, name: str) -> Path:
+    """A README screenshot at 1280x800, as a small palette PNG, in docs/screenshots/."""
+    from PIL import Image
+
+    close_toasts(page)
+    no_glyph_boxes(page)
+    before = page.viewport_size
+    page.set_viewport_size(DOC_VIEWPORT)
+    page.wait_for_timeout(800)                                     # the page re-lays itself out
+    raw = ARTIFACTS / f"doc-{name}.png"
+    page.screenshot(path=str(raw))
+    page.set_viewport_size(before)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    out = SCREENSHOTS / f"{name}.png"
+    Image.open(raw).convert("RGB").quantize(colors=256).save(out, optimize=True)
+    return out
+
+
 def test_login_is_required_and_the_critical_study_is_first(page):
     page.goto(page.base_url + "/")
     assert page.url.endswith("/login")
@@ -167,6 +200,8 @@ def test_login_is_required_and_the_critical_study_is_first(page):
     rows = page.locator("#worklist").get_by_role("row")
     assert "DOE^JOHN" in rows.nth(1).inner_text() and "critical" in rows.nth(1).inner_text()
     assert "demo (radiologist)" in page.inner_text("#rr-user")
+    page.wait_for_function("document.querySelector('#worklist').innerText.includes('SYNTHETIC^HEAD^TWO')")
+    doc_shot(page, "worklist")                                     # the README's first picture
 
 
 def test_open_the_critical_study_and_change_the_window(page):
@@ -270,6 +305,7 @@ def test_dictate_into_findings_and_move_to_impression_by_voice(page):
     except Exception:  # noqa: BLE001 - the assertion below says what the box holds
         pass
     shot(page, "05-impression-dictated")
+    doc_shot(page, "reading")                                      # the README's second picture
     text = findings.input_value().lower()
     assert any(word in text for word in ("subdural", "hematoma", "convexity", "acute")), text
     assert "impression" not in text                           # the command was not typed as text
@@ -403,3 +439,37 @@ def test_a_radiologist_has_no_admin_tab(page):
     log_in(page, "demo", "demo")
     row_cell(page, "OKAFOR^GRACE").wait_for()      # DOE^JOHN is signed: off the worklist
     assert page.get_by_role("tab", name="Admin").count() == 0
+
+
+def test_the_lab_suggests_only_folders_that_exist_and_makes_a_sample_set(page, server):
+    """Issue 25, item 3: in a fresh home the Lab suggests no folder; its button writes a sample
+    set under <home>/phantoms (the code of `readingroom phantoms`) and fills the box; the Lab
+    evaluates it; the next page load suggests it, and only for its own task."""
+    _url, tmp = server
+    page.get_by_role("tab", name="Lab").click()
+    data = page.get_by_label("Data folder")
+    data.wait_for()
+    assert data.input_value() == ""                                  # nothing made yet: nothing suggested
+    no_glyph_boxes(page)
+    model = page.get_by_label("Model").input_value()
+    page.locator("#rr-eval-sample").click()
+    page.wait_for_function("(document.querySelector('#rr-eval-data textarea, #rr-eval-data input')"
+                           "?.value || '').endsWith('-sample')", timeout=120000)
+    folder = Path(data.input_value())
+    assert folder.parent == tmp / "home" / "phantoms" and (folder / "labels.csv").is_file()
+    assert "SYNTHETIC" in page.inner_text("#rr-eval-sample-note")
+    page.get_by_role("button", name="Run evaluation").click()
+    page.wait_for_function("document.querySelector('#rr-eval-table').innerText.includes('20 of 20 studies scored')",
+                           timeout=180000)
+    shot(page, "09-lab-sample-evaluated")
+
+    page.reload()
+    page.get_by_role("tab", name="Lab").click()
+    page.wait_for_function(f"(document.querySelector('#rr-eval-data textarea, #rr-eval-data input')"
+                           f"?.value || '') === {str(folder)!r}")             # suggested at load, since it exists
+    assert page.get_by_label("Model").input_value() == model
+    other = next(name for name in ("ich-ct", "cxr-chest") if name != model)
+    page.get_by_label("Model").click()
+    page.get_by_role("option", name=other, exact=True).click()
+    page.wait_for_function("(document.querySelector('#rr-eval-data textarea, #rr-eval-data input')"
+                           "?.value ?? 'x') === ''")                         # no sample for that task
