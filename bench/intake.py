@@ -5,7 +5,7 @@ with durability on: every file fsync'd with its folder before the acknowledgemen
 ``synchronous=FULL``, pixel data verified):
 
 * run A: a 300-image 512x512 CT series sent by dcmtk's ``storescu`` (one association);
-* run B: a second such series (another study) sent by a pynetdicom SCU (``triage.scu.send``);
+* run B: a second such series (another study) sent by a pynetdicom SCU (``readingroom.dicom_net.send``);
 * run C: a third series sent by the same SCU over two parallel associations, as a PACS does;
 
 and prints, for each run, images/s and MB/s (MB = bytes of the files sent / 1e6, timed from the
@@ -51,9 +51,10 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, func, select
 from sqlalchemy.orm import Session
 
+from readingroom import dicom_net as scu
 from readingroom.schema import Instance, Job, Series, Study, utcnow
 from readingroom.settings import ENV_PREFIX, Settings, load_settings
-from triage import scu, synthetic
+from triage import synthetic
 from triage.studies import triage_dedupe_key
 
 log = logging.getLogger(__name__)

@@ -230,7 +230,7 @@ def test_rejection_goes_back_to_the_site_ris(tmp_path, ris):
 def test_question_goes_to_the_ris_as_a_held_order(tmp_path, ris):
     from readingroom.db import Database
     from readingroom.jobs import DatabaseJobQueue, WorkerPool
-    from triage.orders.hl7 import _Segment
+    from readingroom.hl7 import Segment
     from triage.orders.store import receive_hl7
 
     settings = _site_settings(tmp_path, ris.server.port)
@@ -242,7 +242,7 @@ def test_question_goes_to_the_ris_as_a_held_order(tmp_path, ris):
         review.ask(db, "SM24012", "Which hand: left ^ right?", user="dr.a", queue=queue)
         assert WorkerPool(queue, settings.jobs, {SEND_JOB: OrderNoticeSender(db, settings)}).run_once()
         (sent,) = ris.received
-        orc = next(_Segment(line, "|^~\\&") for line in sent.split("\r") if line.startswith("ORC"))
+        orc = next(Segment(line, "|^~\\&") for line in sent.split("\r") if line.startswith("ORC"))
         assert (orc.component(1), orc.component(5), orc.component(16, 2)) == ("OH", "HD", "Which hand: left ^ right?")
         assert review.get_order(db, "SM24012")["events"][-1]["kind"] == "question_sent"
     finally:

@@ -18,7 +18,7 @@ from pathlib import Path
 from pydicom import Dataset, dcmread
 
 from readingroom.settings import Settings
-from triage import scu
+from readingroom import dicom_net as scu
 from triage.synthetic import ct_series, head_phantom, uid
 
 if TYPE_CHECKING:

@@ -14,61 +14,16 @@ from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.core import Message
 from hl7apy.parser import parse_message
 
+from readingroom.hl7 import (DEFAULT_VERSION, build_ack as kernel_ack, escape, fill_msh, fit, peek_header, read_ack,
+                             timestamp, unescape, wrap, write_person)
 from readingroom.schema import utcnow
 
 from dictation.delivery.document import DeliveryDoc, DeliveryError
 
 log = logging.getLogger(__name__)
 
-VERSION = "2.5.1"
+VERSION = DEFAULT_VERSION
 HL7_STATUS = {"preliminary": "P", "final": "F", "addendum": "C", "corrected": "C"}
-_ESCAPES = (("\\", "\\E\\"), ("|", "\\F\\"), ("^", "\\S\\"), ("&", "\\T\\"), ("~", "\\R\\"))
-
-
-def escape(text: str) -> str:
-    """Escape HL7 delimiters in free text (HL7 v2 chapter 2.7); line breaks become spaces."""
-    for raw, esc in _ESCAPES:
-        text = text.replace(raw, esc)
-    return text.replace("\r", " ").replace("\n", " ")
-
-
-def fit(text: str, limit: int = 199) -> str:
-    """``text`` escaped and cut to ``limit`` characters without splitting an escape sequence."""
-    raw = text or ""
-    while len(escape(raw)) > limit:
-        raw = raw[:-1]
-    return escape(raw)
-
-
-def wrap(line: str, limit: int = 199) -> list[str]:
-    """Split a long line (at a space where possible) into pieces whose escaped form fits ``limit``."""
-    pieces, rest = [], line
-    while len(escape(rest)) > limit:
-        cut = limit
-        while len(escape(rest[:cut])) > limit:
-            cut -= 1
-        space = rest.rfind(" ", 0, cut)
-        if space > cut // 2:
-            cut = space + 1
-        pieces.append(rest[:cut].rstrip())
-        rest = rest[cut:]
-    pieces.append(rest)
-    return pieces
-
-
-def unescape(text: str) -> str:
-    for raw, esc in reversed(_ESCAPES):
-        text = text.replace(esc, raw)
-    return text
-
-
-def _ts(value: datetime) -> str:
-    return value.strftime("%Y%m%d%H%M%S")
-
-
-def _person(name: str) -> str:
-    """A DICOM person name (FAMILY^GIVEN) as HL7 components, other delimiters escaped."""
-    return "^".join(fit(part) for part in (name or "").split("^")[:5])
 
 
 def control_id(doc: DeliveryDoc) -> str:
@@ -80,20 +35,15 @@ def build_oru(doc: DeliveryDoc, *, sending_application: str = "READINGROOM", sen
     """The ORU^R01 message (ER7, segments separated by ``\\r``), validated strictly by hl7apy."""
     status = HL7_STATUS[doc.status]
     msg = Message("ORU_R01", version=VERSION, validation_level=VALIDATION_LEVEL.STRICT)
-    msg.msh.msh_3 = fit(sending_application, 20)
-    msg.msh.msh_4 = fit(sending_facility, 20)
-    msg.msh.msh_5 = fit(receiving_application, 20)
-    msg.msh.msh_6 = fit(receiving_facility, 20)
-    msg.msh.msh_7 = _ts(now or utcnow())
-    msg.msh.msh_9 = "ORU^R01^ORU_R01"
-    msg.msh.msh_10 = control_id(doc)
-    msg.msh.msh_11 = "P"
+    fill_msh(msg, message_type="ORU^R01^ORU_R01", control_id=control_id(doc), application=sending_application,
+             facility=sending_facility, receiving_application=receiving_application,
+             receiving_facility=receiving_facility, sent_at=now or utcnow(), limit=20)
     msg.msh.msh_12 = VERSION
     result = msg.add_group("ORU_R01_PATIENT_RESULT")
     patient = result.add_group("ORU_R01_PATIENT")
     patient.pid.pid_1 = "1"
     patient.pid.pid_3 = f"{fit(doc.patient_id or 'UNKNOWN')}^^^{fit(doc.site or 'READINGROOM', 20)}^MR"
-    patient.pid.pid_5 = _person(doc.patient_name) or "UNKNOWN"
+    patient.pid.pid_5 = write_person(doc.patient_name) or "UNKNOWN"
     if doc.patient_birth_date:
         patient.pid.pid_7 = doc.patient_birth_date
     sex = (doc.patient_sex or "U").strip().upper()[:1]
@@ -112,8 +62,8 @@ def build_oru(doc: DeliveryDoc, *, sending_application: str = "READINGROOM", sen
     if when:
         obr.obr_7 = when
     if doc.referring_physician:
-        obr.obr_16 = "^" + _person(doc.referring_physician)
-    obr.obr_22 = _ts(doc.signed_at)
+        obr.obr_16 = "^" + write_person(doc.referring_physician)
+    obr.obr_22 = timestamp(doc.signed_at)
     obr.obr_24 = "RAD"
     obr.obr_25 = status
     obr.obr_32 = fit(doc.signed_by)
@@ -128,7 +78,7 @@ def build_oru(doc: DeliveryDoc, *, sending_application: str = "READINGROOM", sen
         obx.obx_4 = "1"
         obx.obx_5 = escape(line) if line.strip() else " "
         obx.obx_11 = status
-        obx.obx_14 = _ts(doc.signed_at)
+        obx.obx_14 = timestamp(doc.signed_at)
         obx.obx_16 = fit(doc.signed_by)
     if not msg.validate():
         raise DeliveryError("the ORU message did not validate; this is a bug in dictation/delivery/hl7.py")
@@ -150,26 +100,19 @@ def report_text(message: Message) -> str:
 
 def build_ack(received: str, code: str = "AA", text: str = "") -> str:
     """An ACK for ``received`` as the site's RIS answers it (our test peers and the bench): the
-    orders listener's ACK builder, sent from the application and facility the message was for."""
-    from triage.orders.hl7 import build_ack as ack_for, peek_header
-
+    kernel's ACK, sent from the application and facility the message was for."""
     head = peek_header(received)
-    return ack_for(received, code, text, application=head.get("receiving_app") or "RIS",
-                   facility=head.get("receiving_facility") or "HOSPITAL")
+    return kernel_ack(received, code, text, application=head.get("receiving_app") or "RIS",
+                      facility=head.get("receiving_facility") or "HOSPITAL")
 
 
 def check_ack(reply: str, expected_control_id: str) -> str:
     """Accept an AA (or CA) ACK for our message; raise DeliveryError for anything else."""
-    try:
-        ack = parse_message(reply.replace("\n", "\r"), validation_level=VALIDATION_LEVEL.TOLERANT,
-                            find_groups=False)
-        code = ack.msa.msa_1.value
-        acked = ack.msa.msa_2.value
-        detail = ack.msa.msa_3.value if ack.msa.msa_3 else ""
-    except Exception as exc:  # noqa: BLE001 - anything unreadable is a failed delivery
-        raise DeliveryError(f"the RIS answered something that is not an HL7 ACK ({exc}): {reply[:120]!r}") from None
-    if acked != expected_control_id:
-        raise DeliveryError(f"the RIS acknowledged message {acked!r}, not ours ({expected_control_id})")
-    if code not in ("AA", "CA"):
-        raise DeliveryError(f"the RIS answered {code} for {expected_control_id}: {unescape(detail) or 'no reason'}")
-    return code
+    ack = read_ack(reply)
+    if not ack.code and not ack.control_id:
+        raise DeliveryError(f"the RIS answered something that is not an HL7 ACK (no MSA segment): {reply[:120]!r}")
+    if ack.control_id != expected_control_id:
+        raise DeliveryError(f"the RIS acknowledged message {ack.control_id!r}, not ours ({expected_control_id})")
+    if not ack.accepted:
+        raise DeliveryError(f"the RIS answered {ack.code} for {expected_control_id}: {ack.text or 'no reason'}")
+    return ack.code

@@ -149,24 +149,17 @@ def build_sr(doc: DeliveryDoc, institution: str = "", organization: str = "Readi
 
 
 def store(ds: Dataset, host: str, port: int, called_ae: str, calling_ae: str, timeout_s: float = 30) -> int:
-    """C-STORE ``ds`` to a DICOM peer; returns the status (0x0000 success) or raises DeliveryError."""
-    from pynetdicom import AE
+    """C-STORE ``ds`` to a DICOM peer with the kernel's SCU (``readingroom.dicom_net``); returns the
+    status (0x0000 success, or a 0xBxxx warning) or raises DeliveryError."""
+    from readingroom.dicom_net import AssociationError, StoreError, store as c_store
 
-    ae = AE(ae_title=calling_ae)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
-    ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
-    assoc = ae.associate(host, port, ae_title=called_ae)
-    if not assoc.is_established:
-        raise DeliveryError(f"the PACS {called_ae}@{host}:{port} did not accept an association from {calling_ae}; "
-                            "check its host, port and AE titles and that it is running")
+    pacs = f"the PACS {called_ae}@{host}:{port}"
     try:
-        reply = assoc.send_c_store(ds)
-    finally:
-        assoc.release()
-    if not reply or "Status" not in reply:
-        raise DeliveryError(f"the PACS {called_ae}@{host}:{port} did not answer the C-STORE")
-    status = int(reply.Status)
-    if status != 0x0000 and not 0xB000 <= status <= 0xBFFF:
-        raise DeliveryError(f"the PACS {called_ae}@{host}:{port} refused the SR with status 0x{status:04X}")
-    return status
-
+        return c_store(ds, host, port, called_ae, calling_ae, timeout_s=timeout_s)
+    except AssociationError:
+        raise DeliveryError(f"{pacs} did not accept an association from {calling_ae}; "
+                            "check its host, port and AE titles and that it is running") from None
+    except StoreError as exc:
+        if exc.status < 0:
+            raise DeliveryError(f"{pacs} did not answer the C-STORE") from None
+        raise DeliveryError(f"{pacs} refused the SR with status 0x{exc.status:04X}") from None

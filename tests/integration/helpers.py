@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from triage import scu
+from readingroom import dicom_net as scu
 
 SITES = [{"name": "Test Hospital", "ae_titles": ["TEST_SCU", "STORESCU"], "quiet_period_s": 0.5}]
 

@@ -12,12 +12,12 @@ import pytest
 from pydicom import dcmread
 from sqlalchemy import select
 
+from readingroom import dicom_net as scu
 from readingroom.db import Database
 from readingroom.schema import Instance, Job, Study
 from readingroom.settings import load_settings
 from tests.conftest import free_port
 from tests.integration.helpers import readingroom, start, stop, wait_for_echo
-from triage import scu
 from triage.synthetic import ct_series, head_phantom
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -13,9 +13,9 @@ from pydicom.uid import ImplicitVRLittleEndian
 from pynetdicom import AE
 from sqlalchemy import func, select
 
+from readingroom import dicom_net as scu
 from readingroom.schema import Instance
 from tests.conftest import DCMTK
-from triage import scu
 from triage.synthetic import ct_series, head_phantom
 
 pytestmark = pytest.mark.integration

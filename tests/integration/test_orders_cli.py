@@ -10,12 +10,12 @@ from datetime import date
 
 import pytest
 
+from readingroom import dicom_net as scu
 from readingroom.mllp import send
 from tests.conftest import free_port
 from tests.integration.helpers import env_for, readingroom, start, stop, wait_for_echo
 from tests.integration.test_worklist_mwl import STANDARD_KEYS, findscu
 from tests.orders_helpers import build_orm, hl7_file
-from triage import scu
 from triage.orders.hl7 import ack_code
 from triage.synthetic import ct_series, head_phantom
 

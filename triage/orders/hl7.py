@@ -1,9 +1,11 @@
-"""HL7 v2 orders: read ORM^O01 / OMI^O23 (versions 2.2 to 2.8), write ACKs and rejections.
+"""HL7 v2 orders: read ORM^O01 / OMI^O23 (versions 2.2 to 2.8), write rejections and questions.
 
-hl7apy parses the message (segments, versions, escapes) and builds what we send. Fields are read
-by position from each segment's ER7 text, so that one reader serves every version: OBR-4 is a CE
-in 2.3 and a CWE in 2.7, but its first component is the procedure code in both. Z-segments are
-accepted and ignored, except ZDS-1 (a Study Instance UID that some RIS send).
+hl7apy checks the envelope and builds what we send. Fields are read by position from each
+segment's ER7 text (``readingroom.hl7.Segment``), so that one reader serves every version: OBR-4
+is a CE in 2.3 and a CWE in 2.7, but its first component is the procedure code in both.
+Z-segments are accepted and ignored, except ZDS-1 (a Study Instance UID that some RIS send).
+Escaping, person names, the MSH and the ACK are the kernel's (``readingroom.hl7``), shared with
+the report delivery.
 
     parsed = parse_order_message(text)          # raises MessageError naming the problem
     ack = build_ack(text, "AA")                 # or "AE"/"AR" with the error text
@@ -15,9 +17,10 @@ import logging
 import re
 from datetime import datetime
 from functools import lru_cache
-from itertools import count
 from typing import Iterable
 
+from readingroom.hl7 import (DEFAULT_VERSION, Segment, ack_code, build_ack, escape, fill_msh, new_control_id,
+                             normalize_newlines, peek_header, read_person, supported_version, write_person)
 from readingroom.schema import utcnow
 from triage.orders.common import (
     CONTROL_ALIASES, MODALITIES, MessageError, ParsedMessage, ParsedOrder, guess_modality, normalize_laterality,
@@ -26,85 +29,19 @@ from triage.orders.common import (
 
 log = logging.getLogger(__name__)
 
+# The kernel's HL7 helpers this module used to define, still importable from here for the
+# orders code, its tests and the demo site (readingroom.hl7 is their one source).
+__all__ = ["DEFAULT_VERSION", "EGFR_LOINC", "NOTICES", "SUPPORTED_TYPES", "ack_code", "build_ack",
+           "build_order_notice", "build_rejection", "normalize_newlines", "parse_order_message",
+           "peek_header"]
+
 SUPPORTED_TYPES = {("ORM", "O01"), ("OMI", "O23")}
-DEFAULT_VERSION = "2.5.1"
-_counter = count(1)
 
 # LOINC codes of an estimated GFR result (OBX-3), besides any identifier that says "GFR".
 EGFR_LOINC = {"33914-3", "48642-3", "48643-3", "50044-7", "50210-4", "62238-1", "69405-9", "70969-1",
               "77147-7", "88293-6", "88294-4", "94677-2", "98979-8", "98980-6"}
 _CONTRAST = re.compile(r"contrast|iod|gadolin|omnipaque|iohexol|iopamidol|visipaque|gadovist|dotarem",
                        re.IGNORECASE)
-
-
-def normalize_newlines(text: str) -> str:
-    """Segments end with CR; senders also use LF or CRLF. Trailing blank lines are dropped."""
-    text = text.replace("\r\n", "\r").replace("\n", "\r")
-    return "\r".join(line for line in text.split("\r") if line.strip())
-
-
-class _Segment:
-    """One segment's fields, read by position (HL7 numbering: MSH-9 is ``field(9)``)."""
-
-    def __init__(self, er7: str, separators: str) -> None:
-        self.field_sep = separators[0]
-        self.comp_sep, self.rep_sep, self.escape, self.sub_sep = (separators[1:5] + "^~\\&")[:4]
-        parts = er7.split(self.field_sep)
-        self.name = parts[0]
-        # MSH-1 is the field separator itself, so MSH fields are shifted by one.
-        self.fields = ([self.field_sep] + parts[1:]) if self.name == "MSH" else parts[1:]
-
-    def repetitions(self, number: int) -> list[str]:
-        raw = self.fields[number - 1] if 0 < number <= len(self.fields) else ""
-        if self.name == "MSH" and number == 2:
-            return [raw]
-        return [r for r in raw.split(self.rep_sep)] if raw else []
-
-    def component(self, number: int, comp: int = 1, rep: int = 0) -> str:
-        reps = self.repetitions(number)
-        if rep >= len(reps):
-            return ""
-        comps = reps[rep].split(self.comp_sep)
-        value = comps[comp - 1] if comp <= len(comps) else ""
-        return self.unescape(value.split(self.sub_sep)[0]).strip()
-
-    def components(self, number: int, rep: int = 0) -> list[str]:
-        reps = self.repetitions(number)
-        if rep >= len(reps):
-            return []
-        return [self.unescape(c.split(self.sub_sep)[0]).strip() for c in reps[rep].split(self.comp_sep)]
-
-    def unescape(self, value: str) -> str:
-        e = self.escape
-        if e not in value:
-            return value
-        table = {"F": self.field_sep, "S": self.comp_sep, "R": self.rep_sep, "T": self.sub_sep, "E": e,
-                 ".br": "\n"}
-
-        def sub(match: re.Match) -> str:
-            code = match.group(1)
-            if code in table:
-                return table[code]
-            if code.startswith("X") and re.fullmatch(r"X[0-9A-Fa-f]+", code):
-                try:
-                    return bytes.fromhex(code[1:]).decode("latin-1")
-                except ValueError:
-                    return ""
-            return ""
-
-        return re.sub(re.escape(e) + r"(.*?)" + re.escape(e), sub, value)
-
-
-def _person(seg: _Segment, number: int) -> str:
-    """An XCN/XPN as a DICOM-style name: FAMILY^GIVEN (an XCN starts with an ID, skipped)."""
-    comps = seg.components(number)
-    if not comps:
-        return ""
-    if seg.name in ("ORC", "OBR", "PV1"):
-        comps = comps[1:]  # XCN: ID^family^given^middle^suffix^prefix
-        if not any(comps):
-            return seg.component(number, 1)
-    return "^".join(comps[:5]).rstrip("^")
 
 
 @lru_cache(maxsize=1024)
@@ -127,7 +64,7 @@ def _check_structure(text: str) -> str:
     segment names that version defines (or Z-segments). Returns the version.
 
     hl7apy's full parser builds an object per component (about 50 ms a message on our machines);
-    the fields we need are read by position instead (``_Segment``), so this checks only what the
+    the fields we need are read by position instead (``Segment``), so this checks only what the
     full parse would have refused."""
     from hl7apy import SUPPORTED_LIBRARIES
 
@@ -136,7 +73,7 @@ def _check_structure(text: str) -> str:
     if len(set(separators[:4])) < 4 or any(c.isalnum() or c in "\r\n " for c in separators[:4]):
         raise MessageError(f"MSH-1/MSH-2 encoding characters {separators[:4]!r} are not valid; use |^~\\&",
                            ack="AR", code="102", location="MSH-2")
-    msh = _Segment(text.split("\r", 1)[0], separators)
+    msh = Segment(text.split("\r", 1)[0], separators)
     version = msh.component(12) or DEFAULT_VERSION
     if version not in SUPPORTED_LIBRARIES:
         raise MessageError(f"HL7 version {version!r} is not supported; send version 2.2 to 2.8.2",
@@ -159,7 +96,7 @@ def parse_order_message(text: str) -> ParsedMessage:
                            location="MSH")
     version = _check_structure(text)
     separators = text[3:8]
-    segments = [_Segment(line, separators) for line in text.split("\r")]
+    segments = [Segment(line, separators) for line in text.split("\r")]
     msh = segments[0]
     message_type = msh.component(9, 1).upper()
     event = msh.component(9, 2).upper()
@@ -182,12 +119,12 @@ def parse_order_message(text: str) -> ParsedMessage:
     if not patient_id:
         raise MessageError("PID-3 (patient identifier) is empty", location="PID-3")
     patient = {
-        "patient_id": patient_id, "patient_name": _person(pid, 5), "patient_birth_date": pid.component(7)[:8],
+        "patient_id": patient_id, "patient_name": read_person(pid, 5), "patient_birth_date": pid.component(7)[:8],
         "patient_sex": pid.component(8)[:16],
         "visit_number": (pv1.component(19) if pv1 else "") or pid.component(18),
         "patient_class": pv1.component(2) if pv1 else "",
     }
-    referring = _person(pv1, 8) if pv1 else ""
+    referring = read_person(pv1, 8) if pv1 else ""
     allergy = "; ".join(
         s.component(3, 2) or s.component(3, 1) for s in segments
         if s.name == "AL1" and _CONTRAST.search(" ".join(s.components(3)) + " " + s.component(2))
@@ -196,7 +133,7 @@ def parse_order_message(text: str) -> ParsedMessage:
     diagnoses = [s.component(4) or s.component(3, 2) for s in segments if s.name == "DG1"]
 
     # Orders: each ORC starts one; the OBR, TQ1, IPC, NTE and Z segments after it belong to it.
-    groups: list[dict[str, list[_Segment]]] = []
+    groups: list[dict[str, list[Segment]]] = []
     for seg in segments[1:]:
         if seg.name == "ORC":
             groups.append({"ORC": [seg]})
@@ -211,7 +148,7 @@ def parse_order_message(text: str) -> ParsedMessage:
     return parsed
 
 
-def _egfr(obx_segments: Iterable[_Segment]) -> float | None:
+def _egfr(obx_segments: Iterable[Segment]) -> float | None:
     for seg in obx_segments:
         ident = " ".join(seg.components(3)).upper()
         if seg.component(3, 1) in EGFR_LOINC or "GFR" in ident:
@@ -222,8 +159,8 @@ def _egfr(obx_segments: Iterable[_Segment]) -> float | None:
     return None
 
 
-def _order(group: dict[str, list[_Segment]], index: int, patient: dict, referring: str, allergy: str,
-           egfr: float | None, diagnoses: list[str], segments: list[_Segment]) -> ParsedOrder:
+def _order(group: dict[str, list[Segment]], index: int, patient: dict, referring: str, allergy: str,
+           egfr: float | None, diagnoses: list[str], segments: list[Segment]) -> ParsedOrder:
     orc = group["ORC"][0]
     obr = group.get("OBR", [None])[0]
     tq1 = group.get("TQ1", [None])[0]
@@ -278,7 +215,7 @@ def _order(group: dict[str, list[_Segment]], index: int, patient: dict, referrin
         study_uid = ""
     order = ParsedOrder(
         control=control, accession=accession, placer_order=placer[:64], filler_order=filler[:64], **patient,
-        ordering_physician=_person(orc, 12) or (_person(obr, 16) if obr else "") or referring,
+        ordering_physician=read_person(orc, 12) or (read_person(obr, 16) if obr else "") or referring,
         procedure_code=procedure_code[:64], procedure_description=procedure_text[:200], modality=modality,
         priority=normalize_priority(priority_raw), laterality=laterality, indication=indication,
         contrast_allergy=allergy[:200], egfr=egfr, scheduled_at=scheduled, study_uid=study_uid[:64],
@@ -289,86 +226,6 @@ def _order(group: dict[str, list[_Segment]], index: int, patient: dict, referrin
 
 
 # -- what we send ------------------------------------------------------------------------------
-def _next_control_id() -> str:
-    return f"RR{utcnow():%Y%m%d%H%M%S}{next(_counter):04d}"
-
-
-def peek_header(text: str) -> dict[str, str]:
-    """MSH fields of a message we may not be able to parse (for the ACK of a bad message)."""
-    text = normalize_newlines(text)
-    first = text.split("\r", 1)[0]
-    if not first.startswith("MSH") or len(first) < 8:
-        return {}
-    msh = _Segment(first, first[3:8])
-    return {"app": msh.component(3), "facility": msh.component(4), "receiving_app": msh.component(5),
-            "receiving_facility": msh.component(6), "control_id": msh.component(10),
-            "version": msh.component(12), "event": msh.component(9, 2),
-            "type": "^".join(c for c in msh.components(9)[:2] if c)}
-
-
-def _supported_version(version: str) -> str:
-    from hl7apy import SUPPORTED_LIBRARIES
-
-    return version if version in SUPPORTED_LIBRARIES else DEFAULT_VERSION
-
-
-def build_ack(received: str, code: str, text: str = "", error_code: str = "", location: str = "",
-              application: str = "READINGROOM", facility: str = "READINGROOM") -> str:
-    """An ACK for ``received``: code AA (accepted), AE (error) or AR (rejected), with the reason.
-
-    Works on any input, even one that is not HL7: the ACK then names no control ID."""
-    from hl7apy.core import Message
-
-    head = peek_header(received)
-    version = _supported_version(head.get("version", ""))
-    ack = Message("ACK", version=version)
-    ack.msh.msh_3 = application
-    ack.msh.msh_4 = facility
-    if head.get("app"):
-        ack.msh.msh_5 = head["app"]
-    if head.get("facility"):
-        ack.msh.msh_6 = head["facility"]
-    event = head.get("event") or "O01"
-    ack.msh.msh_9 = f"ACK^{event}^ACK" if version >= "2.4" else f"ACK^{event}"
-    ack.msh.msh_10 = _next_control_id()
-    ack.msh.msh_11 = "P"
-    ack.msa.msa_1 = code
-    ack.msa.msa_2 = head.get("control_id", "")[:20] or ""
-    if text:
-        ack.msa.msa_3 = text[:80]
-        if version >= "2.5":
-            err = ack.add_segment("ERR")
-            if location and re.fullmatch(r"[A-Z][A-Z0-9]{2}(-\d+)?", location):
-                seg, _, field = location.partition("-")
-                err.err_2 = f"{seg}^1^{field}" if field else seg
-            err.err_3 = f"{error_code or '207'}^{_ERROR_NAMES.get(error_code or '207', 'Application error')}^HL70357"
-            err.err_4 = "E"
-            err.err_8 = text[:250]
-    return ack.to_er7()
-
-
-_ERROR_NAMES = {"100": "Segment sequence error", "101": "Required field missing", "102": "Data type error",
-                "103": "Table value not found", "200": "Unsupported message type",
-                "201": "Unsupported event code", "203": "Unsupported version id", "204": "Unknown key identifier",
-                "205": "Duplicate key identifier", "207": "Application internal error"}
-
-
-def ack_code(reply: str) -> str:
-    """MSA-1 of a reply (AA, AE, AR, CA, CE, CR), or "" when the reply has no MSA."""
-    text = normalize_newlines(reply)
-    for line in text.split("\r"):
-        if line.startswith("MSA"):
-            return _Segment(line, text[3:8] if text.startswith("MSH") else "|^~\\&").component(1).upper()
-    return ""
-
-
-def escape_text(text: str) -> str:
-    """Free text for an HL7 field, with the standard escapes (\\F\\ \\S\\ \\T\\ \\R\\ \\E\\, \\.br\\)."""
-    out = text.replace("\\", "\\E\\").replace("|", "\\F\\").replace("^", "\\S\\").replace("&", "\\T\\")
-    out = out.replace("~", "\\R\\")
-    return "\\.br\\".join(line for line in out.replace("\r\n", "\n").replace("\r", "\n").split("\n"))
-
-
 # What we tell the RIS about an order (ORC-1 order control, ORC-5 order status, ORC-16 reason code).
 NOTICES = {
     "rejection": ("OC", "CA", "REJ", "Rejected by the reading radiologist: "),   # order cancelled by the filler
@@ -383,26 +240,21 @@ def build_order_notice(order: dict, kind: str, text: str, receiving_application:
     """An ORM^O01 telling the site's RIS that we rejected an order (ORC-1 "OC", ORC-5 "CA") or hold
     it with a question (ORC-1 "OH", ORC-5 "HD"); the text goes in ORC-16.2 and an NTE.
     ``order`` is ``review.order_dict()``. Built with hl7apy; the free text is escaped here, because
-    hl7apy reads an assigned value as ER7 and would split it at ^ and &."""
+    hl7apy reads an assigned value as ER7 and would split it at ^ and & (readingroom.hl7.escape)."""
     from hl7apy.core import Message
 
     control, status, reason_code, prefix = NOTICES[kind]
-    version = _supported_version(version)
+    version = supported_version(version)
     if version >= "2.6":  # ORM was withdrawn after 2.5.1
         version = DEFAULT_VERSION
     msg = Message("ORM_O01", version=version)
-    msg.msh.msh_3 = application
-    msg.msh.msh_4 = facility
-    msg.msh.msh_5 = receiving_application
-    msg.msh.msh_6 = receiving_facility
-    msg.msh.msh_7 = f"{sent_at or utcnow():%Y%m%d%H%M%S}"
-    msg.msh.msh_9 = "ORM^O01^ORM_O01" if version >= "2.4" else "ORM^O01"
-    msg.msh.msh_10 = _next_control_id()
-    msg.msh.msh_11 = "P"
+    fill_msh(msg, message_type="ORM^O01^ORM_O01" if version >= "2.4" else "ORM^O01", control_id=new_control_id(),
+             application=application, facility=facility, receiving_application=receiving_application,
+             receiving_facility=receiving_facility, sent_at=sent_at or utcnow())
     pid = msg.add_segment("PID")
     pid.pid_1 = "1"
     pid.pid_3 = order["patient_id"]
-    pid.pid_5 = order["patient_name"] or ""
+    pid.pid_5 = write_person(order["patient_name"] or "")
     orc = msg.add_segment("ORC")
     orc.orc_1 = control
     orc.orc_2 = order["placer_order"] or ""
@@ -419,9 +271,9 @@ def build_order_notice(order: dict, kind: str, text: str, receiving_application:
     nte.nte_1 = "1"
     nte.nte_3 = "@@NOTE@@"
     er7 = msg.to_er7()
-    procedure = f"{escape_text(order['procedure_code'])}^{escape_text(order['procedure_description'])}"
-    return (er7.replace("@@REASON@@", escape_text(text[:190])).replace("@@PROCEDURE@@", procedure)
-            .replace("@@NOTE@@", escape_text((prefix + text)[:1000])))
+    procedure = f"{escape(order['procedure_code'])}^{escape(order['procedure_description'])}"
+    return (er7.replace("@@REASON@@", escape(text[:190])).replace("@@PROCEDURE@@", procedure)
+            .replace("@@NOTE@@", escape((prefix + text)[:1000])))
 
 
 def build_rejection(order: dict, reason: str, *args: str, **kwargs: object) -> str:

@@ -210,7 +210,8 @@ class OrderNoticeSender:
 
     def __call__(self, payload: dict[str, Any]) -> None:
         from readingroom.mllp import send
-        from triage.orders.hl7 import ack_code, build_order_notice
+        from readingroom.hl7 import ack_code
+        from triage.orders.hl7 import build_order_notice
 
         accession, kind = payload["accession"], payload.get("kind", "rejection")
         with self.db.reader() as session:

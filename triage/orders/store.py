@@ -50,7 +50,7 @@ def site_for_facility(settings: Settings, facility: str, application: str = "") 
 
 def _message_row(raw: str, source: str, peer: str, ack: str, error: str = "",
                  parsed: ParsedMessage | None = None, orders: list[Order] | None = None) -> OrderMessage:
-    from triage.orders.hl7 import peek_header
+    from readingroom.hl7 import peek_header
 
     head = peek_header(raw) if parsed is None and source == "hl7" else {}
     accession = ",".join(o.accession for o in orders) if orders else \
@@ -169,7 +169,8 @@ def receive_hl7(db: Database, settings: Settings, text: str, peer: str = "") -> 
     """Parse, apply and keep one HL7 message; return the ACK. Never raises; never drops a message:
     an accepted one is kept with its orders, a refused one with the reason (or the sender is told
     to send it again when even that cannot be written)."""
-    from triage.orders.hl7 import build_ack, parse_order_message
+    from readingroom.hl7 import build_ack
+    from triage.orders.hl7 import parse_order_message
 
     app, facility = settings.hl7.application, settings.hl7.facility
     parsed: ParsedMessage | None = None
