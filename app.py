@@ -45,7 +45,7 @@ def build_web_app(settings: Settings, db: Database, queue: Any = None, wake: Any
             studies = session.scalar(select(func.count(Study.id)))
         return {"status": "ok", "studies": studies, "notice": NOT_FOR_CLINICAL_USE}
 
-    from triage.orders.fhir import build_router
+    from orders.fhir import build_router
 
     api.include_router(build_router(db, settings))
     auth_dependency = install_routes(api, settings, db)
@@ -61,7 +61,7 @@ def _seed_demo_once(settings: Settings, db: Database, port: int) -> None:
     """The demo's orders (through the HL7 path), then its images (through the DICOM listener):
     the studies link to their orders by accession number as they arrive."""
     from triage.demo import seed_demo
-    from triage.orders.demo import seed_demo_orders
+    from orders.demo import seed_demo_orders
 
     if get_kv(db, DEMO_SEEDED_KEY):
         return

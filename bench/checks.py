@@ -7,7 +7,7 @@ pelvis, extremity radiograph with an ordered side, CT chest) from phrase pools w
 negation ("no", "there is no evidence of", "negative for", "... is not identified", "has
 resolved", chronic findings), positive findings echoed in the impression, and concordant AI
 findings. Then it injects one error per report copy, of eleven kinds, and runs
-``dictation.checks.run_checks`` on every report.
+``reporting.checks.run_checks`` on every report.
 
 - recall: an injected error counts as found when an issue of the expected check fires;
 - false alarms: a clean report counts as a false alarm when any issue (other than the
@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dictation.checks import AIResult, CheckContext, run_checks  # noqa: E402
+from reporting.checks import AIResult, CheckContext, run_checks  # noqa: E402
 
 SIDES = ("left", "right")
 

@@ -134,7 +134,7 @@ def main() -> int:
         os.environ.update(env)
         from readingroom.db import Database
         from readingroom.settings import load_settings
-        from triage.orders import review
+        from orders import review
 
         settings = load_settings(environ=env)
         db = Database(settings)

@@ -33,7 +33,7 @@ def run_peer() -> int:
     """The RIS stand-in: print the port, then acknowledge every valid ORU until killed."""
     from readingroom.mllp import MLLPServer
 
-    from dictation.delivery import hl7
+    from reporting.delivery import hl7
 
     def handle(message: str) -> str:
         hl7.parse(message)  # strict validation; a bad message gets no AA
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     from readingroom.settings import load_settings
     from triage.service import build_workers
 
-    from dictation.lifecycle import ReportService
+    from reporting.lifecycle import ReportService
 
     peer = subprocess.Popen([sys.executable, __file__, "--peer"], stdout=subprocess.PIPE, text=True)
     try:

@@ -7,22 +7,20 @@ five" -> "L4-L5"), and routed into report sections and template fields; whole-ut
 commands ("next field", "scratch that", "insert normal") edit the report. Not for clinical use.
 
 Modules: settings, models (install/load), audio, vad, transcribe (one utterance), stream
-(partials and finals), lexicon (bias and post-correction), normalize, commands, report,
+(partials and finals), lexicon (bias and post-correction), normalize, commands (the grammar),
 session (glue), cli (``readingroom transcribe``), install (``python -m dictation.install``).
-Sign-off: lifecycle (ReportService), checks (pre-sign), delivery/ (outbox: HL7, FHIR, SR, PDF),
-report_cli (``readingroom report``); see docs/reporting.md.
+The report it fills (sections, templates, fields) is ``reporting.report``; sign-off and delivery
+are the rest of ``reporting/`` (docs/reporting.md).
 """
 
 from dictation.commands import Command, CommandGrammar
 from dictation.lexicon import Lexicon
 from dictation.models import install_base, load_model, resolve_model
 from dictation.normalize import normalize_report_text
-from dictation.report import Report, Template, load_template, split_headers
 from dictation.session import DictationSession, Utterance
 from dictation.settings import DictationSettings
 
 __all__ = [
-    "Command", "CommandGrammar", "DictationSession", "DictationSettings", "Lexicon", "Report",
-    "Template", "Utterance", "install_base", "load_model", "load_template",
-    "normalize_report_text", "resolve_model", "split_headers",
+    "Command", "CommandGrammar", "DictationSession", "DictationSettings", "Lexicon", "Utterance",
+    "install_base", "load_model", "normalize_report_text", "resolve_model",
 ]

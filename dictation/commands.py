@@ -19,12 +19,9 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from readingroom.errors import ConfigError
 
+from reporting.report import SECTION_ORDER, Command
+
 log = logging.getLogger(__name__)
-
-SECTION_ORDER = (
-    "clinical_information", "comparison", "technique", "findings", "impression", "recommendations",
-)
-
 
 class _GrammarFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -35,14 +32,6 @@ class _GrammarFile(BaseModel):
     commands: dict[str, list[str]]
     punctuation: dict[str, str] = {}
     sections: dict[str, list[str]] = {}
-
-
-@dataclass(frozen=True)
-class Command:
-    action: str                      # next_field, goto_section, insert_macro, punctuation, ...
-    argument: str | None = None      # section key, macro name or punctuation mark
-    spoken: str = ""
-    score: float = 1.0
 
 
 def clean_utterance(text: str, fillers: Iterable[str] = ()) -> str:

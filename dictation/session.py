@@ -18,7 +18,7 @@ from dictation.audio import SAMPLE_RATE
 from dictation.commands import Command, CommandGrammar
 from dictation.lexicon import Correction, Lexicon
 from dictation.normalize import normalize_report_text
-from dictation.report import Report, Template, load_template
+from reporting.report import Report, Template, load_template
 from dictation.settings import DictationSettings
 
 log = logging.getLogger(__name__)

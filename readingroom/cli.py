@@ -309,9 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
 # name -> (module, function, help line); build_parser lists every one in --help.
 PASSTHROUGH = {
     "transcribe": ("dictation.cli", "main", "transcribe a dictation into a structured report"),
-    "orders": ("triage.orders.cli", "main", "review imaging orders: list, show, approve, reject"),
+    "orders": ("orders.cli", "main", "review imaging orders: list, show, approve, reject"),
     "simulate": ("triage.simulate", "main", "night-shift simulator: report turnaround under FIFO and AI ordering"),
-    "report": ("dictation.report_cli", "main",
+    "report": ("reporting.report_cli", "main",
                "report lifecycle: new, set, check, sign, addendum, export, outbox, audit"),
     "phantoms": ("models.cli", "phantoms", "write synthetic DICOM studies with their ground truth and labels.csv"),
     "train": ("models.cli", "train", "train a triage model on phantoms, export ONNX, write its model card"),

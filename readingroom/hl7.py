@@ -1,5 +1,5 @@
-"""HL7 v2 helpers that the order intake (``triage.orders``) and the report delivery
-(``dictation.delivery``) share: escaping, reading fields by position, person names, the MSH of
+"""HL7 v2 helpers that the order intake (``orders``) and the report delivery
+(``reporting.delivery``) share: escaping, reading fields by position, person names, the MSH of
 what we send, and acknowledgements (building ours, reading the peer's).
 
 One rule for each, so that what one side writes the other reads back:

@@ -2,7 +2,7 @@
 
 A message travels as ``0x0B <message> 0x1C 0x0D``; segments inside it end with ``\\r``. This
 module moves framed text and nothing else: building and parsing HL7 is left to readingroom.hl7
-(escaping, MSH, ACK) and hl7apy in the callers (the order listener in ``triage.orders``, the
+(escaping, MSH, ACK) and hl7apy in the callers (the order listener in ``orders``, the
 report delivery in ``dictation``).
 
     reply = send("ris.example.org", 2575, message)          # waits for the ACK

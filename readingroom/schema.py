@@ -181,7 +181,7 @@ class KeyValue(Base):
     value: Mapped[str] = mapped_column(Text)
 
 
-# ---- Orders (issue 6: triage/orders) -------------------------------------------------------------
+# ---- Orders (issue 6: orders) -------------------------------------------------------------
 # Order workflow states. "new" until the teleradiologist approves, rejects or asks a question;
 # "cancelled" when the site cancels it. Only "approved" orders with a protocol reach the worklist.
 ORDER_STATUSES = ("new", "question", "approved", "rejected", "cancelled")
@@ -280,7 +280,7 @@ class ReportRecord(Base):
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
     template: Mapped[str] = mapped_column(String(64), default="free")
     status: Mapped[str] = mapped_column(String(16), default="draft", index=True)
-    # Working text: {section: free text} and {section: {field: text}} (dictation.report.Report).
+    # Working text: {section: free text} and {section: {field: text}} (reporting.report.Report).
     sections: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     fields: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     # Bumped by every save; a save that names an older revision is refused (two tabs, one report).

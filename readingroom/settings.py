@@ -99,7 +99,7 @@ class HL7Settings(_Section):
 
 
 class ReportSettings(_Section):
-    """Sign-off and delivery of reports (dictation/lifecycle.py, dictation/delivery)."""
+    """Sign-off and delivery of reports (reporting/lifecycle.py, reporting/delivery)."""
 
     # Tries per destination before a delivery goes to the dead-letter state (admin retries it).
     delivery_max_attempts: int = Field(12, ge=1)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from dictation.checks import (AIResult, CheckContext, check_ai, check_critical, check_findings_impression,
+from reporting.checks import (AIResult, CheckContext, check_ai, check_critical, check_findings_impression,
                               check_laterality, check_sex_age, check_template, critical_mentions, mentions,
                               ordered_side_from, run_checks)
 
@@ -117,7 +117,7 @@ def test_empty_fields_and_placeholders():
 
 
 def test_blocking_is_the_severity_of_what_must_be_resolved_before_signing():
-    from dictation.checks import SEVERITIES
+    from reporting.checks import SEVERITIES
 
     assert SEVERITIES == ("blocking", "warn", "critical", "info")
     report = {"findings": "No pneumothorax. Small left pneumothorax. A nodule measuring millimeters.",

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from dictation.checks import (SEVERITIES, check_contradictions, check_units, communication_mismatches,
+from reporting.checks import (SEVERITIES, check_contradictions, check_units, communication_mismatches,
                               contradicting_sentences, number_value, ruled_out, run_checks, sentences)
 from dictation.commands import Command
-from dictation.report import Report, load_template, render_markup
+from reporting.report import Report, load_template, render_markup
 from dictation.settings import CONFIG_DIR
 
 TEMPLATES = CONFIG_DIR / "templates"
@@ -297,7 +297,7 @@ def test_a_communication_of_another_size_names_both_values():
 
 
 def test_run_checks_compares_the_communications_of_the_context():
-    from dictation.checks import CheckContext
+    from reporting.checks import CheckContext
 
     keys = [i.key for i in run_checks(REPORT, CheckContext(communications=("left subdural hematoma",)))]
     assert "communication_mismatch:intracranial_hematoma:side" in keys

@@ -7,8 +7,8 @@ import pytest
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
 
-from dictation.delivery import sr
-from dictation.delivery.document import DeliveryError
+from reporting.delivery import sr
+from reporting.delivery.document import DeliveryError
 from readingroom import dicom_net
 from tests.conftest import free_port
 from triage.synthetic import ct_series, head_phantom

@@ -10,7 +10,7 @@ from hypothesis import given, settings, strategies as st
 from dictation.commands import CommandGrammar
 from dictation.lexicon import CRITICAL_WORDS, Lexicon
 from dictation.normalize import normalize_report_text
-from dictation.report import Report, load_template, split_headers
+from reporting.report import Report, load_template, split_headers
 from dictation.session import DictationSession
 from dictation.settings import CONFIG_DIR, DictationSettings
 

@@ -10,11 +10,11 @@ from readingroom.mllp import MLLPServer, frame, send
 from readingroom.schema import Order, OrderMessage
 from tests.conftest import make_settings
 from tests.orders_helpers import build_orm, hl7_file
-from triage.orders import review
-from triage.orders.common import OrderError
-from triage.orders.hl7 import ack_code
-from triage.orders.listener import OrderListener
-from triage.orders.review import SEND_JOB, OrderNoticeSender
+from orders import review
+from orders.common import OrderError
+from orders.hl7 import ack_code
+from orders.listener import OrderListener
+from orders.review import SEND_JOB, OrderNoticeSender
 
 
 @pytest.fixture
@@ -59,7 +59,7 @@ def test_other_versions_and_shapes_over_mllp(hl7, db, name, accession, version):
 
 def test_site_is_found_by_its_ris_facility(tmp_path):
     from readingroom.settings import load_settings
-    from triage.orders.store import site_for_facility
+    from orders.store import site_for_facility
 
     settings = make_settings(tmp_path, sites=[{"name": "St. Mary's", "destinations": {
         "hl7": {"host": "127.0.0.1", "port": 1, "facility": "STMARY"}}}])
@@ -203,7 +203,7 @@ def _site_settings(tmp_path, ris_port):
 def test_rejection_goes_back_to_the_site_ris(tmp_path, ris):
     from readingroom.db import Database
     from readingroom.jobs import DatabaseJobQueue, WorkerPool
-    from triage.orders.store import receive_hl7
+    from orders.store import receive_hl7
 
     settings = _site_settings(tmp_path, ris.server.port)
     db = Database(settings)
@@ -231,7 +231,7 @@ def test_question_goes_to_the_ris_as_a_held_order(tmp_path, ris):
     from readingroom.db import Database
     from readingroom.jobs import DatabaseJobQueue, WorkerPool
     from readingroom.hl7 import Segment
-    from triage.orders.store import receive_hl7
+    from orders.store import receive_hl7
 
     settings = _site_settings(tmp_path, ris.server.port)
     db = Database(settings)
@@ -253,7 +253,7 @@ def test_rejection_is_retried_when_the_ris_is_down(tmp_path):
     from readingroom.db import Database
     from readingroom.jobs import DatabaseJobQueue, WorkerPool
     from tests.conftest import free_port
-    from triage.orders.store import receive_hl7
+    from orders.store import receive_hl7
 
     settings = _site_settings(tmp_path, free_port())  # nobody listens there
     db = Database(settings)

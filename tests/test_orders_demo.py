@@ -1,7 +1,7 @@
 """Demo orders go through the HL7 path, link to the demo studies, and leave work for review."""
 
-from triage.orders import review
-from triage.orders.demo import PENDING, seed_demo_orders
+from orders import review
+from orders.demo import PENDING, seed_demo_orders
 
 
 def test_demo_orders(db, settings):

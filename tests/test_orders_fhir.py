@@ -9,8 +9,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from readingroom.schema import OrderMessage
-from triage.orders import review
-from triage.orders.fhir import build_router
+from orders import review
+from orders.fhir import build_router
 
 REQUEST = {
     "resourceType": "ServiceRequest",

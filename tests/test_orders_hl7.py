@@ -6,8 +6,8 @@ import pytest
 from hl7apy.parser import parse_message
 
 from tests.orders_helpers import build_orm, hl7_file
-from triage.orders.common import MessageError, normalize_priority, parse_hl7_time
-from triage.orders.hl7 import ack_code, build_ack, build_rejection, parse_order_message
+from orders.common import MessageError, normalize_priority, parse_hl7_time
+from orders.hl7 import ack_code, build_ack, build_rejection, parse_order_message
 
 
 def test_v23_order_with_z_segments_allergy_and_egfr():

@@ -7,8 +7,8 @@ from sqlalchemy import select
 from readingroom.schema import Study
 from tests.orders_helpers import build_orm
 from triage.intake import Intake
-from triage.orders import review
-from triage.orders.store import receive_hl7
+from orders import review
+from orders.store import receive_hl7
 from triage.synthetic import ct_series, head_phantom
 from triage.worklist import open_studies
 

@@ -6,7 +6,7 @@ import pytest
 
 from readingroom.errors import ConfigError
 from tests.conftest import make_settings
-from triage.orders.protocols import appropriateness_hints, load_hint_rules, load_library, matches, suggest_protocol
+from orders.protocols import appropriateness_hints, load_hint_rules, load_library, matches, suggest_protocol
 
 
 def order(**kw):

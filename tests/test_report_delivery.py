@@ -21,10 +21,10 @@ from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 from readingroom.db import Database, sync_sites
 from readingroom.jobs import DatabaseJobQueue, WorkerPool
 from readingroom.mllp import MLLPServer
-from dictation.delivery import hl7
-from dictation.delivery.document import load_document
-from dictation.delivery.outbox import Deliverer
-from dictation.lifecycle import DELIVERY_JOB, ReportService
+from reporting.delivery import hl7
+from reporting.delivery.document import load_document
+from reporting.delivery.outbox import Deliverer
+from reporting.lifecycle import DELIVERY_JOB, ReportService
 from tests.conftest import TEST_SITES, free_port, make_settings
 from tests.report_helpers import add_study
 
@@ -159,7 +159,7 @@ def test_a_refused_message_is_retried_then_shown_as_failed_then_retried_by_the_a
 def test_oru_fits_long_and_odd_values_into_hl7_field_lengths():
     from datetime import datetime
 
-    from dictation.delivery.document import DeliveryDoc
+    from reporting.delivery.document import DeliveryDoc
 
     text = "IMPRESSION:\n" + "Very long sentence about the findings, " * 30 + "\nR > L & ~ | ^ \\ é"
     doc = DeliveryDoc(report_id=1, version_id=7, version=1, status="final", text=text, sections={}, body="",

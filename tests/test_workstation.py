@@ -195,7 +195,7 @@ def _view(status: str, versions: list[tuple[str, str]] = ()):  # noqa: ANN202 - 
     """A ReportView as ReportService returns it, with signed versions at a fixed time."""
     from datetime import datetime
 
-    from dictation.lifecycle import ReportView, VersionView
+    from reporting.lifecycle import ReportView, VersionView
 
     signed = [VersionView(i + 10, i + 1, st, body, "ab" * 32, "demo", datetime(2026, 11, 30, 3, 12 + i, 5), "",
                           {"body": body}) for i, (st, body) in enumerate(versions)]
@@ -244,8 +244,8 @@ def test_an_addendum_is_shown_with_its_version_and_its_text():
 
 
 def test_a_blocking_template_field_is_named_in_full_and_shown_where_it_is_filled_in():
-    from dictation.checks import check_template
-    from dictation.lifecycle import CheckResult
+    from reporting.checks import check_template
+    from reporting.lifecycle import CheckResult
     from workstation.live import LiveDictation
     from workstation.signoff import checks_markdown, issue_choices, issue_title
 
@@ -276,7 +276,7 @@ def test_a_blocking_template_field_is_named_in_full_and_shown_where_it_is_filled
 
 
 def test_page_messages_say_what_to_do_without_command_lines():
-    from dictation.lifecycle import ReportError
+    from reporting.lifecycle import ReportError
     from workstation.pages import Refused, guarded
     from workstation.signoff import page_message
 
@@ -313,7 +313,7 @@ def test_the_worklist_status_filter_finds_signed_studies():
 
 
 def test_the_sign_off_says_plainly_where_the_report_went():
-    from dictation.delivery.outbox import delivery_summary, sign_message
+    from reporting.delivery.outbox import delivery_summary, sign_message
 
     assert sign_message("final", 1, "St. Mary's Hospital", []) == (
         "Signed final (version 1). Site St. Mary's Hospital has no delivery destination configured in "

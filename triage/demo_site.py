@@ -50,7 +50,7 @@ class DemoRIS:
         from hl7apy.consts import VALIDATION_LEVEL
         from hl7apy.parser import parse_message
 
-        from triage.orders.hl7 import build_ack, normalize_newlines, peek_header
+        from orders.hl7 import build_ack, normalize_newlines, peek_header
 
         head = peek_header(message)
         facility = head.get("receiving_facility") or "DEMO_HOSPITAL"

@@ -230,7 +230,7 @@ class Intake:
     @staticmethod
     def _link_order(conn: Connection, ds: Dataset, study_id: int, study_uid: str) -> None:
         """Link a new study to its order (accession, worklist UID, or patient + procedure + date)."""
-        from triage.orders.linking import dicom_procedure_facts, link_new_study
+        from orders.linking import dicom_procedure_facts, link_new_study
 
         description, codes = dicom_procedure_facts(ds)
         link_new_study(conn, study_id, study_uid, accession=_text(ds, "AccessionNumber", 64),

@@ -1,5 +1,5 @@
 """The DICOM listener (pynetdicom): C-ECHO, C-STORE for every storage SOP class, and the
-Modality Worklist C-FIND (approved orders, ``triage.orders.mwl``) on the same AE title and port.
+Modality Worklist C-FIND (approved orders, ``orders.mwl``) on the same AE title and port.
 
 Handlers are thin: they hand the dataset to ``Intake.store`` and return its status. They never
 raise, so one bad instance gets a failure status and the association goes on.
@@ -51,7 +51,7 @@ def handle_store(event: Any, intake: Intake) -> int:
 
 
 def _handle_worklist_find(event: Any, intake: Intake):  # noqa: ANN202 - a generator of (status, dataset)
-    from triage.orders.mwl import handle_find
+    from orders.mwl import handle_find
 
     yield from handle_find(event, intake.db, intake.settings)
 
@@ -86,7 +86,7 @@ def build_ae(settings: Settings) -> AE:
     if allowed:
         ae.require_calling_aet = allowed
     ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
-    ae.add_supported_context(ModalityWorklistInformationFind)  # approved orders (triage.orders.mwl)
+    ae.add_supported_context(ModalityWorklistInformationFind)  # approved orders (orders.mwl)
     for context in AllStoragePresentationContexts:
         ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
     for sop_class in RETIRED_IMAGE_STORAGE:

@@ -28,7 +28,7 @@ class IntakeService:
         self.listener = DicomListener(settings, self.intake)
         self.orders = None
         if settings.hl7.enabled:
-            from triage.orders.listener import OrderListener
+            from orders.listener import OrderListener
 
             self.orders = OrderListener(settings, db)
 
@@ -54,9 +54,9 @@ class IntakeService:
 def build_workers(db: Database, settings: Settings, queue: JobQueue) -> WorkerPool:
     """The worker pool with every job handler registered: triage, notices to a site's RIS
     (order rejections and questions), and report delivery (outbox)."""
-    from dictation.delivery.outbox import DELIVERY_JOB, Deliverer
+    from reporting.delivery.outbox import DELIVERY_JOB, Deliverer
     from triage.notify import Notifier
-    from triage.orders.review import SEND_JOB, OrderNoticeSender
+    from orders.review import SEND_JOB, OrderNoticeSender
     from triage.pipeline import TriagePipeline
     from triage.studies import TRIAGE_JOB
 

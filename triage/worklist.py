@@ -165,7 +165,7 @@ def open_studies(db: Database, settings: Settings, *, user: str | None = None, f
             "ai_status": study.ai_status,
             "ai": [ai_view(f, config) for f in findings[study.id]],
             "claimed_by": study.claimed_by if claimed else None,
-            # The order the images were acquired for (triage.orders.linking); unlinked studies are flagged.
+            # The order the images were acquired for (orders.linking); unlinked studies are flagged.
             "order": orders.get(study.order_id),
             "unlinked": study.order_id is None,
         }

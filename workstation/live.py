@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from dictation.report import SECTION_ORDER, SECTION_TITLES
+from reporting.report import SECTION_ORDER, SECTION_TITLES
 from dictation.session import DictationSession
 from dictation.settings import DictationSettings
 
@@ -106,7 +106,7 @@ class LiveDictation:
             for key, value in (values or {}).items():
                 if key in report.fields.get(name, {}):
                     report.fields[name][key] = value or ""
-        # The stored draft this dictation autosaves into (dictation.lifecycle.ReportService).
+        # The stored draft this dictation autosaves into (reporting.lifecycle.ReportService).
         self.report_id: int | None = None
         self.revision: int | None = None
         self.saved_key = self.content_key()

@@ -185,17 +185,17 @@ def build_blocks(settings: Settings, db: Database, queue: Any = None,  # noqa: C
                  wake: Any = None) -> gr.Blocks:
     """The page. ``queue`` and ``wake`` (the worker pool's) let signed reports and order notices
     go out at once; without them a queue on the same database is used and the workers poll."""
-    from dictation.lifecycle import METHODS, ChecksNotResolved, ReportService
-    from dictation.report import SECTION_ORDER, SECTION_TITLES, list_templates
+    from reporting.lifecycle import METHODS, ChecksNotResolved, ReportService
+    from reporting.report import SECTION_ORDER, SECTION_TITLES, list_templates
     from dictation.settings import DictationSettings
     from readingroom.auth import user_role
     from readingroom.errors import ReadingRoomError
     from readingroom.jobs import DatabaseJobQueue
-    from triage import orders as order_api
+    import orders as order_api
     from triage.notify import CRITICAL_FINDING, events_since, latest_event_id
-    from triage.orders.protocols import load_library
+    from orders.protocols import load_library
     from triage.worklist import claim
-    from dictation.delivery.outbox import delivery_summary, report_site, sign_message, sites_file_label
+    from reporting.delivery.outbox import delivery_summary, report_site, sign_message, sites_file_label
     from workstation.signoff import (
         AUDIT_COLUMNS, DELIVERY_COLUMNS, ORDER_COLUMNS, audit_rows, checks_markdown, delivery_rows, is_read_only,
         issue_choices, order_markdown, order_rows, page_message, reading_header, signed_markdown,

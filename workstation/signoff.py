@@ -6,10 +6,10 @@ import html
 import re
 from typing import Any
 
-from dictation.report import SECTION_TITLES
+from reporting.report import SECTION_TITLES
 
 # Report states after which the text is fixed: it changes only by addendum or corrected version
-# (dictation.lifecycle.SIGNED; a preliminary report can still be edited and signed final).
+# (reporting.lifecycle.SIGNED; a preliminary report can still be edited and signed final).
 SIGNED_STATES = ("final", "addendum", "corrected")
 STATE_LABEL = {"draft": "DRAFT", "preliminary": "PRELIMINARY", "final": "FINAL", "addendum": "FINAL + ADDENDUM",
                "corrected": "CORRECTED"}
@@ -23,7 +23,7 @@ AUDIT_COLUMNS = ["Time (UTC)", "User", "Action", "Study", "Report", "Detail"]
 
 
 def checks_markdown(results: list[Any]) -> str:
-    """Pre-sign check results (dictation.lifecycle.CheckResult) as a list, open issues first."""
+    """Pre-sign check results (reporting.lifecycle.CheckResult) as a list, open issues first."""
     if not results:
         return "**No issues found.** The report can be signed."
     lines = []
@@ -45,7 +45,7 @@ def open_issue_keys(results: list[Any]) -> list[str]:
 
 def delivery_rows(items: list[dict[str, Any]]) -> list[list[Any]]:
     """Outbox rows for the delivery tables; a pending row reads "queued" (the workers send it)."""
-    from dictation.delivery.outbox import DELIVERY_STATE
+    from reporting.delivery.outbox import DELIVERY_STATE
 
     return [[i["id"], i["version"], i["report_status"], i["destination"],
              DELIVERY_STATE.get(i["status"], i["status"]), i["attempts"],

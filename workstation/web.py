@@ -9,7 +9,7 @@ Viewer API (JSON and PNG; the browser code is ``workstation/static/viewer.js``):
     GET /api/viewer/series/{series_uid}/{index}.png   one slice, windowed (?c=&w=&invert=0|1)
     GET /api/viewer/heatmap/{finding_id}/{index}.png  the AI heatmap of that slice (RGBA)
 
-FHIR (triage.orders.fhir): POST /fhir/ServiceRequest, with a session or HTTP Basic credentials.
+FHIR (orders.fhir): POST /fhir/ServiceRequest, with a session or HTTP Basic credentials.
 
 Dictation API (the page's microphone, workstation/static/viewer.js):
     POST /api/dictation/{study_uid}/audio?rate=R      16-bit mono PCM, in order

@@ -54,7 +54,7 @@ def dictation_wav(path: Path) -> Path:
 @pytest.fixture(scope="module")
 def ris():
     """The demo hospital's RIS: an MLLP listener that validates each ORU with hl7apy and acks it."""
-    from dictation.delivery import hl7
+    from reporting.delivery import hl7
     from readingroom.mllp import MLLPServer
 
     received: list[str] = []

@@ -25,7 +25,7 @@ def shipped_sites() -> list[dict]:
 
 
 def test_demo_destinations_only_fill_sites_without_their_own(tmp_path):
-    from dictation.delivery.outbox import destinations_for
+    from reporting.delivery.outbox import destinations_for
     from triage.demo_site import apply_demo_destinations
 
     own = {"name": "Own RIS", "destinations": {"pdf_folder": "their-pdfs"}}
@@ -42,12 +42,12 @@ def test_demo_destinations_only_fill_sites_without_their_own(tmp_path):
 
 
 def test_a_demo_sign_off_is_delivered_to_the_demo_ris_and_folders(tmp_path):
-    from dictation.delivery import hl7
-    from dictation.delivery.outbox import DELIVERY_JOB, Deliverer, report_site, sign_message
-    from dictation.lifecycle import ReportService
+    from reporting.delivery import hl7
+    from reporting.delivery.outbox import DELIVERY_JOB, Deliverer, report_site, sign_message
+    from reporting.lifecycle import ReportService
     from triage.demo import seed_demo
     from triage.demo_site import start_demo_site
-    from triage.orders.demo import seed_demo_orders
+    from orders.demo import seed_demo_orders
     from triage.service import IntakeService
 
     home = tmp_path / "home"

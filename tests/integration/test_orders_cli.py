@@ -16,7 +16,7 @@ from tests.conftest import free_port
 from tests.integration.helpers import env_for, readingroom, start, stop, wait_for_echo
 from tests.integration.test_worklist_mwl import STANDARD_KEYS, findscu
 from tests.orders_helpers import build_orm, hl7_file
-from triage.orders.hl7 import ack_code
+from orders.hl7 import ack_code
 from triage.synthetic import ct_series, head_phantom
 
 pytestmark = pytest.mark.integration

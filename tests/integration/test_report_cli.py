@@ -8,7 +8,7 @@ import pytest
 
 from readingroom.db import Database, sync_sites
 from readingroom.mllp import MLLPServer
-from dictation.delivery import hl7
+from reporting.delivery import hl7
 from tests.conftest import make_settings
 from tests.integration.helpers import SITES, readingroom
 from tests.report_helpers import add_study

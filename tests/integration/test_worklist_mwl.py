@@ -9,8 +9,8 @@ from pydicom import dcmread
 
 from tests.conftest import DCMTK
 from tests.orders_helpers import build_orm
-from triage.orders import review
-from triage.orders.store import receive_hl7
+from orders import review
+from orders.store import receive_hl7
 
 TODAY = date.today().strftime("%Y%m%d")
 # W3 is scheduled a month from the day the tests run, and queried by a range around it: never a

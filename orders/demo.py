@@ -13,7 +13,7 @@ import logging
 
 from readingroom.db import Database
 from readingroom.settings import Settings
-from triage.orders.store import receive_hl7
+from orders.store import receive_hl7
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +96,8 @@ def seed_demo_orders(db: Database, settings: Settings) -> int:
     The demo studies' orders are approved with their suggested protocol (or left for review when
     none fits); the pending ones wait for review."""
     from triage.demo import DEMO_STUDIES
-    from triage.orders import review
-    from triage.orders.common import OrderError
+    from orders import review
+    from orders.common import OrderError
 
     before = len(review.list_orders(db, limit=100000))
     for text in demo_messages():

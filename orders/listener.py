@@ -8,7 +8,7 @@ from readingroom.db import Database
 from readingroom.errors import ReadingRoomError
 from readingroom.mllp import MLLPServer
 from readingroom.settings import Settings
-from triage.orders.store import receive_hl7
+from orders.store import receive_hl7
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from readingroom.hl7 import (DEFAULT_VERSION, build_ack as kernel_ack, escape, f
                              timestamp, unescape, wrap, write_person)
 from readingroom.schema import utcnow
 
-from dictation.delivery.document import DeliveryDoc, DeliveryError
+from reporting.delivery.document import DeliveryDoc, DeliveryError
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def build_oru(doc: DeliveryDoc, *, sending_application: str = "READINGROOM", sen
         obx.obx_14 = timestamp(doc.signed_at)
         obx.obx_16 = fit(doc.signed_by)
     if not msg.validate():
-        raise DeliveryError("the ORU message did not validate; this is a bug in dictation/delivery/hl7.py")
+        raise DeliveryError("the ORU message did not validate; this is a bug in reporting/delivery/hl7.py")
     return msg.to_er7()
 
 

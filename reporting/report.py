@@ -20,10 +20,24 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from readingroom.errors import ConfigError
 
-from dictation import checks
-from dictation.commands import SECTION_ORDER, Command
+from reporting import checks
 
 log = logging.getLogger(__name__)
+
+SECTION_ORDER = (
+    "clinical_information", "comparison", "technique", "findings", "impression", "recommendations",
+)
+
+
+@dataclass(frozen=True)
+class Command:
+    """An edit of the report: what a voice command (dictation/commands.py) or a button asks for."""
+
+    action: str                      # next_field, goto_section, insert_macro, punctuation, ...
+    argument: str | None = None      # section key, macro name or punctuation mark
+    spoken: str = ""
+    score: float = 1.0
+
 
 SECTION_TITLES = {
     "clinical_information": "Clinical information", "comparison": "Comparison",

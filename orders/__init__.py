@@ -12,11 +12,11 @@ The API for a user interface: list_orders, get_order, suggest, approve, reject, 
 set_protocol (review.py) and recent_messages (store.py); each takes a Database.
 """
 
-from triage.orders.common import MessageError, OrderError, ParsedOrder
-from triage.orders.review import (
+from orders.common import MessageError, OrderError, ParsedOrder
+from orders.review import (
     approve, ask, get_order, list_orders, order_dict, reject, set_protocol, suggest,
 )
-from triage.orders.store import receive_hl7, recent_messages
+from orders.store import receive_hl7, recent_messages
 
 __all__ = ["MessageError", "OrderError", "ParsedOrder", "approve", "ask", "get_order", "list_orders", "order_dict",
            "receive_hl7", "recent_messages", "reject", "set_protocol", "suggest"]

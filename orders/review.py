@@ -26,8 +26,8 @@ from readingroom.errors import ConfigError
 from readingroom.jobs import JobQueue
 from readingroom.schema import ORDER_STATUSES, Order, OrderEvent, Study, utcnow
 from readingroom.settings import Settings
-from triage.orders.common import OrderError
-from triage.orders.protocols import PROTOCOL_KEYS, Suggestion, load_library, suggest_protocol
+from orders.common import OrderError
+from orders.protocols import PROTOCOL_KEYS, Suggestion, load_library, suggest_protocol
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +211,7 @@ class OrderNoticeSender:
     def __call__(self, payload: dict[str, Any]) -> None:
         from readingroom.mllp import send
         from readingroom.hl7 import ack_code
-        from triage.orders.hl7 import build_order_notice
+        from orders.hl7 import build_order_notice
 
         accession, kind = payload["accession"], payload.get("kind", "rejection")
         with self.db.reader() as session:

@@ -19,7 +19,7 @@ from pydicom.uid import generate_uid
 
 from readingroom import NOT_FOR_CLINICAL_USE, __version__
 
-from dictation.delivery.document import DeliveryDoc, DeliveryError
+from reporting.delivery.document import DeliveryDoc, DeliveryError
 
 log = logging.getLogger(__name__)
 

@@ -1,11 +1,11 @@
 """The report lifecycle: draft -> preliminary -> final -> addendum / corrected, in the database.
 
-A report has one working draft (sections and template fields of ``dictation.report.Report``),
+A report has one working draft (sections and template fields of ``reporting.report.Report``),
 saved as often as the UI likes, and immutable signed versions. Signing runs the pre-sign checks
-(``dictation.checks``): blocking issues must be resolved or overridden with a reason, AI
+(``reporting.checks``): blocking issues must be resolved or overridden with a reason, AI
 warnings acknowledged, and a final report with a critical finding needs a communication record.
 The signature stores who, when and the SHA-256 of the signed content. A signed version is queued
-for delivery (``dictation.delivery``) in the same transaction, so that it cannot be lost.
+for delivery (``reporting.delivery``) in the same transaction, so that it cannot be lost.
 
 This is the Python API the UI calls::
 
@@ -41,10 +41,10 @@ from readingroom.schema import (AIFinding, AuditEntry, CheckOverride, CriticalCo
                                 OutboxItem, ReportRecord, ReportVersion, Series, Study, utcnow)
 from readingroom.settings import Settings
 
-from dictation import checks
-from dictation.commands import SECTION_ORDER
-from dictation.delivery.outbox import DELIVERY_JOB
-from dictation.report import Report, load_template
+from reporting import checks
+from reporting.report import SECTION_ORDER
+from reporting.delivery.outbox import DELIVERY_JOB
+from reporting.report import Report, load_template
 
 log = logging.getLogger(__name__)
 
@@ -234,7 +234,7 @@ class ReportService:
                     for r, s in session.execute(stmt)]
 
     def dictation_report(self, report_id: int) -> Report:
-        """The draft as a ``dictation.report.Report``, to continue dictating into it."""
+        """The draft as a ``reporting.report.Report``, to continue dictating into it."""
         with self.db.reader() as session:
             return self._report(self._record(session, report_id))
 
@@ -583,7 +583,7 @@ class ReportService:
 
     # --- delivery ----------------------------------------------------------------------------------
     def _queue_delivery(self, session: Session, study: Study, version: ReportVersion) -> list[str]:
-        from dictation.delivery.outbox import destinations_for
+        from reporting.delivery.outbox import destinations_for
 
         names = destinations_for(self.settings, study.site.name if study.site else None)
         if names and self.queue is None:
@@ -601,19 +601,19 @@ class ReportService:
     def delivery_status(self, report_id: int | None = None, status: str | None = None,
                         limit: int = 200) -> list[dict[str, Any]]:
         """Outbox rows (newest first) with their job state; ``status='failed'`` lists the problems."""
-        from dictation.delivery.outbox import delivery_status
+        from reporting.delivery.outbox import delivery_status
 
         return delivery_status(self.db, report_id=report_id, status=status, limit=limit)
 
     def retry_delivery(self, outbox_id: int, user: str) -> None:
-        from dictation.delivery.outbox import retry
+        from reporting.delivery.outbox import retry
 
         retry(self.db, self.queue, outbox_id, user)
         self._wake_workers()
 
     def export(self, report_id: int, fmt: str, out: Path, user: str = "cli") -> Path:
         """Write the newest signed version as hl7, fhir, sr or pdf to ``out`` (audited)."""
-        from dictation.delivery.outbox import export
+        from reporting.delivery.outbox import export
 
         return export(self.db, self.settings, report_id, fmt, out, user)
 

@@ -17,9 +17,9 @@ from sqlalchemy import select, update
 from readingroom.db import Database
 from readingroom.schema import Order, OrderEvent, OrderMessage, Study, utcnow
 from readingroom.settings import Settings
-from triage.orders.common import CANCEL, CHANGE, NEW, MessageError, ParsedMessage, ParsedOrder
-from triage.orders.linking import link_waiting_studies
-from triage.orders.protocols import appropriateness_hints, load_hint_rules
+from orders.common import CANCEL, CHANGE, NEW, MessageError, ParsedMessage, ParsedOrder
+from orders.linking import link_waiting_studies
+from orders.protocols import appropriateness_hints, load_hint_rules
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +170,7 @@ def receive_hl7(db: Database, settings: Settings, text: str, peer: str = "") -> 
     an accepted one is kept with its orders, a refused one with the reason (or the sender is told
     to send it again when even that cannot be written)."""
     from readingroom.hl7 import build_ack
-    from triage.orders.hl7 import parse_order_message
+    from orders.hl7 import parse_order_message
 
     app, facility = settings.hl7.application, settings.hl7.facility
     parsed: ParsedMessage | None = None

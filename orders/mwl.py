@@ -26,7 +26,7 @@ from sqlalchemy import select
 from readingroom.db import Database
 from readingroom.schema import Order
 from readingroom.settings import Settings
-from triage.orders.protocols import step_description
+from orders.protocols import step_description
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ from starlette.concurrency import run_in_threadpool
 
 from readingroom.db import Database
 from readingroom.settings import Settings
-from triage.orders.common import (
+from orders.common import (
     CANCEL, CHANGE, NEW, MessageError, ParsedMessage, ParsedOrder, guess_modality, normalize_laterality,
     normalize_priority,
 )
@@ -117,7 +117,7 @@ def _patient(resource: dict[str, Any]) -> dict[str, str]:
 
 
 def _egfr(resource: dict[str, Any]) -> float | None:
-    from triage.orders.hl7 import EGFR_LOINC
+    from orders.hl7 import EGFR_LOINC
 
     for obs in _contained(resource, "Observation"):
         codes = {c.get("code") for c in (obs.get("code") or {}).get("coding") or []}
@@ -129,7 +129,7 @@ def _egfr(resource: dict[str, Any]) -> float | None:
 
 
 def _allergy(resource: dict[str, Any]) -> str:
-    from triage.orders.hl7 import _CONTRAST
+    from orders.hl7 import _CONTRAST
 
     found = [_text(a.get("code")) for a in _contained(resource, "AllergyIntolerance")]
     return "; ".join(t for t in found if t and _CONTRAST.search(t))[:200]
@@ -206,8 +206,8 @@ def receive_service_request(db: Database, settings: Settings, body: Any, peer: s
     from sqlalchemy import select
 
     from readingroom.schema import Order
-    from triage.orders.review import order_dict
-    from triage.orders.store import apply_message, keep_refused
+    from orders.review import order_dict
+    from orders.store import apply_message, keep_refused
 
     raw = body.decode("utf-8", errors="replace") if isinstance(body, bytes) else \
         body if isinstance(body, str) else json.dumps(body)

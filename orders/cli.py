@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _edits(pairs: list[str]) -> dict[str, Any]:
-    from triage.orders.common import OrderError
+    from orders.common import OrderError
 
     edits = {}
     for pair in pairs:
@@ -118,7 +118,7 @@ def _show(order: dict[str, Any]) -> str:
 def _send_now(db: Any, settings: Any, accession: str, kind: str) -> str:
     """Run the queued notice now; when the RIS does not answer, the job stays for the workers."""
     from readingroom.jobs import DatabaseJobQueue, WorkerPool
-    from triage.orders import review
+    from orders import review
 
     pool = WorkerPool(DatabaseJobQueue(db, settings.jobs), settings.jobs)
     pool.register(review.SEND_JOB, review.OrderNoticeSender(db, settings))
@@ -136,9 +136,9 @@ def _send_now(db: Any, settings: Any, accession: str, kind: str) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     from readingroom.cli import Context
     from readingroom.jobs import DatabaseJobQueue
-    from triage.orders import review
-    from triage.orders.protocols import load_library
-    from triage.orders.store import recent_messages
+    from orders import review
+    from orders.protocols import load_library
+    from orders.store import recent_messages
 
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     ctx = Context()

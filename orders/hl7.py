@@ -22,7 +22,7 @@ from typing import Iterable
 from readingroom.hl7 import (DEFAULT_VERSION, Segment, ack_code, build_ack, escape, fill_msh, new_control_id,
                              normalize_newlines, peek_header, read_person, supported_version, write_person)
 from readingroom.schema import utcnow
-from triage.orders.common import (
+from orders.common import (
     CONTROL_ALIASES, MODALITIES, MessageError, ParsedMessage, ParsedOrder, guess_modality, normalize_laterality,
     normalize_priority, parse_hl7_time,
 )

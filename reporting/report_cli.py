@@ -126,7 +126,7 @@ def _when(value: str | None) -> datetime | None:
     try:
         return datetime.fromisoformat(value.replace("Z", ""))
     except ValueError:
-        from dictation.lifecycle import ReportError
+        from reporting.lifecycle import ReportError
 
         raise ReportError(f"{value!r} is not an ISO date or time; write e.g. 2026-11-29T04:10") from None
 
@@ -148,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from readingroom.cli import Context
     from readingroom.jobs import DatabaseJobQueue
 
-    from dictation.lifecycle import ChecksNotResolved, ReportService, verify_signature
+    from reporting.lifecycle import ChecksNotResolved, ReportService, verify_signature
 
     ctx = Context()
     service = ReportService(ctx.db, ctx.settings, DatabaseJobQueue(ctx.db, ctx.settings.jobs))
@@ -189,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ChecksNotResolved as exc:
             print(f"readingroom: {exc}", file=sys.stderr)
             return 3
-        from dictation.delivery.outbox import report_site, sign_message, sites_file_label
+        from reporting.delivery.outbox import report_site, sign_message, sites_file_label
 
         rows = service.delivery_status(args.report_id)
         queued = [row["destination"] for row in reversed(rows) if row["version"] == version.number]

@@ -18,7 +18,7 @@ from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 
 from readingroom import NOT_FOR_CLINICAL_USE
 
-from dictation.delivery.document import DeliveryDoc
+from reporting.delivery.document import DeliveryDoc
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from fpdf import FPDF
 
 from readingroom import NOT_FOR_CLINICAL_USE
 
-from dictation.delivery.document import DeliveryDoc
+from reporting.delivery.document import DeliveryDoc
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from readingroom.schema import Job, OutboxItem, ReportRecord, ReportVersion, utc
 from readingroom.settings import Settings, SiteDestinations
 from readingroom.storage import atomic_write
 
-from dictation.delivery.document import DeliveryDoc, DeliveryError, load_document
+from reporting.delivery.document import DeliveryDoc, DeliveryError, load_document
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ def file_stem(doc: DeliveryDoc) -> str:
 
 def render(doc: DeliveryDoc, fmt: str, settings: Settings, destinations: SiteDestinations | None = None) -> bytes:
     """The bytes of one output format: hl7 (ER7), fhir (JSON), sr (DICOM Part 10), pdf."""
-    from dictation.delivery import fhir, hl7, pdf, sr
+    from reporting.delivery import fhir, hl7, pdf, sr
 
     if fmt == "hl7":
         peer = destinations.hl7 if destinations else None
@@ -176,7 +176,7 @@ class Deliverer:
 
     def deliver(self, doc: DeliveryDoc, destination: str, dest: SiteDestinations) -> str:
         """Send to one destination; return its acknowledgement, or raise."""
-        from dictation.delivery import hl7, pdf, sr
+        from reporting.delivery import hl7, pdf, sr
 
         home = self.settings.home
         if destination == "hl7":

@@ -14,8 +14,8 @@ Every output states that ReadingRoom is not for clinical use and that AI results
 ``document.py`` gathers what the builders need; ``outbox.py`` is the worker side and the status.
 """
 
-from dictation.delivery.document import DeliveryDoc, load_document
-from dictation.delivery.outbox import DESTINATIONS, Deliverer, delivery_status, destinations_for, export, retry
+from reporting.delivery.document import DeliveryDoc, load_document
+from reporting.delivery.outbox import DESTINATIONS, Deliverer, delivery_status, destinations_for, export, retry
 
 __all__ = ["DESTINATIONS", "Deliverer", "DeliveryDoc", "delivery_status", "destinations_for", "export",
            "load_document", "retry"]
