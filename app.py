@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 DEMO_SEEDED_KEY = "demo_seeded"
 
 
-def build_web_app(settings: Settings, db: Database, queue: Any = None, wake: Any = None):  # noqa: ANN201
+def build_web_app(settings: Settings, db: Database, queue: Any = None, wake: Any = None):
     """FastAPI app: /healthz, login, the viewer and dictation routes, the FHIR ServiceRequest
     endpoint, and the Gradio page at /."""
     import gradio as gr
@@ -68,7 +68,7 @@ def _seed_demo_once(settings: Settings, db: Database, port: int) -> None:
     try:
         seed_demo_orders(db, settings)
         count = seed_demo(settings, port=port)
-    except Exception:  # noqa: BLE001 - the workstation runs on without demo data
+    except Exception:  # the workstation runs on without demo data
         log.exception("could not seed the demo worklist")
         return
     set_kv(db, DEMO_SEEDED_KEY, str(count))
@@ -77,11 +77,11 @@ def _seed_demo_once(settings: Settings, db: Database, port: int) -> None:
 def _warm_up_dictation(settings: Settings) -> None:
     """Load the Whisper models now, not when the first radiologist starts speaking."""
     try:
-        from dictation.settings import DictationSettings
+        from readingroom.settings import DictationSettings
         from workstation.live import shared_engine
 
         shared_engine(DictationSettings.from_mapping(settings.dictation))
-    except Exception:  # noqa: BLE001 - dictation loads again on first use and reports its error then
+    except Exception:  # dictation loads again on first use and reports its error then
         log.exception("could not load the dictation models at start")
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from reporting.checks import AIResult, CheckContext, run_checks  # noqa: E402
+from reporting.checks import AIResult, CheckContext, run_checks
 
 SIDES = ("left", "right")
 

@@ -37,14 +37,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from dictation.audio import SAMPLE_RATE, decode_audio  # noqa: E402
-from dictation.commands import CommandGrammar  # noqa: E402
-from dictation.lexicon import STOPWORDS, load_terms  # noqa: E402
-from dictation.session import DictationSession  # noqa: E402
-from dictation.settings import DictationSettings  # noqa: E402
-from dictation.stream import Partial, StreamingTranscriber  # noqa: E402
-from dictation.transcribe import Engine  # noqa: E402
-from dictation.wer import align, is_critical, normalize_for_wer  # noqa: E402
+from dictation.audio import SAMPLE_RATE, decode_audio
+from dictation.commands import CommandGrammar
+from dictation.lexicon import STOPWORDS, load_terms
+from dictation.session import DictationSession
+from readingroom.settings import DictationSettings
+from dictation.stream import Partial, StreamingTranscriber
+from dictation.transcribe import Engine
+from dictation.wer import align, is_critical, normalize_for_wer
 
 log = logging.getLogger("bench.dictation")
 

@@ -26,13 +26,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
+import argparse
+import json
+import os
+import statistics
+import time
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 OUT = Path("var/bench/triage")
 TARGETS = {"ct_s": 3.0, "cxr_s": 1.0, "auroc": {"ich": 0.97, "pneumothorax": 0.95, "effusion": 0.95,

@@ -1,6 +1,6 @@
 """Worklist benchmarks: how fast the night-shift simulator runs a shift.
 
-Part 1, the simulator (``triage/simulate.py``): a 12-hour shift x 20 seeds under all four
+Part 1, the simulator (``triage/simulator/engine.py``): a 12-hour shift x 20 seeds under all four
 policies (FIFO, order priority, AI priority, AI priority with the upper limit), for
 
 * ``telerad-night``, stretched from 22:00-07:00 to a 12-hour shift 19:00-07:00 (the 22:00 arrival
@@ -47,7 +47,7 @@ from collections.abc import Callable
 from typing import Any
 
 from triage.priority import Policy
-from triage.simulate import Scenario, load_scenario, run
+from triage.simulator.engine import Scenario, load_scenario, run
 
 log = logging.getLogger(__name__)
 

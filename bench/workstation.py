@@ -274,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     proc, url = start_server(home)
     try:
         with sync_playwright() as p:
-            def factory(extra: list[str]):  # noqa: ANN202
+            def factory(extra: list[str]):
                 return p.chromium.launch(executable_path=CHROMIUM, args=FLAGS + extra)
 
             browser = factory([])

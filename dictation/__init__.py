@@ -18,7 +18,7 @@ from dictation.lexicon import Lexicon
 from dictation.models import install_base, load_model, resolve_model
 from dictation.normalize import normalize_report_text
 from dictation.session import DictationSession, Utterance
-from dictation.settings import DictationSettings
+from readingroom.settings import DictationSettings
 
 __all__ = [
     "Command", "CommandGrammar", "DictationSession", "DictationSettings", "Lexicon", "Utterance",

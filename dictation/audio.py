@@ -98,7 +98,7 @@ class ChunkDecoder:
                         frame.pts = None
                         self._samples.put(_frames_to_array(resampler.resample(frame)))
                     self._samples.put(_frames_to_array(resampler.resample(None)))
-            except Exception as exc:  # surfaced to the caller by read()
+            except Exception as exc:  # noqa: BLE001 - surfaced to the caller by read()
                 self._samples.put(exc)
             finally:
                 reader.close()

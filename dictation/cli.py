@@ -13,7 +13,7 @@ from readingroom.errors import ReadingRoomError
 
 from dictation.audio import decode_audio
 from dictation.session import DictationSession
-from dictation.settings import DictationSettings
+from readingroom.settings import DictationSettings
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     print(session.report.render())
     for c in commands:
         print(f"[command at {c['at_s']:.1f} s: {c['action']}{' ' + str(c['argument']) if c['argument'] else ''}]")
-    print(f"\n[{timing['audio_s']:.1f} s of audio in {timing['processing_s']:.1f} s, RTF {timing['rtf']:.3f}, model {timing['model']}]")
+    print(f"\n[{timing['audio_s']:.1f} s of audio in {timing['processing_s']:.1f} s, "
+          f"RTF {timing['rtf']:.3f}, model {timing['model']}]")
     return 0
 
 

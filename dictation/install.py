@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 def whisper_models(dictation: dict | None = None) -> list[tuple[str, str]]:
     """(role, model name) of every Whisper model to keep installed: the live and final models of
     the ``dictation:`` settings, and always tiny.en and base (the shipped defaults)."""
-    from dictation.settings import DictationSettings
+    from readingroom.settings import DictationSettings
 
     settings = DictationSettings.from_mapping(dictation or {})
     roles = [("live", settings.model)]

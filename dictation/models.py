@@ -57,7 +57,7 @@ def models_dir(configured: str | Path | None = None) -> Path:
             from readingroom.settings import get_settings
 
             configured = get_settings().models_dir
-        except Exception as exc:  # settings invalid: the CLI reports that; models keep their default
+        except Exception as exc:  # noqa: BLE001 - settings invalid: the CLI reports that; models keep their default
             log.debug("settings unavailable (%s); default models folder", exc)
             configured = ""
     return Path(configured).expanduser().resolve() if str(configured) else default_models_dir()

@@ -19,7 +19,7 @@ from dictation.commands import Command, CommandGrammar
 from dictation.lexicon import Correction, Lexicon
 from dictation.normalize import normalize_report_text
 from reporting.report import Report, Template, load_template
-from dictation.settings import DictationSettings
+from readingroom.settings import DictationSettings
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def build_lexicon(settings: DictationSettings) -> Lexicon:
 
     try:
         tokenizer = resolve_model(settings.model) / "tokenizer.json"
-    except Exception:
+    except Exception:  # noqa: BLE001 - no tokenizer: the lexicon works without one
         tokenizer = None
     return Lexicon.load(
         settings.lexicon_path,
@@ -146,7 +146,8 @@ class DictationSession:
             "decode_s": round(decode_s, 3),
             "rtf": round(elapsed / audio_s, 4) if audio_s else 0.0,
             "model": self.settings.model,
-            "final_model": getattr(engine.final_model, "name", None) or self.settings.final_model or self.settings.model,
+            "final_model": (getattr(engine.final_model, "name", None) or self.settings.final_model
+                            or self.settings.model),
             "final_beam_size": self.settings.final_beam_size,
         }
 

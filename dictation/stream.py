@@ -30,7 +30,7 @@ from typing import Callable
 import numpy as np
 
 from dictation.audio import SAMPLE_RATE
-from dictation.settings import DictationSettings
+from readingroom.settings import DictationSettings
 from dictation.transcribe import Engine, Transcript
 from dictation.vad import FRAME_SAMPLES, StreamingVad
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from dictation.audio import SAMPLE_RATE
 from dictation.models import load_model
-from dictation.settings import DictationSettings
+from readingroom.settings import DictationSettings
 from readingroom.errors import ConfigError
 
 log = logging.getLogger(__name__)

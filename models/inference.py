@@ -363,7 +363,7 @@ def run_model(card: ModelCard, series: SeriesInfo, heatmap_size: int = 128) -> M
         return ModelRun(card.name, card.version, reason=f"unknown input kind {card.kind!r}", series=series)
     except ModelRunError as exc:
         return ModelRun(card.name, card.version, reason=str(exc), series=series)
-    except Exception as exc:  # noqa: BLE001 - never stop the worker over one study
+    except Exception as exc:  # never stop the worker over one study
         log.exception("model %s failed on series %s", card.name, series.series_uid)
         return ModelRun(card.name, card.version, reason=f"processing failed ({type(exc).__name__}: {exc})",
                         series=series)

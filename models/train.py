@@ -83,7 +83,7 @@ def ct_batch(chans: np.ndarray, vol: np.ndarray, idx: np.ndarray, flip: bool = F
     return space_to_depth(x.astype(np.float32) / 255.0, chans.shape[-1] // CT_SIZE)
 
 
-def ct_case_item(case) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # noqa: ANN001
+def ct_case_item(case) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A CT phantom as the model sees it: (slices, 3, 256, 256) uint8 windows (brain, subdural,
     bone) before ``space_to_depth``; the training labels of its slices (1, 0, or -1: left out);
     and the blood area in mm2 of each cell of a 32 x 32 grid over the model's crop, (slices, 32,
@@ -419,7 +419,8 @@ def train(task: str, *, seed: int, val_seed: int, n_train: int, n_val: int, minu
         scores = scores.reshape(len(labels), -1)
         aurocs = [auroc(labels[:, k], scores[:, k]) for k in range(labels.shape[1])]
         mean_auc = float(np.mean(aurocs))
-        history.append({"step": step + (prior_history[-1]["step"] if prior_history else 0), "loss": round(float(np.mean(losses)), 4), "val_auroc": [round(a, 4) for a in aurocs],
+        history.append({"step": step + (prior_history[-1]["step"] if prior_history else 0),
+                        "loss": round(float(np.mean(losses)), 4), "val_auroc": [round(a, 4) for a in aurocs],
                         "minutes": round((time.perf_counter() - t0) / 60, 2)})
         bar.set_postfix(loss=f"{np.mean(losses):.3f}", val_auroc=f"{mean_auc:.3f}")
         log.info("step %d loss %.4f val AUROC %s", step, np.mean(losses), aurocs)
@@ -642,7 +643,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     card = train(args.task, seed=args.seed, val_seed=args.val_seed, n_train=args.n_train or defaults[0],
                  n_val=args.n_val or defaults[1], minutes=minutes, batch=args.batch or defaults[2], lr=args.lr,
-                 threads=args.threads or (1 if workers else 2), out_dir=args.out, target_sensitivity=args.target_sensitivity,
+                 threads=args.threads or (1 if workers else 2), out_dir=args.out,
+                 target_sensitivity=args.target_sensitivity,
                  progress=not args.quiet, cpu_minutes=cpu_minutes, resume=args.resume, stream_workers=workers,
                  arch={"stem": args.stem} if args.stem else None, val_every=args.val_every,
                  map_weight=args.map_weight if args.task == "ich" else 0.0, balance=args.balance,

@@ -227,7 +227,7 @@ def receive_service_request(db: Database, settings: Settings, body: Any, peer: s
         if not keep_refused(db, raw, "fhir", peer, exc.ack, exc.text, parsed):
             return 503, operation_outcome("cannot store the request now, send it again later", "transient")
         return (422 if exc.ack == "AE" else 400), operation_outcome(exc.text)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         log.exception("FHIR ServiceRequest could not be applied")
         if not keep_refused(db, raw, "fhir", peer, "AE", f"internal error: {exc}", parsed):
             return 503, operation_outcome("cannot store the request now, send it again later", "transient")

@@ -91,7 +91,8 @@ def link_waiting_studies(conn: Any, order_id: int) -> list[str]:
     order = conn.execute(select(*_ORDER_COLUMNS).where(Order.id == order_id)).first()
     query = select(Study.id, Study.study_uid, Study.accession, Study.study_date, Study.description).where(
         Study.order_id.is_(None),
-        or_(Study.accession == order.accession, Study.study_uid == order.study_uid, Study.patient_id == order.patient_id))
+        or_(Study.accession == order.accession, Study.study_uid == order.study_uid,
+            Study.patient_id == order.patient_id))
     linked = []
     for study in conn.execute(query).all():
         if study.accession and study.accession != order.accession:

@@ -165,7 +165,8 @@ def suggest_protocol(order: dict[str, Any], library: Library) -> Suggestion | No
     if best is None:
         return None
     name = best[1]
-    return Suggestion(name, dict(library.protocols[name]), f"default protocol for {order.get('procedure_description') or code}")
+    reason = f"default protocol for {order.get('procedure_description') or code}"
+    return Suggestion(name, dict(library.protocols[name]), reason)
 
 
 def step_description(protocol_name: str, protocol: dict[str, Any]) -> str:

@@ -69,7 +69,7 @@ def keep_refused(db: Database, raw: str, source: str, peer: str, ack: str, error
         with _WRITE_LOCK, db.session() as session:
             session.add(_message_row(raw, source, peer, ack, error, parsed))
         return True
-    except Exception:  # noqa: BLE001 - the caller answers "send again later"
+    except Exception:  # the caller answers "send again later"
         log.exception("could not keep a refused %s message", source)
         return False
 
@@ -187,7 +187,7 @@ def receive_hl7(db: Database, settings: Settings, text: str, peer: str = "") -> 
             return build_ack(text, "AE", "cannot store the message now, send it again later", "207",
                              application=app, facility=facility)
         return build_ack(text, exc.ack, exc.text, exc.code, exc.location, application=app, facility=facility)
-    except Exception as exc:  # noqa: BLE001 - a bug or a database error: keep the message, answer AE
+    except Exception as exc:  # a bug or a database error: keep the message, answer AE
         log.exception("HL7 message from %s could not be applied", peer or "?")
         error = f"internal error, message kept for the admin: {type(exc).__name__}: {exc}"[:500]
         if not keep_refused(db, text, "hl7", peer, "AE", error, parsed):

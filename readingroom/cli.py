@@ -28,7 +28,8 @@ class Context:
         from readingroom.settings import load_settings
 
         self.settings = load_settings(overrides=overrides)
-        logs.configure(self.settings.log_level, self.settings.home / "logs" / "readingroom.log" if log_to_file else None)
+        log_file = self.settings.home / "logs" / "readingroom.log" if log_to_file else None
+        logs.configure(self.settings.log_level, log_file)
         self.db = Database(self.settings)
         self.db.upgrade()
         sync_sites(self.db, [site.name for site in self.settings.sites])
@@ -310,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
 PASSTHROUGH = {
     "transcribe": ("dictation.cli", "main", "transcribe a dictation into a structured report"),
     "orders": ("orders.cli", "main", "review imaging orders: list, show, approve, reject"),
-    "simulate": ("triage.simulate", "main", "night-shift simulator: report turnaround under FIFO and AI ordering"),
+    "simulate": ("triage.simulator.engine", "main", "night-shift simulator: report turnaround under FIFO and AI ordering"),
     "report": ("reporting.report_cli", "main",
                "report lifecycle: new, set, check, sign, addendum, export, outbox, audit"),
     "phantoms": ("models.cli", "phantoms", "write synthetic DICOM studies with their ground truth and labels.csv"),

@@ -41,7 +41,7 @@ class Database:
         else:
             try:
                 self.engine = create_engine(self.url, pool_pre_ping=True, pool_size=10, max_overflow=20)
-            except Exception as exc:  # bad URL or missing driver
+            except Exception as exc:  # noqa: BLE001 - bad URL or missing driver
                 raise ConfigError(
                     f"setting 'database.url' = {self.url!r} cannot be used: {exc}. "
                     "Use an empty value for SQLite, or postgresql+psycopg://user:pass@host/db "
@@ -62,7 +62,7 @@ class Database:
         busy_ms = int(settings.database.busy_timeout_s * 1000)
 
         @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_conn, _record) -> None:  # noqa: ANN001
+        def _sqlite_pragmas(dbapi_conn, _record) -> None:
             # Let SQLAlchemy, not pysqlite, decide when transactions begin.
             dbapi_conn.isolation_level = None
             cur = dbapi_conn.cursor()
@@ -73,7 +73,7 @@ class Database:
             cur.close()
 
         @event.listens_for(engine, "begin")
-        def _begin(conn) -> None:  # noqa: ANN001
+        def _begin(conn) -> None:
             conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
         return engine
@@ -101,7 +101,7 @@ class Database:
             self.read_engine.dispose()
 
 
-def alembic_config(engine: Engine):  # noqa: ANN201
+def alembic_config(engine: Engine):
     from alembic.config import Config
 
     cfg = Config()

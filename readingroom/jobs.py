@@ -230,7 +230,7 @@ class WorkerPool:
         while not self._stop.is_set():
             try:
                 worked = self.run_once(worker_id)
-            except Exception:  # noqa: BLE001 - e.g. the database is briefly locked
+            except Exception:  # e.g. the database is briefly locked
                 log.exception("worker %s could not reach the job queue; retrying", worker_id)
                 worked = False
             if not worked:

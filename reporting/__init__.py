@@ -17,5 +17,5 @@ from reporting.checks import CheckContext, Issue, run_checks
 from reporting.lifecycle import ChecksNotResolved, ReportError, ReportService
 from reporting.report import SECTION_ORDER, SECTION_TITLES, Command, Report, Template, load_template, split_headers
 
-__all__ = ["SECTION_ORDER", "SECTION_TITLES", "CheckContext", "ChecksNotResolved", "Command", "Issue", "Report", "ReportError",
-           "ReportService", "Template", "load_template", "run_checks", "split_headers"]
+__all__ = ["SECTION_ORDER", "SECTION_TITLES", "CheckContext", "ChecksNotResolved", "Command", "Issue", "Report",
+           "ReportError", "ReportService", "Template", "load_template", "run_checks", "split_headers"]

@@ -578,7 +578,7 @@ class ReportService:
         if self.wake is not None:
             try:
                 self.wake()
-            except Exception:  # noqa: BLE001 - waking is an optimisation only
+            except Exception:  # waking is an optimisation only
                 log.debug("wake callback failed", exc_info=True)
 
     # --- delivery ----------------------------------------------------------------------------------

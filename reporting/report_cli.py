@@ -131,7 +131,7 @@ def _when(value: str | None) -> datetime | None:
         raise ReportError(f"{value!r} is not an ISO date or time; write e.g. 2026-11-29T04:10") from None
 
 
-def _print_issues(results, as_json: bool) -> None:  # noqa: ANN001
+def _print_issues(results, as_json: bool) -> None:
     if as_json:
         print(json.dumps([r.as_dict() for r in results], indent=2))
         return

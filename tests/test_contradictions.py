@@ -9,7 +9,7 @@ from reporting.checks import (SEVERITIES, check_contradictions, check_units, com
                               contradicting_sentences, number_value, ruled_out, run_checks, sentences)
 from dictation.commands import Command
 from reporting.report import Report, load_template, render_markup
-from dictation.settings import CONFIG_DIR
+from readingroom.settings import CONFIG_DIR
 
 TEMPLATES = CONFIG_DIR / "templates"
 SUBDURAL = "acute right frontal subdural hematoma measuring 8 mm with 3 mm midline shift"

@@ -12,7 +12,7 @@ from dictation.lexicon import CRITICAL_WORDS, Lexicon
 from dictation.normalize import normalize_report_text
 from reporting.report import Report, load_template, split_headers
 from dictation.session import DictationSession
-from dictation.settings import CONFIG_DIR, DictationSettings
+from readingroom.settings import CONFIG_DIR, DictationSettings
 
 MACROS = ["no acute", "normal chest"]
 

@@ -16,7 +16,7 @@ from hypothesis import given, settings, strategies as st
 from dictation.lexicon import Lexicon
 from dictation.models import tiny_en_path
 from dictation.normalize import normalize_report_text
-from dictation.settings import CONFIG_DIR
+from readingroom.settings import CONFIG_DIR
 
 LEXICON = Lexicon.load(CONFIG_DIR / "lexicon.txt", tokenizer_json=tiny_en_path() / "tokenizer.json")
 

@@ -178,7 +178,7 @@ def test_oru_fits_long_and_odd_values_into_hl7_field_lengths():
 class _FhirHandler(http.server.BaseHTTPRequestHandler):
     posted: list[dict] = []
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         DiagnosticReport.model_validate(body)
         _FhirHandler.posted.append(body)
@@ -186,7 +186,7 @@ class _FhirHandler(http.server.BaseHTTPRequestHandler):
         self.send_header("Location", f"/DiagnosticReport/{body['id']}/_history/1")
         self.end_headers()
 
-    def log_message(self, *args) -> None:  # noqa: ANN002
+    def log_message(self, *args) -> None:
         pass
 
 

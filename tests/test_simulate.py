@@ -12,7 +12,7 @@ import pytest
 
 from readingroom.errors import ConfigError
 from triage.priority import Policy
-from triage.simulate import (
+from triage.simulator.engine import (
     ALL,
     NEGATIVE,
     Report,

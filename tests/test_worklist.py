@@ -176,7 +176,7 @@ def test_critical_finding_reaches_the_webhook_within_a_second(tmp_path):
     received = []
 
     class Hook(BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802
+        def do_POST(self):
             received.append((time.monotonic(), json.loads(self.rfile.read(int(self.headers["Content-Length"])))))
             self.send_response(204)
             self.end_headers()

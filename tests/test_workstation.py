@@ -191,7 +191,7 @@ def test_partial_text_goes_into_the_active_section_while_speaking_but_a_command_
 
 
 # --- after signing, the page knows it (issue 17, item 6) -----------------------------------------
-def _view(status: str, versions: list[tuple[str, str]] = ()):  # noqa: ANN202 - (status, body) per version
+def _view(status: str, versions: list[tuple[str, str]] = ()):  # (status, body) per version
     """A ReportView as ReportService returns it, with signed versions at a fixed time."""
     from datetime import datetime
 
@@ -287,7 +287,7 @@ def test_page_messages_say_what_to_do_without_command_lines():
                         "Press Run checks.") == "Report 1 has no open check 'x'. Press Run checks."
 
     @guarded("Sign final")
-    def fails(kind: str):  # noqa: ANN202
+    def fails(kind: str):
         raise {"refused": Refused("Open a study from the worklist first."),
                "report": ReportError("no study 'u'; see `readingroom worklist` for the study UIDs"),
                "bug": ZeroDivisionError("x")}[kind]

@@ -55,7 +55,7 @@ def iter_files(path: Path) -> list[Path]:
     return sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
 
 
-def read_file(path: Path):  # noqa: ANN201
+def read_file(path: Path):
     """The dataset and the file's bytes, or a reason it cannot be imported."""
     try:
         ds = dcmread(path)

@@ -154,7 +154,7 @@ class Intake:
         """Validate, write and index one instance. ``encoded`` is the file as received, if any."""
         try:
             return self._store(ds, encoded, calling_ae.strip(), source)
-        except Exception as exc:  # noqa: BLE001 - a handler must answer, never raise
+        except Exception as exc:  # a handler must answer, never raise
             log.exception("unexpected error storing an instance from %s (%s)", calling_ae or "?", source)
             return self._reject(OUT_OF_RESOURCES, f"unexpected error: {exc}", calling_ae, source)
 

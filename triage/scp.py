@@ -50,7 +50,7 @@ def handle_store(event: Any, intake: Intake) -> int:
     return intake.store(dataset, encoded, calling_ae=calling_ae, source="network").status
 
 
-def _handle_worklist_find(event: Any, intake: Intake):  # noqa: ANN202 - a generator of (status, dataset)
+def _handle_worklist_find(event: Any, intake: Intake):  # a generator of (status, dataset)
     from orders.mwl import handle_find
 
     yield from handle_find(event, intake.db, intake.settings)

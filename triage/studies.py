@@ -106,7 +106,7 @@ class StudyMonitor:
                         only.add(heapq.heappop(self._deadlines)[1])
             try:
                 done = complete_due_studies(self.db, self.queue, self.settings, only=only)
-            except Exception:  # noqa: BLE001 - keep monitoring; the next scan retries
+            except Exception:  # keep monitoring; the next scan retries
                 log.exception("could not complete due studies; will retry")
                 done = []
             if full_scan:

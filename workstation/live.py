@@ -19,7 +19,7 @@ import numpy as np
 
 from reporting.report import SECTION_ORDER, SECTION_TITLES
 from dictation.session import DictationSession
-from dictation.settings import DictationSettings
+from readingroom.settings import DictationSettings
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ _engine = None
 _engine_lock = threading.Lock()
 
 
-def shared_engine(settings: DictationSettings):  # noqa: ANN201 - dictation.transcribe.Engine
+def shared_engine(settings: DictationSettings):  # dictation.transcribe.Engine
     """The process's Whisper engine, loaded on first use (a few seconds), then reused."""
     global _engine
     with _engine_lock:
@@ -94,7 +94,7 @@ class LiveDictation:
     """A dictation into one report. Thread-safe: Gradio may call feed() from worker threads."""
 
     def __init__(self, template: str = "free", settings: DictationSettings | None = None,
-                 sections: dict[str, str] | None = None, engine=None,  # noqa: ANN001
+                 sections: dict[str, str] | None = None, engine=None,
                  fields: dict[str, dict[str, str]] | None = None) -> None:
         self.settings = settings or DictationSettings()
         self.session = DictationSession(self.settings, template=template)
@@ -124,12 +124,12 @@ class LiveDictation:
         self.study_line = ""      # the reading tab's header: patient, study, claim
 
     @property
-    def engine(self):  # noqa: ANN201
+    def engine(self):
         if self._engine is None:
             self._engine = shared_engine(self.settings)
         return self._engine
 
-    def _events(self, events) -> None:  # noqa: ANN001
+    def _events(self, events) -> None:
         from dictation.stream import Final
 
         for event in events:
@@ -199,7 +199,7 @@ class LiveDictation:
                         self.feedback.partial = ""
                         self.feedback.pending.clear()       # every final is in
                     return
-            except Exception:  # noqa: BLE001 - the page must keep working; the error is logged
+            except Exception:  # the page must keep working; the error is logged
                 log.exception("live dictation failed at the end of a recording")
                 if stop:
                     return
@@ -215,7 +215,7 @@ class LiveDictation:
                                                        provisional=True)
                     self.session.report.dictating = True
                 self._events(self._stream.feed(chunk))
-        except Exception:  # noqa: BLE001 - the page must keep working; the error is logged
+        except Exception:  # the page must keep working; the error is logged
             log.exception("live dictation failed on a chunk")
 
     def poll(self) -> None:

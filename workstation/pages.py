@@ -66,7 +66,7 @@ def guarded(action: str, quiet: bool = False) -> Callable[[Callable[..., Any]], 
                 warn(str(exc), action)
             except ReadingRoomError as exc:
                 warn(page_message(str(exc)), f"{action}: not done")
-            except Exception:  # noqa: BLE001 - the page keeps working; the traceback is in the log
+            except Exception:  # the page keeps working; the traceback is in the log
                 log.exception("page action %r failed", action)
                 warn(f"{action} did not work because of a problem in ReadingRoom; it is written in the log. "
                      "Try again, and if it fails again, tell your administrator.", f"{action}: not done")
@@ -119,14 +119,14 @@ def worklist_rows(db: Database, settings: Settings, user: str | None = None, sit
     return rows
 
 
-def styled(rows: list[list[Any]]):  # noqa: ANN201 - a pandas Styler
+def styled(rows: list[list[Any]]):  # a pandas Styler
     """Critical rows in red, urgent in amber, overdue SLAs in bold."""
     import pandas as pd
 
     frame = pd.DataFrame(rows, columns=WORKLIST_COLUMNS)
     colors = {"critical": "background-color: #7f1d1d; color: #fff", "urgent": "background-color: #78350f; color: #fff"}
 
-    def row_style(row):  # noqa: ANN001, ANN202
+    def row_style(row):
         return [colors.get(row["Priority"], "")] * len(row)
 
     return frame.style.apply(row_style, axis=1)
@@ -181,13 +181,13 @@ def viewer_html(study_uid: str | None) -> str:
 </div>"""
 
 
-def build_blocks(settings: Settings, db: Database, queue: Any = None,  # noqa: C901 - one page, wired in one place
+def build_blocks(settings: Settings, db: Database, queue: Any = None,  # one page, wired in one place
                  wake: Any = None) -> gr.Blocks:
     """The page. ``queue`` and ``wake`` (the worker pool's) let signed reports and order notices
     go out at once; without them a queue on the same database is used and the workers poll."""
     from reporting.lifecycle import METHODS, ChecksNotResolved, ReportService
     from reporting.report import SECTION_ORDER, SECTION_TITLES, list_templates
-    from dictation.settings import DictationSettings
+    from readingroom.settings import DictationSettings
     from readingroom.auth import user_role
     from readingroom.errors import ReadingRoomError
     from readingroom.jobs import DatabaseJobQueue
@@ -305,7 +305,7 @@ def build_blocks(settings: Settings, db: Database, queue: Any = None,  # noqa: C
             with gr.Tab("Lab", id="lab"):
                 from models.registry import WEIGHTS_DIR, all_models, load_config
                 from readingroom.settings import PROJECT_ROOT
-                from triage.simulate import shipped_scenarios
+                from triage.simulator.engine import shipped_scenarios
                 from workstation.lab import (
                     SAMPLE_STUDIES, data_for_model, evaluate_folder, evaluation_inputs, make_sample, model_task,
                 )
@@ -371,14 +371,14 @@ def build_blocks(settings: Settings, db: Database, queue: Any = None,  # noqa: C
 
         # ===================================================================== callbacks
         @guarded("Load the page")
-        def page_load(request: gr.Request):  # noqa: ANN202 - one round trip: who, tabs and the worklist
+        def page_load(request: gr.Request):  # one round trip: who, tabs and the worklist
             user = username(request)
             role = user_role(db, user) if user else None
             return (f"{html.escape(user or '')} ({role}) · [Log out](/logout)", gr.update(visible=role == "admin"),
                     latest_event_id(db), styled(worklist_rows(db, settings, user)), list_requests("new"))
 
         @guarded("Refresh the worklist", quiet=True)
-        def refresh_worklist(site: str, modality: str, status: str, request: gr.Request):  # noqa: ANN202
+        def refresh_worklist(site: str, modality: str, status: str, request: gr.Request):
             return styled(worklist_rows(db, settings, username(request), site, modality, status))
 
         filters = [f_site, f_modality, f_status]
@@ -391,7 +391,7 @@ def build_blocks(settings: Settings, db: Database, queue: Any = None,  # noqa: C
 
         @guarded("Watch for critical studies", quiet=True)
         def poll_events(last_id: int, count: float, site: str, modality: str, status: str,
-                        request: gr.Request):  # noqa: ANN202
+                        request: gr.Request):
             events = events_since(db, last_id)
             if not events:
                 return last_id, count, gr.skip()
@@ -418,7 +418,7 @@ def build_blocks(settings: Settings, db: Database, queue: Any = None,  # noqa: C
         # What a signed final report locks (the report) and unlocks (the addendum).
         lock_outputs = [template, normal, sign_prelim, sign_final, addendum_text, addendum_btn, *section_boxes]
 
-        def lock_updates(session: LiveDictation, view, with_text: bool = False) -> list[Any]:  # noqa: ANN001
+        def lock_updates(session: LiveDictation, view, with_text: bool = False) -> list[Any]:
             editable, signed = not is_read_only(view), is_read_only(view)
             session.read_only = signed
             texts = session.display_sections()
@@ -427,14 +427,14 @@ def build_blocks(settings: Settings, db: Database, queue: Any = None,  # noqa: C
             return [gr.update(value=view.template, interactive=editable), *[gr.update(interactive=editable)] * 3,
                     gr.update(interactive=signed), gr.update(interactive=signed), *boxes_out]
 
-        def delivery_note(view) -> str:  # noqa: ANN001
+        def delivery_note(view) -> str:
             if not view.versions:
                 return ""
             rows = reports.delivery_status(report_id=view.id)
             return delivery_summary(report_site(db, view.id), view.versions[-1].number, rows, sites_file)
 
         @guarded("Open the study")
-        def open_study(evt: gr.SelectData, request: gr.Request):  # noqa: ANN202
+        def open_study(evt: gr.SelectData, request: gr.Request):
             row = evt.row_value if evt.row_value is not None else []
             uid = row[-1] if row else ""
             user = username(request) or "unknown"
@@ -456,13 +456,13 @@ def build_blocks(settings: Settings, db: Database, queue: Any = None,  # noqa: C
         table.select(open_study, outputs=[open_uid, viewer, opened, tabs, live, checks_md, issue_key, signed_md,
                                           delivery_md, delivery, *lock_outputs])
 
-        def report_updates(session: LiveDictation):  # noqa: ANN202
+        def report_updates(session: LiveDictation):
             texts = session.display_sections()
             return [gr.update(value=texts[s], label=_label(s, session)) for s in SECTION_ORDER]
 
         @guarded("Change the template")
         def change_template(name: str, session: LiveDictation | None, uid: str,
-                            request: gr.Request):  # noqa: ANN202
+                            request: gr.Request):
             if not uid or session is None or session.report_id is None or session.read_only:
                 return gr.skip()
             user = username(request) or "unknown"
@@ -476,7 +476,7 @@ def build_blocks(settings: Settings, db: Database, queue: Any = None,  # noqa: C
         template.input(change_template, inputs=[template, live, open_uid], outputs=[live, *section_boxes])
 
         @guarded("Insert normal")
-        def insert_normal(session: LiveDictation | None):  # noqa: ANN202
+        def insert_normal(session: LiveDictation | None):
             if session is None or session.read_only:
                 return gr.skip()
             session.insert_normal()
@@ -484,9 +484,9 @@ def build_blocks(settings: Settings, db: Database, queue: Any = None,  # noqa: C
 
         normal.click(insert_normal, inputs=live, outputs=section_boxes)
 
-        def typed(section: str):  # noqa: ANN202
+        def typed(section: str):
             @guarded("Edit the report")
-            def handler(text: str, session: LiveDictation | None):  # noqa: ANN202
+            def handler(text: str, session: LiveDictation | None):
                 if session is not None and not session.read_only:
                     text = session.typed_text(section, text)
                     if text is None:                          # the box holds what was shown
@@ -511,7 +511,7 @@ def build_blocks(settings: Settings, db: Database, queue: Any = None,  # noqa: C
         dictation_outputs = [live, partial, feedback, *section_boxes]
 
         @guarded("Show the dictation", quiet=True)
-        def poll_dictation(session: LiveDictation | None):  # noqa: ANN202
+        def poll_dictation(session: LiveDictation | None):
             if session is None:
                 return gr.skip(), gr.skip(), gr.skip(), *[gr.skip()] * len(SECTION_ORDER)
             session.poll()
@@ -528,7 +528,7 @@ def build_blocks(settings: Settings, db: Database, queue: Any = None,  # noqa: C
 
         # ---- drafts autosave; checks; sign-off; delivery
         @guarded("Save the draft", quiet=True)
-        def autosave(session: LiveDictation | None, request: gr.Request):  # noqa: ANN202
+        def autosave(session: LiveDictation | None, request: gr.Request):
             if session is None or session.report_id is None or session.read_only:
                 return gr.skip()
             key = session.content_key()
@@ -564,14 +564,14 @@ def build_blocks(settings: Settings, db: Database, queue: Any = None,  # noqa: C
             return checks_outputs(reports.run_checks(session.report_id))
 
         @guarded("Run the checks")
-        def run_checks(session: LiveDictation | None, request: gr.Request):  # noqa: ANN202
+        def run_checks(session: LiveDictation | None, request: gr.Request):
             return checks_now(open_first(session), request)
 
         check_btn.click(run_checks, inputs=live, outputs=[checks_md, issue_key])
 
-        def resolve(kind: str):  # noqa: ANN202
+        def resolve(kind: str):
             @guarded("Override" if kind == "override" else "Acknowledge")
-            def handler(session: LiveDictation | None, key: str | None, note: str, request: gr.Request):  # noqa: ANN202
+            def handler(session: LiveDictation | None, key: str | None, note: str, request: gr.Request):
                 if session is None or session.report_id is None or not key:
                     raise Refused("Press Run checks, then choose an open issue in the list.")
                 action = reports.override if kind == "override" else reports.acknowledge
@@ -584,7 +584,7 @@ def build_blocks(settings: Settings, db: Database, queue: Any = None,  # noqa: C
 
         @guarded("Record the communication")
         def communicate(session: LiveDictation | None, recipient: str, method: str, read_back: bool, finding: str,
-                        request: gr.Request):  # noqa: ANN202
+                        request: gr.Request):
             done = reports.record_communication(open_first(session).report_id, username(request) or "unknown",
                                                 recipient=recipient, method=method, read_back=read_back,
                                                 finding=finding)
@@ -594,7 +594,7 @@ def build_blocks(settings: Settings, db: Database, queue: Any = None,  # noqa: C
         comm_btn.click(communicate, inputs=[live, comm_recipient, comm_method, comm_readback, comm_finding],
                        outputs=[checks_md, issue_key])
 
-        def signed_outputs(session: LiveDictation, version) -> tuple[Any, ...]:  # noqa: ANN001
+        def signed_outputs(session: LiveDictation, version) -> tuple[Any, ...]:
             """After a signature: what was signed, where it goes, the header, and the locks."""
             view = reports.get(session.report_id)
             rows = reports.delivery_status(report_id=view.id)
@@ -603,9 +603,9 @@ def build_blocks(settings: Settings, db: Database, queue: Any = None,  # noqa: C
             return (signed_markdown(view), delivery_note(view), delivery_rows(rows),
                     reading_header(session.study_line, view), *lock_updates(session, view))
 
-        def sign(final: bool):  # noqa: ANN202
+        def sign(final: bool):
             @guarded("Sign final" if final else "Sign preliminary")
-            def handler(session: LiveDictation | None, request: gr.Request):  # noqa: ANN202
+            def handler(session: LiveDictation | None, request: gr.Request):
                 session, user = open_first(session), username(request) or "unknown"
                 try:
                     flush(session, user)
@@ -622,7 +622,7 @@ def build_blocks(settings: Settings, db: Database, queue: Any = None,  # noqa: C
         sign_final.click(sign(True), inputs=live, outputs=[checks_md, issue_key, *after_sign])
 
         @guarded("Sign the addendum")
-        def add_addendum(session: LiveDictation | None, text: str, request: gr.Request):  # noqa: ANN202
+        def add_addendum(session: LiveDictation | None, text: str, request: gr.Request):
             session = open_first(session)
             version = reports.addendum(session.report_id, username(request) or "unknown", text)
             return "", *signed_outputs(session, version)
@@ -630,7 +630,7 @@ def build_blocks(settings: Settings, db: Database, queue: Any = None,  # noqa: C
         addendum_btn.click(add_addendum, inputs=[live, addendum_text], outputs=[addendum_text, *after_sign])
 
         @guarded("Show the delivery", quiet=True)
-        def refresh_delivery(session: LiveDictation | None):  # noqa: ANN202
+        def refresh_delivery(session: LiveDictation | None):
             if session is None or session.report_id is None:
                 return gr.skip()
             view = reports.get(session.report_id)
@@ -642,11 +642,11 @@ def build_blocks(settings: Settings, db: Database, queue: Any = None,  # noqa: C
         protocol_names = sorted(load_library(settings).protocols)
 
         @guarded("List the requests")
-        def list_requests(status: str):  # noqa: ANN202
+        def list_requests(status: str):
             return order_rows(order_api.list_orders(db, status=status or None))
 
         @guarded("Open the request")
-        def pick_request(evt: gr.SelectData):  # noqa: ANN202
+        def pick_request(evt: gr.SelectData):
             row = evt.row_value if evt.row_value is not None else []
             if not row:
                 return gr.skip(), gr.skip(), gr.skip()
@@ -656,10 +656,10 @@ def build_blocks(settings: Settings, db: Database, queue: Any = None,  # noqa: C
             return (str(row[0]), order_markdown(order),
                     gr.update(choices=protocol_names, value=chosen if chosen in protocol_names else None))
 
-        def review(kind: str):  # noqa: ANN202
+        def review(kind: str):
             @guarded({"approve": "Approve", "reject": "Reject", "ask": "Ask"}[kind])
             def handler(accession: str, protocol_name: str | None, text: str, status: str,
-                        request: gr.Request):  # noqa: ANN202
+                        request: gr.Request):
                 if not accession:
                     raise Refused("Click a request in the list first.")
                 user = username(request) or "unknown"
@@ -685,10 +685,10 @@ def build_blocks(settings: Settings, db: Database, queue: Any = None,  # noqa: C
 
         # ---- lab
         @guarded("Run the simulation")
-        def run_simulation(name: str, n_seeds: float, progress=gr.Progress()):  # noqa: ANN001, ANN202, B008
+        def run_simulation(name: str, n_seeds: float, progress=gr.Progress()):
             import tempfile
 
-            from triage.simulate import load_scenario, run, write_markdown, write_plots
+            from triage.simulator.engine import load_scenario, run, write_markdown, write_plots
 
             if not name:
                 raise Refused("Choose a scenario in the list first.")
@@ -703,7 +703,7 @@ def build_blocks(settings: Settings, db: Database, queue: Any = None,  # noqa: C
 
         simulate.click(run_simulation, inputs=[scenario, seeds], outputs=[sim_table, sim_plots])
 
-        def lab_card(name: str | None):  # noqa: ANN202 - a ModelCard
+        def lab_card(name: str | None):  # a ModelCard
             from models.registry import find_model
 
             card = find_model(name, WEIGHTS_DIR, model_config, PROJECT_ROOT) if name else None
@@ -712,7 +712,7 @@ def build_blocks(settings: Settings, db: Database, queue: Any = None,  # noqa: C
             return card
 
         @guarded("Run the evaluation")
-        def run_evaluation(name: str, data: str, labels: str, progress=gr.Progress(track_tqdm=True)):  # noqa: ANN001, ANN202, B008
+        def run_evaluation(name: str, data: str, labels: str, progress=gr.Progress(track_tqdm=True)):
             import tempfile
 
             evaluation_inputs(data, labels)                   # a bad folder is said before the model loads
@@ -723,7 +723,7 @@ def build_blocks(settings: Settings, db: Database, queue: Any = None,  # noqa: C
         evaluate_btn.click(run_evaluation, inputs=[eval_model, eval_data, eval_labels], outputs=[eval_table, eval_plots])
 
         @guarded("Make a sample set")
-        def make_sample_set(name: str, progress=gr.Progress(track_tqdm=True)):  # noqa: ANN001, ANN202, B008
+        def make_sample_set(name: str, progress=gr.Progress(track_tqdm=True)):
             task = model_task(lab_card(name))
             progress(0, desc=f"Writing {SAMPLE_STUDIES} SYNTHETIC studies…")
             folder, written = make_sample(settings.home, task, progress=True)
@@ -742,7 +742,7 @@ def build_blocks(settings: Settings, db: Database, queue: Any = None,  # noqa: C
             return model_task(card) if card is not None else None
 
         @guarded("Suggest a data folder", quiet=True)
-        def lab_defaults(name: str | None, current: str):  # noqa: ANN202 - at load and on a model change
+        def lab_defaults(name: str | None, current: str):  # at load and on a model change
             return data_for_model(settings.home, lab_task(name), current)
 
         blocks.load(lab_defaults, inputs=[eval_model, eval_data], outputs=eval_data)
@@ -754,7 +754,7 @@ def build_blocks(settings: Settings, db: Database, queue: Any = None,  # noqa: C
                 raise Refused(f"Only an administrator may {what}. Log out and log in as an administrator.")
 
         @guarded("Admin")
-        def admin_tables(request: gr.Request):  # noqa: ANN202
+        def admin_tables(request: gr.Request):
             from sqlalchemy import select
 
             from readingroom.schema import User
@@ -772,7 +772,7 @@ def build_blocks(settings: Settings, db: Database, queue: Any = None,  # noqa: C
             return sites, users, delivery_rows(reports.delivery_status()), dead_job_rows(db, settings)
 
         @guarded("Add user")
-        def create_user(name: str, password: str, role: str, request: gr.Request):  # noqa: ANN202
+        def create_user(name: str, password: str, role: str, request: gr.Request):
             from readingroom.auth import ensure_user
 
             admin_only(request, "add users")
@@ -786,7 +786,7 @@ def build_blocks(settings: Settings, db: Database, queue: Any = None,  # noqa: C
         admin_outputs = [sites_table, users_table, outbox, dead]
 
         @guarded("Retry delivery")
-        def retry_delivery(outbox_id: float | None, request: gr.Request):  # noqa: ANN202
+        def retry_delivery(outbox_id: float | None, request: gr.Request):
             admin_only(request, "retry deliveries")
             if not outbox_id:
                 raise Refused("Give the outbox id of a failed delivery (the first column of the outbox table).")
@@ -794,7 +794,7 @@ def build_blocks(settings: Settings, db: Database, queue: Any = None,  # noqa: C
             return admin_tables(request)
 
         @guarded("Search the audit log")
-        def search_audit(user: str, action: str, study: str, request: gr.Request):  # noqa: ANN202
+        def search_audit(user: str, action: str, study: str, request: gr.Request):
             admin_only(request, "search the audit log")
             return audit_rows(reports.audit(user=user.strip() or None, action=action.strip() or None,
                                             study_uid=study.strip() or None))

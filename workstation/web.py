@@ -101,7 +101,8 @@ def study_payload(db: Database, study_uid: str, config: PolicyConfig) -> dict[st
         order = session.get(Order, study.order_id) if getattr(study, "order_id", None) else None
         if order is not None:
             info.update(indication=order.indication, laterality=order.laterality,
-                        ordering_physician=order.ordering_physician, order_priority=order.priority or info["order_priority"],
+                        ordering_physician=order.ordering_physician,
+                        order_priority=order.priority or info["order_priority"],
                         protocol=order.protocol_name, contrast_allergy=order.contrast_allergy)
         info["linked_order"] = order is not None
     return {"study_uid": study_uid, "info": info, "series": series, "ai": ai, "priors": priors,
@@ -139,7 +140,7 @@ def install_routes(api: Any, settings: Settings, db: Database, cache: VolumeCach
     cache = cache or VolumeCache(settings.web.viewer_cache_mb << 20)
 
     @api.middleware("http")
-    async def session_gate(request: Request, call_next):  # noqa: ANN202 - FastAPI middleware
+    async def session_gate(request: Request, call_next):  # FastAPI middleware
         path = request.url.path
         if path in PUBLIC_PATHS or current_user(request, key):
             return await call_next(request)
@@ -182,7 +183,7 @@ def install_routes(api: Any, settings: Settings, db: Database, cache: VolumeCach
             raise HTTPException(404, f"study {study_uid} is not in the database")
         return payload
 
-    def volume(series_uid: str):  # noqa: ANN202
+    def volume(series_uid: str):
         paths = series_paths(db, settings, series_uid)
         if paths is None:
             raise HTTPException(404, f"series {series_uid} is not in the database")

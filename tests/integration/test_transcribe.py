@@ -12,7 +12,7 @@ import pytest
 
 from dictation.audio import SAMPLE_RATE, ChunkDecoder, decode_audio
 from dictation.session import DictationSession
-from dictation.settings import DictationSettings
+from readingroom.settings import DictationSettings
 from dictation.stream import Final, Partial, StreamingTranscriber
 from dictation.transcribe import Engine
 

@@ -96,7 +96,7 @@ def _clock_minutes(value: Any) -> int:
     (base 60), which is the same number of minutes, so integers are taken as minutes."""
     # ValueError, not TypeError: pydantic reports only ValueError as a validation error.
     if isinstance(value, bool):
-        raise ValueError("give a clock time as 'HH:MM'")  # noqa: TRY004
+        raise ValueError("give a clock time as 'HH:MM'")
     if isinstance(value, int):
         minutes = value
     elif isinstance(value, str):
@@ -106,7 +106,7 @@ def _clock_minutes(value: Any) -> int:
         except ValueError:
             raise ValueError(f"{value!r} is not a clock time: use 'HH:MM'") from None
     else:
-        raise ValueError("give a clock time as 'HH:MM'")  # noqa: TRY004
+        raise ValueError("give a clock time as 'HH:MM'")
     if not 0 <= minutes <= MINUTES_PER_DAY:
         raise ValueError(f"{value!r} is not a clock time between 00:00 and 24:00")
     return minutes
