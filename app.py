@@ -1,12 +1,17 @@
-"""The ReadingRoom workstation: wiring only. ``python app.py`` is ``readingroom run``.
+"""The composition root: the only module that knows every package. ``python app.py`` is ``readingroom run``.
 
-``serve()`` starts the DICOM listener and study monitor, the job workers and the web page
-(Gradio Blocks mounted on a FastAPI app, served by uvicorn), seeds the demo on first start,
-and stops everything cleanly on Ctrl-C.
+- ``build_workers()``: the worker pool with every job handler (triage, order notices, report delivery);
+- ``serve()``: the DICOM listener and study monitor (with the HL7 order listener), the workers and
+  the web page (Gradio Blocks mounted on a FastAPI app, served by uvicorn); it seeds the demo on
+  first start and stops everything cleanly on Ctrl-C;
+- ``model_lines()``: every model checked, for the start-up banner and ``readingroom models``;
+- ``main()``: the ``readingroom`` command line, assembled from each package's ``add_commands``.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import logging
 import sys
 import threading
@@ -16,7 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from readingroom import NOT_FOR_CLINICAL_USE
+from readingroom.cli import Context, add_dicom_arguments, dicom_overrides, wait_for_stop
 from readingroom.db import Database, get_kv, set_kv
+from readingroom.jobs import JobQueue, WorkerPool
 from readingroom.settings import PROJECT_ROOT, Settings
 
 log = logging.getLogger(__name__)
@@ -239,12 +246,28 @@ def announce(settings: Settings, intake: Any) -> list[ModelLine]:
     return models
 
 
+def build_workers(db: Database, settings: Settings, queue: JobQueue) -> WorkerPool:
+    """The worker pool with every job handler registered: triage, notices to a site's RIS
+    (order rejections and questions), and report delivery (outbox)."""
+    from orders.review import SEND_JOB, OrderNoticeSender
+    from reporting.delivery.outbox import DELIVERY_JOB, Deliverer
+    from triage.notify import Notifier
+    from triage.pipeline import TriagePipeline
+    from triage.studies import TRIAGE_JOB
+
+    workers = WorkerPool(queue, settings.jobs)
+    workers.register(TRIAGE_JOB, TriagePipeline(db, settings, Notifier(db, settings)))
+    workers.register(SEND_JOB, OrderNoticeSender(db, settings))
+    workers.register(DELIVERY_JOB, Deliverer(db, settings))
+    return workers
+
+
 def serve(settings: Settings, db: Database, demo: bool = False) -> int:
     import uvicorn
 
     from readingroom.auth import ensure_user
     from readingroom.jobs import DatabaseJobQueue
-    from triage.service import IntakeService, build_workers
+    from triage.service import IntakeService
 
     if demo:  # the demo hospitals' RIS (a daemon thread) and folders, for the sites without destinations
         from triage.demo_site import start_demo_site
@@ -282,7 +305,114 @@ def serve(settings: Settings, db: Database, demo: bool = False) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    from readingroom.cli import main
+# ---- the command line -------------------------------------------------------------------------
 
-    sys.exit(main(["run", *sys.argv[1:]]))
+def cmd_run(args: argparse.Namespace) -> int:
+    overrides = dicom_overrides(args)
+    if args.web_port is not None:
+        overrides["web"] = {"port": args.web_port}
+    ctx = Context(overrides, log_to_file=True)
+    return serve(ctx.settings, ctx.db, demo=args.demo)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from readingroom.jobs import DatabaseJobQueue
+
+    ctx = Context(log_to_file=True)
+    pool = build_workers(ctx.db, ctx.settings, DatabaseJobQueue(ctx.db, ctx.settings.jobs))
+    if args.once:
+        ran = 0
+        while pool.run_once():
+            ran += 1
+        print(f"ran {ran} job(s)")
+        return 0
+    pool.start()
+    try:
+        wait_for_stop()
+    finally:
+        pool.stop()
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from readingroom import logs
+    from readingroom.settings import load_settings
+
+    settings = load_settings()
+    logs.configure(settings.log_level)
+    lines = model_lines(settings, checksum=True, install=not args.check)
+    if args.json:
+        print(json.dumps([{**vars(line), "ok": line.ok} for line in lines], indent=2))
+    else:
+        for line in lines:
+            state = f"ok ({line.checked})" if line.ok else "MISSING"
+            print(f"{state:<14} {line.role:<14} {(line.name + ' ' + line.version).strip():<18} {line.path}")
+    problems = [line for line in lines if not line.ok]
+    for line in problems:
+        print(f"readingroom: {line.role} model {line.name!r}: {line.problem}", file=sys.stderr)
+    return 1 if problems else 0
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """The commands that need the whole application: run, worker, models."""
+    p = sub.add_parser("run", help="start the workstation: DICOM listener, workers and the web page")
+    p.add_argument("--demo", action="store_true", help="seed the demo worklist on first start")
+    add_dicom_arguments(p)
+    p.add_argument("--web-port", type=int, help="web page port (default: web.port)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("worker", help="run the job workers alone (triage and delivery jobs)")
+    p.add_argument("--once", action="store_true", help="run the jobs that are due, then exit")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("models", help="check every model (Whisper by SHA-256, triage weights) and install "
+                                      "a missing Whisper model")
+    p.add_argument("--check", action="store_true", help="only check; exit 1 if a model is missing or damaged")
+    p.add_argument("--json", action="store_true", help="a JSON list, one object per model")
+    p.set_defaults(func=cmd_models)
+
+
+# Subcommands with their own argument parser: everything after the name is theirs.
+# name -> (module, function, help line); --help lists every one.
+PASSTHROUGH = {
+    "orders": ("orders.cli", "main", "review imaging orders: list, show, approve, reject"),
+    "simulate": ("triage.simulator.engine", "main",
+                 "night-shift simulator: report turnaround under FIFO and AI ordering"),
+    "phantoms": ("models.cli", "phantoms", "write synthetic DICOM studies with their ground truth and labels.csv"),
+    "train": ("models.cli", "train", "train a triage model on phantoms, export ONNX, write its model card"),
+    "evaluate": ("models.cli", "evaluate", "score a triage model on a folder of labelled studies"),
+    "transcribe": ("dictation.cli", "main", "transcribe a dictation into a structured report"),
+    "report": ("reporting.report_cli", "main",
+               "report lifecycle: new, set, check, sign, addendum, export, outbox, audit"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``readingroom`` parser, in workflow order: the application, triage, the pass-through
+    commands (orders, models, dictation, reporting), then the kernel's."""
+    from readingroom import cli as kernel_cli
+    from triage import cli as triage_cli
+
+    return kernel_cli.build_parser([add_commands, triage_cli.add_commands, kernel_cli.add_commands], PASSTHROUGH)
+
+
+def dispatch_table() -> dict[str, str]:
+    """Every subcommand and what runs it (``module:function``); tests/test_cli_help.py holds
+    --help and the README to it."""
+    from readingroom import cli as kernel_cli
+
+    return kernel_cli.dispatch_table(build_parser(), PASSTHROUGH)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``readingroom``: the console script, and ``python app.py [COMMAND ...]`` (no command: ``run``)."""
+    from readingroom import cli as kernel_cli
+
+    return kernel_cli.run_main(sys.argv[1:] if argv is None else argv, build_parser, PASSTHROUGH)
+
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    if not args or args[0].startswith("-") and args[0] not in ("-h", "--help", "--version"):
+        args = ["run", *args]
+    sys.exit(main(args))

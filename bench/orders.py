@@ -115,7 +115,7 @@ def main() -> int:
                 "READINGROOM_HL7__PORT": str(hl7_port), "READINGROOM_LOG_LEVEL": "WARNING",
                 "PYTHONPATH": str(ROOT)})
     log = open(work / "receive.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "readingroom.cli", "receive", "--port", str(dicom_port)],
+    proc = subprocess.Popen([sys.executable, "-m", "app", "receive", "--port", str(dicom_port)],
                             env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     try:
         deadline = time.monotonic() + 60

@@ -1,7 +1,7 @@
 """Report delivery benchmark: from sign-off to an acknowledged HL7 ORU, on loopback.
 
 A RIS stand-in runs as its own process (an MLLP listener that parses every ORU with hl7apy and
-answers an AA acknowledgement). ReadingRoom's own worker pool (``triage.service.build_workers``,
+answers an AA acknowledgement). ReadingRoom's own worker pool (``app.build_workers``,
 default job settings: 2 workers, 0.5 s poll, woken on sign-off) delivers through the outbox, with
 SQLite at synchronous=FULL. For each report: save a draft, then time ``ReportService.sign`` until
 the outbox row is marked delivered (the ACK was received and recorded). Target: <= 2 s.
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     from readingroom.jobs import DatabaseJobQueue
     from readingroom.schema import Instance, OutboxItem, Series, Site, Study
     from readingroom.settings import load_settings
-    from triage.service import build_workers
+    from app import build_workers
 
     from reporting.lifecycle import ReportService
 

@@ -62,7 +62,7 @@ def free_port() -> int:
 
 def triage_done(env: dict[str, str]) -> bool:
     """Steady state: every demo study has been through the triage models (none pending)."""
-    out = subprocess.run([sys.executable, "-m", "readingroom.cli", "worklist", "--json"], env=env, cwd=ROOT,
+    out = subprocess.run([sys.executable, "-m", "app", "worklist", "--json"], env=env, cwd=ROOT,
                          capture_output=True, text=True)
     try:
         rows = json.loads(out.stdout)
@@ -76,7 +76,7 @@ def start_server(home: Path) -> tuple[subprocess.Popen, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("READINGROOM_")}
     env.update(READINGROOM_HOME=str(home), PYTHONUNBUFFERED="1")
     log = open(home.parent / "run.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "readingroom.cli", "run", "--demo", "--port", str(free_port()),
+    proc = subprocess.Popen([sys.executable, "-m", "app", "run", "--demo", "--port", str(free_port()),
                              "--web-port", str(web)], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     url = f"http://127.0.0.1:{web}"
     deadline = time.monotonic() + 300

@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from readingroom.cli import PASSTHROUGH, dispatch_table
+from app import PASSTHROUGH, dispatch_table
 from readingroom.settings import PROJECT_ROOT
 
 
@@ -33,7 +33,7 @@ def _readme_commands() -> list[str]:
 @pytest.fixture(scope="module")
 def help_text() -> str:
     env = {**os.environ, "COLUMNS": "100"}
-    run = subprocess.run([sys.executable, "-m", "readingroom.cli", "--help"], capture_output=True, text=True,
+    run = subprocess.run([sys.executable, "-m", "app", "--help"], capture_output=True, text=True,
                          env=env, timeout=60)
     assert run.returncode == 0, run.stderr
     return run.stdout
@@ -64,7 +64,7 @@ def test_readme_command_table_lists_every_command():
 
 def test_the_help_parser_finds_a_hidden_command():
     """The comparison above can fail: a command registered without help text is not listed."""
-    from readingroom.cli import build_parser
+    from app import build_parser
 
     parser = build_parser()
     action = next(a for a in parser._actions if a.dest == "command")

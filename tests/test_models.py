@@ -371,7 +371,7 @@ def _store_phantom(settings, db, queue, task: str, index: int, *, size: int, see
 def _run_jobs(db, settings, queue, weights_dir=WEIGHTS_DIR):
     """Run the queued jobs with the worker pool of `readingroom worker` (triage/service.py)."""
     from triage.pipeline import TriagePipeline
-    from triage.service import build_workers
+    from app import build_workers
     from triage.studies import TRIAGE_JOB
 
     pool = build_workers(db, settings, queue)
@@ -486,7 +486,7 @@ def test_evaluate_writes_its_files_and_the_simulator_reads_the_scores(tmp_path):
 
 
 def test_evaluate_refuses_a_bad_folder_or_labels(tmp_path, capsys):
-    from readingroom.cli import main
+    from app import main
 
     assert main(["evaluate", "--model", "cxr-chest", "--data", str(tmp_path / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().err

@@ -6,7 +6,7 @@ import logging
 from typing import Callable
 
 from readingroom.db import Database
-from readingroom.jobs import JobQueue, WorkerPool
+from readingroom.jobs import JobQueue
 from readingroom.settings import Settings
 from readingroom.storage import remove_stale_temp_files
 from triage.intake import Intake
@@ -50,18 +50,3 @@ class IntakeService:
         self.listener.stop()
         self.monitor.stop()
 
-
-def build_workers(db: Database, settings: Settings, queue: JobQueue) -> WorkerPool:
-    """The worker pool with every job handler registered: triage, notices to a site's RIS
-    (order rejections and questions), and report delivery (outbox)."""
-    from reporting.delivery.outbox import DELIVERY_JOB, Deliverer
-    from triage.notify import Notifier
-    from orders.review import SEND_JOB, OrderNoticeSender
-    from triage.pipeline import TriagePipeline
-    from triage.studies import TRIAGE_JOB
-
-    workers = WorkerPool(queue, settings.jobs)
-    workers.register(TRIAGE_JOB, TriagePipeline(db, settings, Notifier(db, settings)))
-    workers.register(SEND_JOB, OrderNoticeSender(db, settings))
-    workers.register(DELIVERY_JOB, Deliverer(db, settings))
-    return workers

@@ -1,7 +1,7 @@
 """The outbox worker: deliver one report version to one destination, exactly once.
 
 ``Deliverer`` is the job handler registered for ``report_delivery`` jobs (see
-``triage.service.build_workers``). A row that is already delivered is skipped, so a job that runs
+``app.build_workers``). A row that is already delivered is skipped, so a job that runs
 twice (its worker died after the ACK) sends nothing the second time; a row is marked delivered
 only after the destination acknowledged it. A failure is recorded on the row and raised, so the
 job queue retries it with backoff; when the attempts are spent the row is ``failed`` and shows in

@@ -27,13 +27,13 @@ def env_for(home: Path, **extra: str) -> dict[str, str]:
 
 
 def readingroom(*args: str, home: Path, timeout: float = 120, **extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "readingroom.cli", *args], env=env_for(home, **extra),
+    return subprocess.run([sys.executable, "-m", "app", *args], env=env_for(home, **extra),
                           capture_output=True, text=True, timeout=timeout)
 
 
 def start(*args: str, home: Path, log: Path, **extra: str) -> subprocess.Popen:
     handle = open(log, "ab")
-    return subprocess.Popen([sys.executable, "-m", "readingroom.cli", *args], env=env_for(home, **extra),
+    return subprocess.Popen([sys.executable, "-m", "app", *args], env=env_for(home, **extra),
                             stdout=handle, stderr=subprocess.STDOUT)
 
 

@@ -28,7 +28,7 @@ pytestmark = pytest.mark.integration
 
 
 def _models_cli(*args: str, home: Path, models: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "readingroom.cli", "models", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "app", "models", *args], capture_output=True,
                           text=True, timeout=300, env=env_for(home, READINGROOM_MODELS_DIR=str(models)))
 
 

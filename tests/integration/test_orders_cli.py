@@ -92,7 +92,7 @@ def test_orders_from_hl7_to_worklist_to_linked_study(tmp_path):
 
 
 def test_orders_cli_keeps_gradio_and_torch_out(tmp_path):
-    code = ("import sys; from readingroom.cli import main; main(['orders', 'list']); "
+    code = ("import sys; from app import main; main(['orders', 'list']); "
             "print(sorted(m for m in ('gradio', 'torch', 'monai') if m in sys.modules))")
     run = subprocess.run([sys.executable, "-c", code], env=env_for(tmp_path / "home"), capture_output=True,
                          text=True, timeout=120)

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.integration
 
 
 def _sites(*args: str, home: Path, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "readingroom.cli", "sites", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "app", "sites", *args], capture_output=True,
                           text=True, timeout=60, env=env_for(home, **env))
 
 
