@@ -15,7 +15,10 @@ APT_PACKAGES := dcmtk espeak-ng chromium faketime
 run: install
 	$(BIN)/readingroom run --demo
 
+# Lint (ruff, every file) and type-check the kernel (mypy) first: both are set in pyproject.toml.
 test: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
 install: system-deps $(STAMP)

@@ -471,10 +471,10 @@ def drift_run(clips, settings: DictationSettings, engine, minutes: float = 30.0,
             "final_latency_median_s": med(window(lo, hi, "final", 2)),
             "idle_chunk_median_ms": med([1000 * s for a, s in chunk_times if lo <= a < hi]),
         }
-    f, l = out[f"first_{window_min:g}min"], out[f"last_{window_min:g}min"]
+    first, last = out[f"first_{window_min:g}min"], out[f"last_{window_min:g}min"]
     for key in ("partial_latency_median_s", "partial_decode_median_s", "partial_cpu_median_s", "idle_chunk_median_ms"):
-        if f[key] and l[key] is not None:
-            out[f"ratio_last_first_{key}"] = round(l[key] / f[key], 3)
+        if first[key] and last[key] is not None:
+            out[f"ratio_last_first_{key}"] = round(last[key] / first[key], 3)
     out["rss_mib"] = rss
     out["report_chars"] = len(session.report.render()) if hasattr(session.report, "render") else None
     out["utterances"] = len(session.utterances)

@@ -49,7 +49,7 @@ def unescape(value: str, separators: str = SEPARATORS) -> str:
     """The text of an escaped HL7 value: delimiters, ``\\.br\\`` (a line break) and ``\\Xhh\\``
     (hexadecimal bytes, as Latin-1) are restored; other escapes (highlighting) are dropped."""
     field_sep = separators[0]
-    comp_sep, rep_sep, esc, sub_sep = (separators[1:5] + "^~\\&")[:4]
+    comp_sep, rep_sep, esc, sub_sep = tuple((separators[1:5] + "^~\\&")[:4])
     if esc not in value:
         return value
     table = {"F": field_sep, "S": comp_sep, "R": rep_sep, "T": sub_sep, "E": esc, ".br": "\n"}
@@ -108,7 +108,7 @@ class Segment:
     def __init__(self, er7: str, separators: str = SEPARATORS) -> None:
         self.separators = separators
         self.field_sep = separators[0]
-        self.comp_sep, self.rep_sep, self.escape, self.sub_sep = (separators[1:5] + "^~\\&")[:4]
+        self.comp_sep, self.rep_sep, self.escape, self.sub_sep = tuple((separators[1:5] + "^~\\&")[:4])
         parts = er7.split(self.field_sep)
         self.name = parts[0]
         # MSH-1 is the field separator itself, so MSH fields are shifted by one.

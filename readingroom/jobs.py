@@ -125,7 +125,7 @@ class DatabaseJobQueue(JobQueue):
                 .values(status="running", attempts=job.attempts + 1, locked_by=worker_id,
                         locked_until=now + timedelta(seconds=self.settings.lease_s))
                 .execution_options(synchronize_session=False)
-            ).rowcount
+            ).rowcount  # type: ignore[attr-defined]  # an UPDATE's CursorResult
             if claimed != 1:
                 return None
             return ClaimedJob(job.id, job.kind, dict(job.payload or {}), job.attempts + 1)

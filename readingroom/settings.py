@@ -368,7 +368,7 @@ def read_yaml_mapping(path: Path, missing: str = "set READINGROOM_CONFIG to a YA
     return data
 
 
-def _describe(error: dict[str, Any], sources: str) -> str:
+def _describe(error: Any, sources: str) -> str:
     name = ".".join(str(part) for part in error["loc"])
     value = error.get("input")
     message = error["msg"]

@@ -241,7 +241,9 @@ def check_sites(entries: list[Any], settings: Settings, *, timeout_s: float = 2.
                 connect: bool = True) -> list[SiteReport]:
     """One report per site entry, with every problem found. Network checks (skipped without
     ``connect``) run in parallel: several unreachable hosts take about ``timeout_s``, not their sum."""
-    reports, owners, targets = [], {}, []
+    reports: list[SiteReport] = []
+    owners: dict[str, str] = {}
+    targets: list = []
     names: set[str] = set()
     for index, entry in enumerate(entries):
         if not isinstance(entry, dict):

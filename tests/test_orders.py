@@ -132,7 +132,8 @@ def test_review_suggests_and_approves_the_thunderclap_protocol(hl7, db, settings
     assert shown["suggestion"]["name"] == "ct_head_sah"
     approved = review.approve(db, settings, "SM24101", protocol_edits={"slice_thickness_mm": 1.0}, user="dr.a")
     assert approved["status"] == "approved" and approved["protocol_name"] == "ct_head_sah"
-    assert approved["protocol"]["slice_thickness_mm"] == 1.0 and approved["protocol"]["edited"] == ["slice_thickness_mm"]
+    protocol = approved["protocol"]
+    assert protocol["slice_thickness_mm"] == 1.0 and protocol["edited"] == ["slice_thickness_mm"]
     assert approved["study_uid"] == "1.2.840.113619.2.55.3.2609.24101"  # the RIS's own UID is kept
     with pytest.raises(OrderError, match="is approved"):
         review.approve(db, settings, "SM24101")

@@ -46,7 +46,8 @@ def client(db, settings):
 
 
 def post(client, body, site="Test Hospital"):
-    return client.post(f"/fhir/ServiceRequest?site={site}", content=body if isinstance(body, (str, bytes)) else json.dumps(body),
+    content = body if isinstance(body, (str, bytes)) else json.dumps(body)
+    return client.post(f"/fhir/ServiceRequest?site={site}", content=content,
                        headers={"Content-Type": "application/fhir+json"})
 
 

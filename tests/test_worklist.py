@@ -12,7 +12,7 @@ from triage.intake import Intake
 from triage.notify import Notifier, events_since
 from triage.pipeline import ModelOutput, TriagePipeline, record_results
 from triage.studies import complete_due_studies
-from triage.synthetic import ct_series, head_phantom
+from models.phantoms import ct_series, head_phantom
 from triage.worklist import ClaimError, Filters, claim, format_table, open_studies, release
 
 FIELDS = {"study_uid", "accession", "patient_id", "patient_name", "modality", "description", "site",
@@ -59,7 +59,8 @@ def test_a_stored_triage_result_reorders_at_once_and_notifies(settings, db, queu
     uids = _store_studies(settings, db, 3)
     complete_due_studies(db, queue, settings, now=utcnow() + timedelta(seconds=5))
     positive = record_results(db, settings, Notifier(db, settings), uids[2],
-                              [ModelOutput("ich", 0.93, "ich-net", "1.0"), ModelOutput("effusion", 0.1, "ich-net", "1.0")])
+                              [ModelOutput("ich", 0.93, "ich-net", "1.0"),
+                               ModelOutput("effusion", 0.1, "ich-net", "1.0")])
     assert positive == ["ich"]
     items = open_studies(db, settings)
     assert _uids(items)[0] == uids[2]
