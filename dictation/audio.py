@@ -3,7 +3,8 @@
 ``decode_audio()`` decodes a whole file or byte string. ``ChunkDecoder`` decodes a stream that
 arrives in pieces (MediaRecorder chunks): raw 16-bit PCM is converted directly; a container is
 fed through a pipe to a PyAV demuxer on a background thread, so memory stays bounded over a
-long session.
+long session. ``Resampler`` is the one resampler (to 16 kHz mono float32): decoded frames here,
+browser microphone chunks in the live session (dictation.live).
 """
 
 from __future__ import annotations
@@ -35,15 +36,51 @@ def pcm16_to_float(data: bytes) -> np.ndarray:
     return np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
 
 
-def _resampler():
-    import av
-
-    return av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+def to_mono_float(samples: np.ndarray) -> np.ndarray:
+    """Browser audio (int16 or float, mono or stereo) -> float32 mono in [-1, 1]."""
+    data = np.asarray(samples)
+    if data.ndim == 2:
+        data = data.mean(axis=1) if data.shape[1] <= 2 else data.mean(axis=0)
+    if data.dtype.kind == "i":
+        data = data.astype(np.float32) / float(np.iinfo(data.dtype).max + 1)
+    return data.astype(np.float32).reshape(-1)
 
 
 def _frames_to_array(frames) -> np.ndarray:
     arrays = [f.to_ndarray().reshape(-1) for f in frames]
     return np.concatenate(arrays).astype(np.float32) if arrays else np.zeros(0, np.float32)
+
+
+class Resampler:
+    """Stateful resampling to 16 kHz mono float32 (PyAV's filter, so no aliasing and no seams
+    between chunks). ``sample_rate``: the rate of the arrays given to ``__call__`` (microphone
+    chunks); decoded PyAV frames carry their own rate and go to ``frame()``."""
+
+    def __init__(self, sample_rate: int | None = None) -> None:
+        import av
+
+        self.sample_rate = int(sample_rate) if sample_rate is not None else None
+        self._av = av
+        passthrough = self.sample_rate == SAMPLE_RATE
+        self._resampler = None if passthrough else av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+
+    def __call__(self, samples: np.ndarray) -> np.ndarray:
+        """An array of ``sample_rate`` audio (int16 or float, mono or stereo) -> 16 kHz mono float32."""
+        data = to_mono_float(samples)
+        if self._resampler is None or not len(data):
+            return data
+        if self.sample_rate is None:
+            raise AudioError("Resampler() without a sample_rate takes decoded frames (frame()); "
+                             "give Resampler(sample_rate) for sample arrays.")
+        frame = self._av.AudioFrame.from_ndarray(data.reshape(1, -1), format="flt", layout="mono")
+        frame.sample_rate = self.sample_rate
+        return self.frame(frame)
+
+    def frame(self, frame) -> np.ndarray:
+        """One decoded PyAV audio frame (None: the end, what the filter still holds) -> samples."""
+        if self._resampler is None:   # 16 kHz arrays pass through; a frame still needs the conversion
+            self._resampler = self._av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+        return _frames_to_array(self._resampler.resample(frame))
 
 
 def decode_audio(source: str | Path | bytes) -> np.ndarray:
@@ -55,12 +92,12 @@ def decode_audio(source: str | Path | bytes) -> np.ndarray:
         with av.open(handle, mode="r") as container:
             if not container.streams.audio:
                 raise AudioError(f"{source!r:.80} has no audio stream; send wav, webm/opus or ogg.")
-            resampler = _resampler()
+            resampler = Resampler()
             out = []
             for frame in container.decode(audio=0):
                 frame.pts = None
-                out.extend(resampler.resample(frame))
-            out.extend(resampler.resample(None))
+                out.append(resampler.frame(frame))
+            out.append(resampler.frame(None))
     except FileNotFoundError:
         raise AudioError(f"Audio file {source} not found.") from None
     except av.FFmpegError as exc:
@@ -68,7 +105,7 @@ def decode_audio(source: str | Path | bytes) -> np.ndarray:
             f"Could not decode {str(source)[:80]!r}: {exc}. Supported: wav, webm/opus, ogg, "
             "or raw 16 kHz 16-bit PCM (ChunkDecoder('pcm'))."
         ) from None
-    return _frames_to_array(out)
+    return np.concatenate(out).astype(np.float32)
 
 
 class ChunkDecoder:
@@ -93,11 +130,11 @@ class ChunkDecoder:
 
             try:
                 with av.open(_Unseekable(reader), mode="r", format=fmt) as container:
-                    resampler = _resampler()
+                    resampler = Resampler()
                     for frame in container.decode(audio=0):
                         frame.pts = None
-                        self._samples.put(_frames_to_array(resampler.resample(frame)))
-                    self._samples.put(_frames_to_array(resampler.resample(None)))
+                        self._samples.put(resampler.frame(frame))
+                    self._samples.put(resampler.frame(None))
             except Exception as exc:  # noqa: BLE001 - surfaced to the caller by read()
                 self._samples.put(exc)
             finally:

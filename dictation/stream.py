@@ -122,7 +122,7 @@ class StreamingTranscriber:
         frames, self._pending = self._pending[:usable], self._pending[usable:]
         events: list[Partial | Final] = []
         if not usable:
-            return self._collect(wait=False)
+            return self.collect(wait=False)
         probs = self.vad.probabilities(frames)
         for i, p in enumerate(probs):
             events.extend(self._step(frames[i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES], float(p)))
@@ -130,10 +130,12 @@ class StreamingTranscriber:
             due = (self._frames_seen - self._last_partial_frame) * FRAME_MS >= self.s.partial_interval_ms
             if due and self._speech_frames * FRAME_MS >= self.s.min_speech_duration_ms:
                 events.append(self._partial())
-        events.extend(self._collect(wait=False))
+        events.extend(self.collect(wait=False))
         return events
 
-    def _collect(self, wait: bool) -> list[Final]:
+    def collect(self, wait: bool = False) -> list[Final]:
+        """The finals decoded in the background since the last call, in order (``wait``: all of
+        them, waiting for the ones in progress). Without ``background``, always empty."""
         out: list[Final] = []
         while self._jobs and (wait or self._jobs[0].done()):
             out.extend(self._jobs.popleft().result())
@@ -147,7 +149,7 @@ class StreamingTranscriber:
             events.extend(self.feed(pad))
         if self._in_speech:
             events.extend(self._final())
-        events.extend(self._collect(wait=True))
+        events.extend(self.collect(wait=True))
         return events
 
     def close(self) -> None:

@@ -186,7 +186,8 @@ class Report:
         self.section, self.field_index = section, None
 
     # text ---------------------------------------------------------------------------------
-    def _snapshot(self) -> None:
+    def snapshot(self) -> None:
+        """Remember the text as it is now: the next "undo" command brings it back."""
         self._history.append((copy.deepcopy(self.sections), copy.deepcopy(self.fields)))
         del self._history[:-50]
 
@@ -208,7 +209,7 @@ class Report:
 
     def dictate(self, text: str) -> None:
         """Add dictated (normalized) text: headers move the cursor, the rest is appended."""
-        self._snapshot()
+        self.snapshot()
         for section, part in split_headers(text):
             if section:
                 self.goto(section)
@@ -231,21 +232,21 @@ class Report:
         elif action == "stop_dictating":
             self.dictating = False
         elif action == "scratch_that":
-            self._snapshot()
+            self.snapshot()
             current = self._get().rstrip()
             sentences = re.split(r"(?<=[.?!])\s+", current)
             self._set(" ".join(sentences[:-1]) if len(sentences) > 1 else "")
         elif action == "new_paragraph":
-            self._snapshot()
+            self.snapshot()
             self._set(self._get().rstrip() + "\n\n")
         elif action == "punctuation" and command.argument:
-            self._snapshot()
+            self.snapshot()
             self._set(self._get().rstrip() + command.argument)
         elif action == "insert_normal":
-            self._snapshot()
+            self.snapshot()
             self._insert_normal()
         elif action == "insert_macro" and command.argument in self.template.macros:
-            self._snapshot()
+            self.snapshot()
             self._append(render_markup(self.template.macros[command.argument]))
         else:
             log.info("command %s ignored here (template %s)", command, self.template.name)

@@ -1,10 +1,14 @@
-"""Live dictation in the browser: microphone chunks in, partial text, commands and report out.
+"""The live dictation session: microphone chunks in, partial text, commands and report out.
 
-One ``LiveDictation`` per radiologist and open study, shared by the page's callbacks and the
-audio route (``REGISTRY``). The Whisper engine is loaded once per process (``shared_engine``).
-The page posts 16-bit PCM chunks in order; ``feed`` resamples them to 16 kHz and only queues
-them (the route must answer at once), and a worker thread runs the same ``StreamingTranscriber``
-that the CLI and the benchmark use, with finals decoded in the background.
+Step 6 of the workflow (speech -> structured report), for a browser that streams audio. One
+``LiveDictation`` per radiologist and open study, shared by the page's callbacks and the audio
+route (``REGISTRY``). The Whisper engine is loaded once per process (``shared_engine``). The page
+posts 16-bit PCM chunks in order; ``feed`` resamples them to 16 kHz (dictation.audio.Resampler)
+and only queues them (the route must answer at once), and a worker thread runs the same
+``StreamingTranscriber`` that the CLI and the benchmark use, with finals decoded in the
+background. The partial/final protocol: a partial is shown where it will go, the live model's
+text of a finished utterance stays on screen (``Feedback.pending``) until its final text is in
+the report. The page (workstation.pages) only shows what this returns.
 """
 
 from __future__ import annotations
@@ -17,9 +21,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from reporting.report import SECTION_ORDER, SECTION_TITLES
+from dictation.audio import Resampler
 from dictation.session import DictationSession
 from readingroom.settings import DictationSettings
+from reporting.report import SECTION_ORDER
 
 log = logging.getLogger(__name__)
 
@@ -38,36 +43,6 @@ def shared_engine(settings: DictationSettings):  # dictation.transcribe.Engine
             _engine = Engine(settings)
             log.info("dictation engine loaded in %.1f s", time.perf_counter() - started)
         return _engine
-
-
-def to_mono_float(samples: np.ndarray) -> np.ndarray:
-    """Browser audio (int16 or float, mono or stereo) → float32 mono in [-1, 1]."""
-    data = np.asarray(samples)
-    if data.ndim == 2:
-        data = data.mean(axis=1) if data.shape[1] <= 2 else data.mean(axis=0)
-    if data.dtype.kind == "i":
-        data = data.astype(np.float32) / float(np.iinfo(data.dtype).max + 1)
-    return data.astype(np.float32).reshape(-1)
-
-
-class Resampler:
-    """Stateful resampling to 16 kHz (PyAV's filter, so no aliasing and no seams between chunks)."""
-
-    def __init__(self, sample_rate: int) -> None:
-        import av
-
-        self.sample_rate = int(sample_rate)
-        self._av = av
-        self._resampler = av.AudioResampler(format="flt", layout="mono", rate=16000) if sample_rate != 16000 else None
-
-    def __call__(self, samples: np.ndarray) -> np.ndarray:
-        data = to_mono_float(samples)
-        if self._resampler is None or not len(data):
-            return data
-        frame = self._av.AudioFrame.from_ndarray(data.reshape(1, -1), format="flt", layout="mono")
-        frame.sample_rate = self.sample_rate
-        out = [f.to_ndarray().reshape(-1) for f in self._resampler.resample(frame)]
-        return np.concatenate(out).astype(np.float32) if out else np.zeros(0, np.float32)
 
 
 @dataclass
@@ -224,7 +199,7 @@ class LiveDictation:
             return                                          # the worker is decoding; next poll
         try:
             if self._stream is not None:
-                self._events(self._stream._collect(wait=False))
+                self._events(self._stream.collect(wait=False))
         finally:
             self._lock.release()
 
@@ -320,7 +295,7 @@ class LiveDictation:
             else:
                 rest.append(line)
         with self._lock:
-            report._snapshot()
+            report.snapshot()
             report.sections[section] = "\n".join(rest).strip("\n") if fields else text
             for name, value in values.items():
                 report.fields[section][name] = value
@@ -371,4 +346,4 @@ class LiveRegistry:
 REGISTRY = LiveRegistry()
 
 
-__all__ = ["REGISTRY", "LiveDictation", "LiveRegistry", "SECTION_ORDER", "SECTION_TITLES", "Resampler", "shared_engine", "to_mono_float"]
+__all__ = ["REGISTRY", "Feedback", "LiveDictation", "LiveRegistry", "shared_engine"]
