@@ -376,7 +376,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 # name -> (module, function, help line); --help lists every one.
 PASSTHROUGH = {
     "orders": ("orders.cli", "main", "review imaging orders: list, show, approve, reject"),
-    "simulate": ("triage.simulator.engine", "main",
+    "simulate": ("triage.simulator.cli", "main",
                  "night-shift simulator: report turnaround under FIFO and AI ordering"),
     "phantoms": ("models.cli", "phantoms", "write synthetic DICOM studies with their ground truth and labels.csv"),
     "train": ("models.cli", "train", "train a triage model on phantoms, export ONNX, write its model card"),

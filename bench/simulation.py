@@ -40,7 +40,7 @@ import time
 from typing import Any
 
 from triage.priority import Policy, load_policy_config
-from triage.simulator.engine import ALL, NEGATIVE, Report, Scenario, load_scenario, mean_ci, policy_config, run, scenario_from_dict
+from triage.simulator import ALL, NEGATIVE, Report, Scenario, load_scenario, mean_ci, policy_config, run, scenario_from_dict
 
 SCENARIO = "baltruschat2021"
 FINDING = "pneumothorax"

@@ -47,7 +47,7 @@ from collections.abc import Callable
 from typing import Any
 
 from triage.priority import Policy
-from triage.simulator.engine import Scenario, load_scenario, run
+from triage.simulator import Scenario, load_scenario, run
 
 log = logging.getLogger(__name__)
 

@@ -73,7 +73,7 @@ def test_decide_falls_back_to_the_policy_then_to_one_half(settings):
 
 
 def test_the_simulator_uses_the_model_threshold_from_a_scores_file(tmp_path):
-    from triage.simulator.engine import ScoresSpec, Scenario, generate_studies, load_scenario, policy_config as sim_policy
+    from triage.simulator import ScoresSpec, Scenario, generate_studies, load_scenario, policy_config as sim_policy
 
     scores = tmp_path / "scores.csv"
     scores.write_text("study_uid,ich,ich_label\n1,0.73,0\n2,0.9,1\n", encoding="utf-8")

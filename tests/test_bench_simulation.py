@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from triage.priority import load_policy_config
-from triage.simulator.engine import load_scenario, policy_config, run
+from triage.simulator import load_scenario, policy_config, run
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -468,7 +468,7 @@ def test_bring_your_own_onnx_model_runs_through_the_same_pipeline(tmp_path, sett
 
 def test_evaluate_writes_its_files_and_the_simulator_reads_the_scores(tmp_path):
     from models.evaluate import main as evaluate
-    from triage.simulator.engine import _read_scores
+    from triage.simulator import read_scores as _read_scores
 
     phantoms.write_dataset("cxr", 6, 9600, tmp_path / "data", size=256, progress=False)
     out = tmp_path / "eval"

@@ -12,7 +12,7 @@ import pytest
 
 from readingroom.errors import ConfigError
 from triage.priority import Policy
-from triage.simulator.engine import (
+from triage.simulator import (
     ALL,
     NEGATIVE,
     Report,
@@ -54,8 +54,8 @@ def test_every_policy_sees_the_same_studies():
     for policy in Policy:
         records = simulate(scenario, policy, seed=5)
         assert len(records) == len(studies)
-        seen[policy] = {r.study_id: (r.arrival_min, r.findings, r.site, r.modality, round(r.report_min - r.start_min, 9))
-                        for r in records}
+        seen[policy] = {r.study_id: (r.arrival_min, r.findings, r.site, r.modality,
+                                     round(r.report_min - r.start_min, 9)) for r in records}
         for r in records:
             s = studies[r.study_id]
             assert (r.arrival_min, r.findings) == (s.arrival, s.findings)
@@ -67,8 +67,9 @@ def test_every_policy_sees_the_same_studies():
 
 
 def test_changing_one_parameter_leaves_the_other_draws_alone():
-    base = queue(6, {"dist": "exponential", "mean_min": 8}, findings={"bleed": {"prevalence": 0.1, "sensitivity": 0.9, "specificity": 0.9}}, days=2)
-    other = queue(6, {"dist": "exponential", "mean_min": 8}, findings={"bleed": {"prevalence": 0.1, "sensitivity": 0.5, "specificity": 0.9}}, days=2)
+    read = {"dist": "exponential", "mean_min": 8}
+    base = queue(6, read, findings={"bleed": {"prevalence": 0.1, "sensitivity": 0.9, "specificity": 0.9}}, days=2)
+    other = queue(6, read, findings={"bleed": {"prevalence": 0.1, "sensitivity": 0.5, "specificity": 0.9}}, days=2)
     a, b = generate_studies(scenario_from_dict(base), 1), generate_studies(scenario_from_dict(other), 1)
     assert [(s.arrival, s.findings, s.reading_min) for s in a] == [(s.arrival, s.findings, s.reading_min) for s in b]
     assert [s.ai for s in a] != [s.ai for s in b]
@@ -138,7 +139,8 @@ def test_a_site_may_set_its_own_upper_limit():
 
 
 def test_nobody_reads_off_shift_and_the_list_waits_for_the_next_shift():
-    data = queue(6, {"dist": "fixed", "mean_min": 5}, days=1, radiologists=[{"count": 1, "start": "08:00", "end": "16:00"}],
+    data = queue(6, {"dist": "fixed", "mean_min": 5}, days=1,
+                 radiologists=[{"count": 1, "start": "08:00", "end": "16:00"}],
                  after_arrivals="next_shift")
     records = simulate(scenario_from_dict(data), Policy.FIFO, 0)
     assert records
