@@ -1,11 +1,13 @@
 """The report lifecycle: draft -> preliminary -> final -> addendum / corrected, in the database.
 
 A report has one working draft (sections and template fields of ``reporting.report.Report``),
-saved as often as the UI likes, and immutable signed versions. Signing runs the pre-sign checks
-(``reporting.checks``): blocking issues must be resolved or overridden with a reason, AI
+saved as often as the UI likes, and immutable signed versions (``reporting.versions``). Signing
+asks the sign-off gate (``reporting.signoff``), which runs the pre-sign checks (``reporting.checks``)
+with the study's context: blocking issues must be resolved or overridden with a reason, AI
 warnings acknowledged, and a final report with a critical finding needs a communication record.
 The signature stores who, when and the SHA-256 of the signed content. A signed version is queued
-for delivery (``reporting.delivery``) in the same transaction, so that it cannot be lost.
+for delivery (``reporting.delivery``) in the same transaction, so that it cannot be lost. This
+module is the boundary: it reads and writes the database and the audit trail, the gate decides.
 
 This is the Python API the UI calls::
 
@@ -22,130 +24,39 @@ This is the Python API the UI calls::
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-from dataclasses import asdict, dataclass, field
-from datetime import date, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from readingroom import NOT_FOR_CLINICAL_USE, audit
+from readingroom import audit
 from readingroom.db import Database
-from readingroom.errors import ReadingRoomError
 from readingroom.jobs import JobQueue
 from readingroom.schema import (AIFinding, AuditEntry, CheckOverride, CriticalCommunication, Instance, Job,
                                 OutboxItem, ReportRecord, ReportVersion, Series, Study, utcnow)
 from readingroom.settings import Settings
 
-from reporting import checks
-from reporting.report import SECTION_ORDER
+from reporting import checks, signoff
 from reporting.delivery.outbox import DELIVERY_JOB
-from reporting.report import Report, load_template
+from reporting.errors import ChecksNotResolved, ReportError
+from reporting.report import SECTION_ORDER, Report, load_template
+from reporting.signoff import CheckResult, age_years
+from reporting.versions import (ReportView, VersionView, ai_summary, communication_statement, content_hash,
+                                signed_text, verify_signature)
 
 log = logging.getLogger(__name__)
 
-# Report state -> HL7 OBR-25 result status and FHIR DiagnosticReport.status.
-HL7_STATUS = {"preliminary": "P", "final": "F", "addendum": "C", "corrected": "C"}
-FHIR_STATUS = {"preliminary": "preliminary", "final": "final", "addendum": "appended", "corrected": "corrected"}
+# Names other code imports from here; they live in reporting.errors, .signoff and .versions.
+__all__ = ["DELIVERY_JOB", "METHODS", "SIGNED", "CheckResult", "ChecksNotResolved",
+           "ReportError", "ReportService", "ReportView", "VersionView", "age_years", "communication_statement",
+           "content_hash", "verify_signature"]
+
+# The states a signed version can have, and how a critical result may be communicated.
 SIGNED = ("final", "addendum", "corrected")
 METHODS = ("phone", "in person", "secure message", "page", "video call")
-
-
-class ReportError(ReadingRoomError):
-    """A report action that is not allowed now; the message says what to do instead."""
-
-
-class ChecksNotResolved(ReportError):
-    def __init__(self, report_id: int, open_issues: list["CheckResult"]) -> None:
-        self.open_issues = open_issues
-        lines = "\n  ".join(f"[{c.issue.severity}] {c.issue.key}: {c.issue.message}" for c in open_issues)
-        super().__init__(f"report {report_id} cannot be signed yet; resolve, override (with a reason), "
-                         f"acknowledge or communicate:\n  {lines}")
-
-
-@dataclass(frozen=True)
-class CheckResult:
-    issue: checks.Issue
-    resolved: bool
-    resolution: str = ""   # "override: reason (user)", "acknowledged (user)", "communicated ..."
-
-    def as_dict(self) -> dict[str, Any]:
-        return {**self.issue.as_dict(), "resolved": self.resolved, "resolution": self.resolution}
-
-
-@dataclass(frozen=True)
-class VersionView:
-    id: int
-    number: int
-    status: str
-    text: str
-    sha256: str
-    signed_by: str
-    signed_at: datetime
-    reason: str
-    content: dict[str, Any]
-
-    def as_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["signed_at"] = self.signed_at.isoformat(timespec="seconds") + "Z"
-        return out
-
-
-@dataclass(frozen=True)
-class ReportView:
-    id: int
-    study_uid: str
-    accession: str
-    patient_id: str
-    patient_name: str
-    template: str
-    status: str
-    sections: dict[str, str]
-    fields: dict[str, dict[str, str]]
-    revision: int
-    text: str                      # the draft rendered as it would be signed (without statements)
-    updated_at: datetime
-    versions: list[VersionView] = field(default_factory=list)
-    communications: list[dict[str, Any]] = field(default_factory=list)
-    overrides: list[dict[str, Any]] = field(default_factory=list)
-
-    def as_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["updated_at"] = self.updated_at.isoformat(timespec="seconds") + "Z"
-        out["versions"] = [v.as_dict() for v in self.versions]
-        return out
-
-
-def content_hash(content: dict[str, Any]) -> str:
-    """SHA-256 of the canonical JSON of the signed content."""
-    return hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-                          .encode("utf-8")).hexdigest()
-
-
-def verify_signature(version: VersionView | ReportVersion) -> bool:
-    """True when the stored content still hashes to the signed SHA-256."""
-    return content_hash(dict(version.content)) == version.sha256
-
-
-def age_years(birth_date: str, on: str) -> float | None:
-    """Age in years from DICOM dates (YYYYMMDD); None when either is missing or malformed."""
-    try:
-        born = datetime.strptime(birth_date.strip(), "%Y%m%d").date()
-        day = datetime.strptime(on.strip(), "%Y%m%d").date() if on.strip() else date.today()
-    except ValueError:
-        return None
-    return (day - born).days / 365.25
-
-
-def communication_statement(c: CriticalCommunication) -> str:
-    read_back = "read back and confirmed" if c.read_back else "NOT read back"
-    what = f" ({c.finding})" if c.finding else ""
-    return (f"Critical result{what} communicated to {c.recipient} by {c.method} on "
-            f"{c.communicated_at.strftime('%Y-%m-%d at %H:%M')} UTC by {c.recorded_by}; {read_back}.")
 
 
 class ReportService:
@@ -339,23 +250,17 @@ class ReportService:
     def check_input(self, session: Session, record: ReportRecord) -> tuple[dict[str, str], checks.CheckContext]:
         """The report text without field labels, and the context the checks compare it with."""
         report = self._report(record)
-        text = {s: "\n".join([*[v for v in report.fields.get(s, {}).values() if v.strip()],
-                              report.sections.get(s, "")]).strip() for s in SECTION_ORDER}
-        labels = {s: {f.name: f.label for f in spec.fields} for s, spec in report.template.sections.items()}
-        template_fields = {s: {labels[s][k]: v for k, v in values.items()} for s, values in report.fields.items()
-                           if values}
         study = record.study
-        ai = tuple(checks.AIResult(f.finding, bool(f.positive), float(f.probability), f.model, f.version)
-                   for f in session.scalars(select(AIFinding).where(AIFinding.study_id == study.id)))
+        ai = [checks.AIResult(f.finding, bool(f.positive), float(f.probability), f.model, f.version)
+              for f in session.scalars(select(AIFinding).where(AIFinding.study_id == study.id))]
         # What was told in the critical-result communications, compared with the report's own sides and sizes.
-        told = tuple(f for f in session.scalars(select(CriticalCommunication.finding)
-                                                .where(CriticalCommunication.report_id == record.id)
-                                                .order_by(CriticalCommunication.id)) if (f or "").strip())
-        context = checks.CheckContext(
-            patient_sex=study.patient_sex, patient_age_years=age_years(study.patient_birth_date, study.study_date),
-            ordered_side=self.ordered_side(study), indication=report.sections.get("clinical_information", ""),
-            ai_findings=ai, template_fields=template_fields, communications=told)
-        return text, context
+        told = session.scalars(select(CriticalCommunication.finding)
+                               .where(CriticalCommunication.report_id == record.id)
+                               .order_by(CriticalCommunication.id))
+        context = signoff.check_context(
+            report, patient_sex=study.patient_sex, patient_birth_date=study.patient_birth_date,
+            study_date=study.study_date, ordered_side=self.ordered_side(study), ai_findings=ai, communications=told)
+        return report.check_sections(), context
 
     def ordered_side(self, study: Study) -> str | None:
         """The ordered side: from the order when there is one, else DICOM Laterality, else the description.
@@ -367,29 +272,16 @@ class ReportService:
         session = object_session(study)
         path = session.scalar(select(Instance.path).join(Series).where(Series.study_id == study.id)
                               .order_by(Series.series_number, Instance.instance_number).limit(1)) if session else None
-        laterality = _dicom_laterality(self.settings.home / path) if path else ""
+        laterality = signoff.dicom_laterality(self.settings.home / path) if path else ""
         return checks.ordered_side_from(study.description, laterality)
 
     def _resolve(self, session: Session, record: ReportRecord, issues: list[checks.Issue]) -> list[CheckResult]:
-        overrides = {o.check_key: o for o in session.scalars(
+        """The sign-off gate's verdict on ``issues``, with the report's stored overrides and communications."""
+        overrides = {o.check_key: signoff.Override(o.user, o.reason) for o in session.scalars(
             select(CheckOverride).where(CheckOverride.report_id == record.id))}
-        comms = list(session.scalars(select(CriticalCommunication)
-                                     .where(CriticalCommunication.report_id == record.id)))
-        out = []
-        for issue in issues:
-            o = overrides.get(issue.key)
-            if issue.severity == "critical":
-                done = bool(comms)
-                how = f"communicated to {comms[-1].recipient} by {comms[-1].method}" if comms else ""
-                out.append(CheckResult(issue, done, how))
-            elif issue.severity == "info":
-                out.append(CheckResult(issue, True, "logged for model QA"))
-            elif o is not None:
-                verb = "acknowledged" if issue.severity == "warn" else "overridden"
-                out.append(CheckResult(issue, True, f"{verb} by {o.user}" + (f": {o.reason}" if o.reason else "")))
-            else:
-                out.append(CheckResult(issue, False))
-        return out
+        comms = [signoff.Communication(c.recipient, c.method) for c in session.scalars(
+            select(CriticalCommunication).where(CriticalCommunication.report_id == record.id))]
+        return signoff.resolve(issues, overrides, comms)
 
     def run_checks(self, report_id: int) -> list[CheckResult]:
         """The pre-sign checks over the current draft, each with whether it is resolved."""
@@ -400,27 +292,18 @@ class ReportService:
 
     def override(self, report_id: int, key: str, user: str, reason: str) -> None:
         """Override a blocking check; the reason is required and audited."""
-        if not reason.strip():
-            raise ReportError("an override needs a reason (e.g. --reason 'side confirmed with the technologist')")
-        self._resolve_issue(report_id, key, user, reason, "override", ("blocking",))
+        signoff.require_override_reason(reason)
+        self._resolve_issue(report_id, key, user, reason, "override")
 
     def acknowledge(self, report_id: int, key: str, user: str, note: str = "") -> None:
         """Acknowledge a warning (AI discordance)."""
-        self._resolve_issue(report_id, key, user, note, "acknowledge", ("warn", "blocking"))
+        self._resolve_issue(report_id, key, user, note, "acknowledge")
 
-    def _resolve_issue(self, report_id: int, key: str, user: str, reason: str, action: str,
-                       severities: tuple[str, ...]) -> None:
+    def _resolve_issue(self, report_id: int, key: str, user: str, reason: str, action: str) -> None:
         with self.db.session() as session:
             record = self._record(session, report_id)
             text, context = self.check_input(session, record)
-            issue = next((i for i in checks.run_checks(text, context) if i.key == key), None)
-            if issue is None:
-                raise ReportError(f"report {report_id} has no open check {key!r}; run "
-                                  f"`readingroom report check {report_id}` for the current keys")
-            if issue.severity not in severities:
-                raise ReportError(f"check {key!r} is {issue.severity}: "
-                                  + ("record the critical-result communication instead"
-                                     if issue.severity == "critical" else "it cannot be resolved that way"))
+            issue = signoff.issue_to_resolve(report_id, checks.run_checks(text, context), key, action)
             session.add(CheckOverride(report_id=record.id, check_key=key, reason=reason.strip(), user=user))
             audit.record(session, user, action, study_uid=record.study.study_uid, report_id=record.id,
                          detail={"check": key, "reason": reason.strip(), "message": issue.message})
@@ -476,10 +359,8 @@ class ReportService:
             previous = record.versions[-1]
             stamp = utcnow().strftime("%Y-%m-%d %H:%M")
             body = f"{previous.content['body']}\n\nADDENDUM ({stamp} UTC, {user}):\n{text.strip()}"
-            results = [r for r in self._check_results(session, record, body_extra=text) if not r.resolved
-                       and r.issue.check == "critical"]
-            if results:
-                raise ChecksNotResolved(report_id, results)
+            signoff.require_addendum_signable(report_id,
+                                              self._resolve(session, record, signoff.addendum_issues(text)))
             version = self._new_version(session, record, user, "addendum", body, [])
         self._wake_workers()
         return version
@@ -505,19 +386,12 @@ class ReportService:
         self._wake_workers()
         return version
 
-    def _check_results(self, session: Session, record: ReportRecord, body_extra: str = "") -> list[CheckResult]:
-        text, context = self.check_input(session, record)
-        if body_extra:
-            text = {"findings": body_extra, "impression": body_extra}
-            return self._resolve(session, record, checks.check_critical(text))
-        return self._resolve(session, record, checks.run_checks(text, context))
 
     def _open_checks(self, session: Session, record: ReportRecord, final: bool) -> list[CheckResult]:
-        results = self._check_results(session, record)
-        open_ = [r for r in results if not r.resolved and (final or r.issue.severity != "critical")]
-        if open_:
-            raise ChecksNotResolved(record.id, open_)
-        return results
+        """The check results of the draft when the gate lets it be signed; else ChecksNotResolved."""
+        text, context = self.check_input(session, record)
+        results = self._resolve(session, record, checks.run_checks(text, context))
+        return signoff.require_signable(record.id, results, final)
 
     def _new_version(self, session: Session, record: ReportRecord, user: str, status: str, body: str,
                      results: list[CheckResult], reason: str = "") -> VersionView:
@@ -526,28 +400,17 @@ class ReportService:
                                      .where(CriticalCommunication.report_id == record.id)
                                      .order_by(CriticalCommunication.id)))
         statements = [communication_statement(c) for c in comms]
-        ai = list(session.scalars(select(AIFinding).where(AIFinding.study_id == study.id)))
+        ai = ai_summary(session.scalars(select(AIFinding).where(AIFinding.study_id == study.id)))
         number = len(record.versions) + 1
         signed_at = utcnow().replace(microsecond=0)
-        text = body
-        if statements:
-            text += "\n\nCRITICAL RESULT COMMUNICATION:\n" + "\n".join(statements)
-        if reason:
-            text += f"\n\nCORRECTED REPORT. Reason: {reason}"
-        text += f"\n\nElectronically signed by {user} on {signed_at.strftime('%Y-%m-%d %H:%M')} UTC ({status})."
-        if ai:
-            text += "\n\nAI triage results (UNVERIFIED, not for clinical use): " + "; ".join(
-                f"{f.finding} {'positive' if f.positive else 'negative'} (p={f.probability:.2f}, "
-                f"{f.model} {f.version})" for f in ai) + "."
-        text += "\n\n" + NOT_FOR_CLINICAL_USE
+        text = signed_text(body, statements=statements, reason=reason, user=user, signed_at=signed_at,
+                           status=status, ai=ai)
         content = {
             "report_id": record.id, "version": number, "status": status, "template": record.template,
             "study_uid": study.study_uid, "accession": study.accession, "patient_id": study.patient_id,
             "patient_name": study.patient_name, "body": body, "sections": self._report(record).as_dict(),
             "communications": statements, "reason": reason, "text": text, "signed_by": user,
-            "signed_at": signed_at.isoformat() + "Z",
-            "ai_findings": [{"finding": f.finding, "positive": bool(f.positive), "probability": float(f.probability),
-                             "model": f.model, "version": f.version} for f in ai],
+            "signed_at": signed_at.isoformat() + "Z", "ai_findings": ai,
         }
         version = ReportVersion(report_id=record.id, number=number, status=status, content=content, text=text,
                                 sha256=content_hash(content), signed_by=user, signed_at=signed_at, reason=reason)
@@ -558,11 +421,10 @@ class ReportService:
         study.status = "preliminary" if status == "preliminary" else "final"
         audit.record(session, user, "sign", study_uid=study.study_uid, report_id=record.id,
                      detail={"version": number, "status": status, "sha256": version.sha256,
-                             "overridden": [r.issue.key for r in results if r.resolution.startswith("overridden")]})
-        for r in results:
-            if r.issue.severity == "info":
-                audit.record(session, user, "model_qa", study_uid=study.study_uid, report_id=record.id,
-                             detail={"check": r.issue.key, "message": r.issue.message})
+                             "overridden": signoff.overridden_keys(results)})
+        for r in signoff.model_qa(results):
+            audit.record(session, user, "model_qa", study_uid=study.study_uid, report_id=record.id,
+                         detail={"check": r.issue.key, "message": r.issue.message})
         queued = self._queue_delivery(session, study, version)
         if queued:
             log.info("report %d v%d signed %s by %s (sha256 %s...); queued for delivery to %s", record.id, number,
@@ -620,14 +482,3 @@ class ReportService:
     def audit(self, **filters: Any) -> list[audit.AuditRow]:
         """The audit log (see ``readingroom.audit.query`` for the filters)."""
         return audit.query(self.db, **filters)
-
-
-def _dicom_laterality(path: Path) -> str:
-    """(0020,0060) Laterality or (0020,0062) Image Laterality of one stored file, or ''."""
-    try:
-        import pydicom
-
-        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Laterality", "ImageLaterality"])
-        return str(ds.get("Laterality", "") or ds.get("ImageLaterality", "") or "")
-    except Exception:  # noqa: BLE001 - a missing file only means no laterality from DICOM
-        return ""

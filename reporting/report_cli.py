@@ -126,7 +126,7 @@ def _when(value: str | None) -> datetime | None:
     try:
         return datetime.fromisoformat(value.replace("Z", ""))
     except ValueError:
-        from reporting.lifecycle import ReportError
+        from reporting.errors import ReportError
 
         raise ReportError(f"{value!r} is not an ISO date or time; write e.g. 2026-11-29T04:10") from None
 
@@ -148,7 +148,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from readingroom.cli import Context
     from readingroom.jobs import DatabaseJobQueue
 
-    from reporting.lifecycle import ChecksNotResolved, ReportService, verify_signature
+    from reporting.errors import ChecksNotResolved
+    from reporting.lifecycle import ReportService
+    from reporting.versions import verify_signature
 
     ctx = Context()
     service = ReportService(ctx.db, ctx.settings, DatabaseJobQueue(ctx.db, ctx.settings.jobs))

@@ -23,7 +23,7 @@ AUDIT_COLUMNS = ["Time (UTC)", "User", "Action", "Study", "Report", "Detail"]
 
 
 def checks_markdown(results: list[Any]) -> str:
-    """Pre-sign check results (reporting.lifecycle.CheckResult) as a list, open issues first."""
+    """Pre-sign check results (reporting.signoff.CheckResult) as a list, open issues first."""
     if not results:
         return "**No issues found.** The report can be signed."
     lines = []
