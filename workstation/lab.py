@@ -1,5 +1,5 @@
 """The Lab tab's plain core: which data folder to suggest, the sample set its button makes, and
-the evaluation it runs. The page (workstation/pages.py) only wires these to its components.
+the evaluation it runs. The Lab tab (workstation/tab_lab.py) only wires these to its components.
 
 A suggestion is only ever a folder that exists: a new user's first click must not meet "No such
 folder". When there is none, the box stays empty and the "Make a sample set" button writes one
