@@ -67,13 +67,14 @@ def build_web_app(settings: Settings, db: Database, queue: Any = None, wake: Any
 def _seed_demo_once(settings: Settings, db: Database, port: int) -> None:
     """The demo's orders (through the HL7 path), then its images (through the DICOM listener):
     the studies link to their orders by accession number as they arrive."""
-    from triage.demo import seed_demo
+    from models.phantoms import DEMO_STUDIES
     from orders.demo import seed_demo_orders
+    from triage.demo import seed_demo
 
     if get_kv(db, DEMO_SEEDED_KEY):
         return
     try:
-        seed_demo_orders(db, settings)
+        seed_demo_orders(db, settings, DEMO_STUDIES)
         count = seed_demo(settings, port=port)
     except Exception:  # the workstation runs on without demo data
         log.exception("could not seed the demo worklist")

@@ -54,7 +54,7 @@ from sqlalchemy.orm import Session
 from readingroom import dicom_net as scu
 from readingroom.schema import Instance, Job, Series, Study, utcnow
 from readingroom.settings import ENV_PREFIX, Settings, load_settings
-from triage import synthetic
+from models import phantoms
 from triage.studies import triage_dedupe_key
 
 log = logging.getLogger(__name__)
@@ -109,7 +109,7 @@ class Sent:
 def make_series(volume: Any, key: str, patient_id: str, folder: Path) -> BenchSeries:
     """Write one synthetic CT series (one file per slice) and return its files."""
     folder.mkdir(parents=True)
-    datasets = synthetic.ct_series(volume, key=key, patient_id=patient_id, accession=patient_id)
+    datasets = phantoms.ct_series(volume, key=key, patient_id=patient_id, accession=patient_id)
     paths = []
     for index, ds in enumerate(datasets):
         path = folder / f"{index:04d}.dcm"
@@ -388,7 +388,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def benchmark(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     size = 512
     log.info("computing a %d-slice %dx%d head phantom", args.images, size, size)
-    volume = synthetic.head_phantom(args.images, size=size, seed=1)
+    volume = phantoms.head_phantom(args.images, size=size, seed=1)
     # One study per sender (another key, other UIDs): the second run is no pile of duplicates.
     series = {sender: make_series(volume, f"bench-intake-{sender}", f"BENCH{n}",
                                    workdir / "series" / sender.replace(" ", "-"))

@@ -19,6 +19,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from models.registry import ModelCard
+from models.series import SeriesError, read_series
+from readingroom.errors import ReadingRoomError
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +35,7 @@ DEFAULT_RULES: dict[str, dict[str, Any]] = {
 }
 
 
-class ModelRunError(Exception):
+class ModelRunError(ReadingRoomError):
     """A model could not process a series; the message is the reason shown to the radiologist."""
 
 
@@ -153,42 +155,23 @@ class CTVolume:
 
 
 def read_ct(files: Sequence[Path]) -> CTVolume:
-    from pydicom import dcmread
-    from pydicom.pixels import apply_modality_lut
-
-    slices, keys, thick = [], [], None
-    shape = None
-    for i, f in enumerate(files):
-        try:
-            ds = dcmread(f)
-            arr = apply_modality_lut(ds.pixel_array, ds).astype(np.float32)
-        except Exception as exc:  # noqa: BLE001 - any decoding failure is a reason
-            raise ModelRunError(f"cannot decode image {i + 1} ({type(exc).__name__}: {exc})") from None
-        if arr.ndim != 2:
-            raise ModelRunError("multi-frame or colour CT images are not supported")
-        if shape is None:
-            shape = arr.shape
-            iop = np.array(getattr(ds, "ImageOrientationPatient", [1, 0, 0, 0, 1, 0]), float)
-            thick = float(getattr(ds, "SliceThickness", 0) or 0) or None
-        elif arr.shape != shape:
-            raise ModelRunError(f"images of different sizes in one series ({shape} and {arr.shape})")
-        normal = np.cross(iop[:3], iop[3:])
-        ipp = getattr(ds, "ImagePositionPatient", None)
-        keys.append(float(np.dot(normal, np.array(ipp, float))) if ipp is not None else float(i))
-        slices.append(arr)
-    order = np.argsort(np.array(keys), kind="stable")
-    hu = np.stack([slices[i] for i in order])
-    if len(keys) > 1:
-        gaps = np.diff(np.sort(keys))
-        if thick is None and np.median(gaps) > 0:
-            thick = float(np.median(gaps))
+    """The CT series as HU in slice order (models/series.py, the viewer's order too), in the
+    standard display orientation; ``order`` maps the volume's slices back to ``files``."""
+    try:
+        series = read_series(files)
+    except SeriesError as exc:
+        raise ModelRunError(str(exc)) from None
+    if series.multi_frame or series.color:
+        raise ModelRunError("multi-frame or colour CT images are not supported")
+    hu = series.pixels
+    iop = series.orientation or (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
     # Standard display orientation: rows along +x (patient right -> left), columns along +y.
     flip_cols, flip_rows = bool(iop[0] < 0), bool(iop[4] < 0)
     if flip_cols:
         hu = hu[:, :, ::-1]
     if flip_rows:
         hu = hu[:, ::-1, :]
-    return CTVolume(np.ascontiguousarray(hu), order, thick or 5.0, flip_rows, flip_cols)
+    return CTVolume(np.ascontiguousarray(hu), series.files, series.thickness_mm or 5.0, flip_rows, flip_cols)
 
 
 def read_cxr(path: Path) -> tuple[np.ndarray, str]:

@@ -413,11 +413,7 @@ def train(task: str, *, seed: int, val_seed: int, n_train: int, n_val: int, minu
             if out_of_time():
                 break
         judged = averaged.module if averaged is not None else model
-        judged.eval()
-        scores = score_ct(judged, val_set) if task == "ich" else score_cxr(judged, val_set)
-        labels = np.array(val_set.study_labels)[:, None] if task == "ich" else val_set.labels
-        scores = scores.reshape(len(labels), -1)
-        aurocs = [auroc(labels[:, k], scores[:, k]) for k in range(labels.shape[1])]
+        scores, labels, aurocs = validate(judged, task, val_set)
         mean_auc = float(np.mean(aurocs))
         history.append({"step": step + (prior_history[-1]["step"] if prior_history else 0),
                         "loss": round(float(np.mean(losses)), 4), "val_auroc": [round(a, 4) for a in aurocs],
@@ -450,6 +446,24 @@ def train(task: str, *, seed: int, val_seed: int, n_train: int, n_val: int, minu
                       val_seed, threads, diff, best["step"], arch=model_arch(task, arch), streamed=stream is not None,
                       real_fraction=real_fraction)
     card["training"]["cpu_minutes"] = round(cpu_used, 1)
+    describe_training(card, task=task, low=low, resume=resume, balance=balance, small_share=small_share,
+                      streamed=stream is not None, ema=ema, hard_negatives=hard_negatives, map_weight=map_weight)
+    (folder / "metadata.json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+    return card
+
+
+def validate(model, task: str, val_set) -> tuple[np.ndarray, np.ndarray, list[float]]:
+    """Score the validation set: (scores (studies, findings), labels (studies, findings), AUROC per finding)."""
+    model.eval()
+    scores = score_ct(model, val_set) if task == "ich" else score_cxr(model, val_set)
+    labels = np.array(val_set.study_labels)[:, None] if task == "ich" else val_set.labels
+    scores = scores.reshape(len(labels), -1)
+    return scores, labels, [auroc(labels[:, k], scores[:, k]) for k in range(labels.shape[1])]
+
+
+def describe_training(card: dict, *, task: str, low: bool, resume: bool, balance: str, small_share: float,
+                      streamed: bool, ema: float, hard_negatives: float, map_weight: float) -> None:
+    """Write the training options that were used into the model card (in place)."""
     card["training"]["precision"] = (("bfloat16 autocast for the training forward pass (weights, optimizer, "
                                       "loss, validation and export in float32)" if low else "float32")
                                      + "; channels-last layout")
@@ -457,7 +471,7 @@ def train(task: str, *, seed: int, val_seed: int, n_train: int, n_val: int, minu
     if balance == "volume" and task == "ich":
         card["training"]["positive_sampling"] = ("per volume: each positive volume has the same share of the "
                                                  "positive slices drawn, whatever the lesion's extent")
-    if small_share != SMALL_SHARE and stream is not None:
+    if small_share != SMALL_SHARE and streamed:
         card["training_data"]["small_share"] = (
             f"{small_share:.0%} of the training bleeds drawn 3-5 mm (the validation and held-out sets: "
             f"{SMALL_SHARE:.0%})")
@@ -472,8 +486,6 @@ def train(task: str, *, seed: int, val_seed: int, n_train: int, n_val: int, minu
         card["training"]["map_targets"] = (
             f"loss = slice BCE + {map_weight:g} x cell BCE on the maps: a cell is 1 where it holds >= "
             f"{MIN_AREA_MM2:g} mm2 of blood, 0 where none; cells with less are left out")
-    (folder / "metadata.json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
-    return card
 
 
 def choose_threshold(labels: np.ndarray, scores: np.ndarray, target: float) -> float:
@@ -553,7 +565,7 @@ def model_card(task, name, thresholds, val_metrics, history, train_minutes, n_tr
                                     + ("; stem: 3x3 stride-2 convolution without max-pool (maps at 1/4 of the input)"
                                        if arch.get("stem") == "fine" else ""), **{
             k: list(v) if isinstance(v, tuple) else v for k, v in arch.items()}},
-        "training_data": {"generator": f"models/phantoms.py version {GENERATOR_VERSION} (synthetic; "
+        "training_data": {"generator": f"models/phantoms/ version {GENERATOR_VERSION} (synthetic; "
                                        f"{round(100 * real_fraction) if streamed else 10} % of the volumes on "
                                        f"pydicom-data {'693' if task == 'ich' else 'RG1'}, with lesions or none)",
                           "train_seed": seed, "n_train": n_train, "val_seed": val_seed, "n_val": n_val,

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from typing import Protocol, Sequence
 
+from orders.store import receive_hl7
 from readingroom.db import Database
 from readingroom.settings import Settings
-from orders.store import receive_hl7
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +22,7 @@ PRIORITY_CODES = {"STAT": "S", "HIGH": "A", "ROUTINE": "R"}
 # Facility (MSH-4) per demo sender; matched to the sites by name (configs/sites.yaml).
 FACILITY = {"STMARY": "St. Mary's Hospital", "NORTHSIDE": "Northside Clinic"}
 
-# The clinical question of each demo study's order (DemoStudy.key).
+# The clinical question of each demo study's order (models.phantoms.DemoStudy.key).
 INDICATIONS = {
     "ct-head": "Fall at home on apixaban, GCS 14, headache", "cxr": "Fever and productive cough, crackles right base",
     "ct-abdomen": "Right lower quadrant pain, raised CRP", "xr-hand": "Fall on outstretched hand, snuffbox tenderness",
@@ -70,13 +71,26 @@ def _message(control_id: str, facility: str, accession: str, patient: tuple[str,
     return msg.to_er7()
 
 
-def demo_messages(now: dt.datetime | None = None) -> list[str]:
-    """ORM^O01 messages for the demo: approved-to-be orders of the demo studies, then pending ones."""
-    from triage.demo import DEMO_STUDIES
+class DemoStudyFacts(Protocol):
+    """What an order needs of a demo study (``models.phantoms.DemoStudy`` has it; the caller passes
+    the studies, so orders do not depend on where the demo images come from)."""
 
+    key: str
+    sender_ae: str
+    patient_name: str
+    patient_id: str
+    sex: str
+    birth_date: str
+    accession: str
+    description: str
+    priority: str
+
+
+def demo_messages(studies: Sequence[DemoStudyFacts], now: dt.datetime | None = None) -> list[str]:
+    """ORM^O01 messages for the demo: approved-to-be orders of the demo studies, then pending ones."""
     now = now or dt.datetime.now()
     messages = []
-    for study in DEMO_STUDIES:
+    for study in studies:
         facility = "STMARY" if study.sender_ae.startswith("STMARY") else "NORTHSIDE"
         messages.append(_message(f"DEMO-{study.accession}", FACILITY[facility], study.accession,
                                  (study.patient_id, study.patient_name, study.sex, study.birth_date),
@@ -90,20 +104,19 @@ def demo_messages(now: dt.datetime | None = None) -> list[str]:
     return messages
 
 
-def seed_demo_orders(db: Database, settings: Settings) -> int:
+def seed_demo_orders(db: Database, settings: Settings, studies: Sequence[DemoStudyFacts]) -> int:
     """Store the demo orders (once: a second call is answered 'already exists'). Returns how many were new.
 
     The demo studies' orders are approved with their suggested protocol (or left for review when
     none fits); the pending ones wait for review."""
-    from triage.demo import DEMO_STUDIES
     from orders import review
     from orders.common import OrderError
 
     before = len(review.list_orders(db, limit=100000))
-    for text in demo_messages():
+    for text in demo_messages(studies):
         receive_hl7(db, settings, text, peer="demo")  # an order already there is answered AE, and kept
     created = len(review.list_orders(db, limit=100000)) - before
-    for study in DEMO_STUDIES:
+    for study in studies:
         try:
             review.approve(db, settings, study.accession, user="demo")
         except OrderError:

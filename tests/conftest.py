@@ -66,7 +66,7 @@ def queue(db: Database, settings: Settings) -> DatabaseJobQueue:
 
 @pytest.fixture(scope="session")
 def samples() -> Path:
-    from triage.demo import sample_dir
+    from models.phantoms import sample_dir
 
     return sample_dir()
 

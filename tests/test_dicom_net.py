@@ -11,7 +11,7 @@ from reporting.delivery import sr
 from reporting.delivery.document import DeliveryError
 from readingroom import dicom_net
 from tests.conftest import free_port
-from triage.synthetic import ct_series, head_phantom
+from models.phantoms import ct_series, head_phantom
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from sqlalchemy.exc import OperationalError
 from readingroom.schema import Instance, Series, Study
 from triage import intake as intake_mod
 from triage.intake import Intake
-from triage.synthetic import ct_series, head_phantom
+from models.phantoms import ct_series, head_phantom
 
 
 @pytest.fixture

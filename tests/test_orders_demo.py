@@ -1,14 +1,13 @@
 """Demo orders go through the HL7 path, link to the demo studies, and leave work for review."""
 
+from models.phantoms import DEMO_STUDIES
 from orders import review
 from orders.demo import PENDING, seed_demo_orders
 
 
 def test_demo_orders(db, settings):
-    from triage.demo import DEMO_STUDIES
-
-    assert seed_demo_orders(db, settings) == len(DEMO_STUDIES) + len(PENDING)
-    assert seed_demo_orders(db, settings) == 0  # a second start adds nothing
+    assert seed_demo_orders(db, settings, DEMO_STUDIES) == len(DEMO_STUDIES) + len(PENDING)
+    assert seed_demo_orders(db, settings, DEMO_STUDIES) == 0  # a second start adds nothing
     waiting = {o["accession"]: o for o in review.list_orders(db, status="new")}
     assert {p[0] for p in PENDING} <= set(waiting)
     assert review.get_order(db, "SM24201", settings)["suggestion"]["name"] == "ct_head_sah"
@@ -24,7 +23,7 @@ def test_demo_images_link_to_their_orders(db, settings):
     from triage.intake import Intake
     from triage.worklist import open_studies
 
-    seed_demo_orders(db, settings)
+    seed_demo_orders(db, settings, DEMO_STUDIES)
     intake = Intake(settings, db)
     sender, datasets = demo_datasets()[0]  # the STAT CT head
     for ds in datasets:

@@ -9,10 +9,10 @@ from tests.orders_helpers import build_orm
 from triage.intake import Intake
 from orders import review
 from orders.store import receive_hl7
-from triage.synthetic import ct_series, head_phantom
+from models.phantoms import ct_series, head_phantom
 from triage.worklist import open_studies
 
-TODAY = date.today().strftime("%Y%m%d")  # the StudyDate triage.synthetic writes
+TODAY = date.today().strftime("%Y%m%d")  # the StudyDate models.phantoms writes
 
 
 def _ct(key, **kw):

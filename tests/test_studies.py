@@ -7,7 +7,7 @@ from sqlalchemy import select
 from readingroom.schema import Job, Study, utcnow
 from triage.intake import Intake
 from triage.studies import TRIAGE_JOB, complete_due_studies
-from triage.synthetic import ct_series, head_phantom
+from models.phantoms import ct_series, head_phantom
 
 
 def _study(db):

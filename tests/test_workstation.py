@@ -52,7 +52,7 @@ def test_color_ultrasound_is_shown_as_stored(samples):
 def test_slices_are_sorted_along_the_normal(tmp_path):
     import pydicom
 
-    from triage.synthetic import ct_series, head_phantom
+    from models.phantoms import ct_series, head_phantom
 
     files = []
     for i, ds in enumerate(ct_series(head_phantom(6, size=64), key="sort")):

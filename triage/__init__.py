@@ -8,10 +8,10 @@
 - ``priority``: the one rule for "is this finding positive" and the reading order (``decide``, ``place``);
 - ``worklist``: the open studies in reading order, claims, the AI panel;
 - ``notify``: critical alerts; ``importer``: ``readingroom import``; ``cli``: the triage commands;
-- ``simulator/``: the night-shift simulator; ``demo``, ``demo_site``, ``synthetic``: demo data.
+- ``simulator/``: the night-shift simulator; ``demo``, ``demo_site``: demo data (images from ``models.phantoms``).
 
 The submodules are imported where they are used: importing ``triage`` loads no model runtime.
 """
 
 __all__ = ["cli", "demo", "demo_site", "importer", "intake", "notify", "pipeline", "priority", "scp", "service",
-           "simulator", "studies", "synthetic", "worklist"]
+           "simulator", "studies", "worklist"]

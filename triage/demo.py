@@ -1,6 +1,6 @@
-"""The demo worklist: real sample images from pydicom-data, grouped into plausible studies,
-plus two synthetic head CTs (the second with a phantom subdural hematoma), sent through our own
-DICOM listener like a hospital would send them.
+"""The demo worklist: real sample images from pydicom-data, grouped into plausible studies
+(``models.phantoms.DEMO_STUDIES``), plus two synthetic head CTs (the second with a phantom
+subdural hematoma), sent through our own DICOM listener like a hospital would send them.
 
 Each sample file gets new UIDs, a demo patient and an accession number, so that the studies
 look like a night's work from two sites. The pixel data and transfer syntax stay as they are
@@ -10,62 +10,18 @@ look like a night's work from two sites. The pixel data and transfer syntax stay
 from __future__ import annotations
 
 import datetime as dt
-from typing import TYPE_CHECKING
 import logging
-from dataclasses import dataclass
-from pathlib import Path
 
+import numpy as np
 from pydicom import Dataset, dcmread
 
-from readingroom.settings import Settings
+from models.phantoms import DEMO_STUDIES, DemoStudy, ct_head, ct_series, sample_dir, uid
 from readingroom import dicom_net as scu
-from triage.synthetic import ct_series, head_phantom, uid
-
-if TYPE_CHECKING:
-    import numpy as np
+from readingroom.settings import Settings
 
 log = logging.getLogger(__name__)
 
-
-def sample_dir() -> Path:
-    """The folder of real sample images shipped by the pydicom-data package."""
-    import data_store  # the import name of the pydicom-data package
-
-    return Path(data_store.__file__).resolve().parent / "data"
-
-
-@dataclass(frozen=True)
-class DemoStudy:
-    key: str
-    sender_ae: str
-    patient_name: str
-    patient_id: str
-    sex: str
-    birth_date: str
-    accession: str
-    description: str
-    files: tuple[str, ...]
-    priority: str = "ROUTINE"   # Requested Procedure Priority, as the modality worklist gave it
-
-
-DEMO_STUDIES = (
-    DemoStudy("ct-head", "STMARY_CT", "DOE^JOHN", "SM100231", "M", "19480312", "SM24001",
-              "CT HEAD WITHOUT CONTRAST", ("693_J2KR.dcm",), "STAT"),
-    DemoStudy("cxr", "STMARY_CR", "RIVERA^ANA", "SM100877", "F", "19710630", "SM24002",
-              "XR CHEST 1 VIEW", ("RG1_J2KR.dcm",)),
-    DemoStudy("ct-abdomen", "STMARY_PACS", "NGUYEN^PAUL", "SM101554", "M", "19660204", "SM24003",
-              "CT ABDOMEN PELVIS WITH CONTRAST", ("explicit_VR-UN.dcm",)),
-    DemoStudy("xr-hand", "STMARY_CR", "SMITH^LUCY", "SM102210", "F", "19890917", "SM24004",
-              "XR HAND 2 VIEWS", ("RG3_J2KR.dcm",)),
-    DemoStudy("mr-shoulder", "NORTHSIDE_MR", "KOWALSKI^ADAM", "NS55012", "M", "19790122", "NS8801",
-              "MR SHOULDER LEFT WITHOUT CONTRAST", ("MR2_J2KR.dcm",)),
-    DemoStudy("mr-brain", "NORTHSIDE_MR", "OKAFOR^GRACE", "NS55340", "F", "19550809", "NS8802",
-              "MR BRAIN WITHOUT CONTRAST", ("emri_small_jpeg_ls_lossless.dcm",), "HIGH"),
-    DemoStudy("us-abdomen", "NORTHSIDE_US", "MEYER^EVA", "NS55871", "F", "19920411", "NS8803",
-              "US ABDOMEN COMPLETE", ("US1_J2KR.dcm", "OBXXXX1A_rle_2frame.dcm")),
-    DemoStudy("nm-bone", "NORTHSIDE_PACS", "BROWN^OLIVER", "NS56002", "M", "19500101", "NS8804",
-              "NM BONE SCAN WHOLE BODY", ("JPEG-LL.dcm",)),
-)
+__all__ = ["DEMO_STUDIES", "DemoStudy", "demo_datasets", "sample_dir", "seed_demo"]
 
 
 def _rewrite(ds: Dataset, study: DemoStudy, series_index: int, image_index: int, when: dt.datetime) -> Dataset:
@@ -106,16 +62,14 @@ def demo_datasets() -> list[tuple[str, list[Dataset]]]:
     return out
 
 
-def _demo_head(seed: int, hemorrhage: bool) -> tuple["np.ndarray", float]:
-    """A 24-slice synthetic head CT; the second demo head carries a phantom subdural hematoma
-    (models/phantoms.py), so that the demo shows what a positive AI finding does."""
-    if not hemorrhage:
-        return head_phantom(24, seed=seed), 0.45
-    import numpy as np
-
-    from models.phantoms import ct_head
-
-    case = ct_head(np.random.default_rng(seed), n_slices=24, size=256, positive=True, subtype="subdural")
+def _demo_head(seed: int, hemorrhage: bool) -> tuple[np.ndarray, float]:
+    """A 24-slice head CT of the one head phantom (models/phantoms/head_ct.py): a normal 512 x 512
+    head, or a 256 x 256 head with a subdural hematoma, so that the demo shows what a positive AI
+    finding does. Returns (HU volume, pixel spacing in mm)."""
+    if hemorrhage:
+        case = ct_head(np.random.default_rng(seed), n_slices=24, size=256, positive=True, subtype="subdural")
+    else:
+        case = ct_head(np.random.default_rng(seed), n_slices=24, size=512, positive=False)
     return case.hu, round(case.pixel_mm, 4)
 
 

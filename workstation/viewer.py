@@ -1,10 +1,11 @@
 """The image viewer's core: stored DICOM series → slices → windowed 8-bit images.
 
 Pure and testable; the web routes (``workstation.web``) and the browser code
-(``workstation/static/viewer.js``) sit on top. A series is decoded once (every transfer syntax
-pydicom reads, multi-frame included), sorted along the slice normal, converted to modality
-values (HU for CT) and kept in a small LRU cache, so that a slice change only windows and
-encodes one image: a few milliseconds for a 512×512 CT.
+(``workstation/static/viewer.js``) sit on top. A series is decoded once by the one series reader,
+``models.series`` (every transfer syntax pydicom reads, multi-frame included; sorted by the slice
+order the models read, so a heatmap slice lies on its image; modality values, HU for CT) and kept
+in a small LRU cache, so that a slice change only windows and encodes one image: a few
+milliseconds for a 512×512 CT.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from models.series import SeriesError, read_series
+from readingroom.errors import ReadingRoomError
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +48,7 @@ KEY_TAGS = [
 ]
 
 
-class ViewerError(Exception):
+class ViewerError(ReadingRoomError):
     """The series cannot be shown; the message says why."""
 
 
@@ -90,57 +94,23 @@ def _tag_text(ds, keyword: str) -> str:
     return str(value)
 
 
-def _slice_key(ds, frame: int) -> tuple[float, float]:
-    """Sort key of a slice: position along the slice normal, then instance number."""
-    number = float(ds.get("InstanceNumber") or 0)
-    try:
-        orientation = np.array([float(v) for v in ds.ImageOrientationPatient], dtype=float)
-        position = np.array([float(v) for v in ds.ImagePositionPatient], dtype=float)
-        normal = np.cross(orientation[:3], orientation[3:])
-        return float(position @ normal), number + frame / 10_000
-    except (AttributeError, TypeError, ValueError):
-        return number, frame
-
-
 def load_volume(series_uid: str, paths: list[Path]) -> Volume:
-    """Decode a series' files into a Volume. Raises ViewerError with the reason."""
-    import pydicom
-    from pydicom.pixels import apply_modality_lut
-
+    """Decode a series' files into a Volume, in the one slice order of ``models.series`` (the
+    models read the same order). Files that cannot be decoded are skipped and logged. Raises
+    ViewerError with the reason."""
     if not paths:
         raise ViewerError(f"series {series_uid} has no stored images")
-    slices: list[tuple[tuple[float, float], np.ndarray, str]] = []
-    first = None
-    problems: list[str] = []
-    for path in paths:
-        try:
-            ds = pydicom.dcmread(path)
-            array = ds.pixel_array
-        except Exception as exc:  # noqa: BLE001 - one bad file must not hide the rest
-            problems.append(f"{path.name}: {exc}")
-            continue
-        first = first or ds
-        frames = int(ds.get("NumberOfFrames") or 1)
-        color = int(ds.get("SamplesPerPixel") or 1) == 3
-        if frames == 1:
-            array = array[np.newaxis]
-        if color:   # pydicom's pixel_array is RGB already (YBR is converted on decoding)
-            data = array.astype(np.uint8) if array.dtype != np.uint8 else array
-        else:
-            data = apply_modality_lut(array, ds).astype(np.float32)
-        for i in range(data.shape[0]):
-            slices.append((_slice_key(ds, i), data[i], str(ds.get("SOPInstanceUID", ""))))
-    if first is None:
-        raise ViewerError(f"no image of series {series_uid} could be decoded: {'; '.join(problems[:3])}")
-    if problems:
-        log.warning("series %s: %d file(s) could not be decoded: %s", series_uid, len(problems), problems[:3])
-    shape = slices[0][1].shape
-    slices = [s for s in slices if s[1].shape == shape]
-    slices.sort(key=lambda s: s[0])
-    pixels = np.stack([s[1] for s in slices])
+    try:
+        series = read_series(paths, strict=False)
+    except SeriesError as exc:
+        raise ViewerError(f"series {series_uid}: {exc}") from None
+    if series.problems:
+        log.warning("series %s: %d file(s) could not be shown: %s", series_uid, len(series.problems),
+                    series.problems[:3])
+    first, pixels = series.header, series.pixels
     invert = str(first.get("PhotometricInterpretation", "")) == "MONOCHROME1"
     tags = {label: _tag_text(first, kw) for kw, label in KEY_TAGS if _tag_text(first, kw)}
-    return Volume(series_uid, pixels, invert, default_window(first, pixels), tags, [s[2] for s in slices])
+    return Volume(series_uid, pixels, invert, default_window(first, pixels), tags, series.sop_uids)
 
 
 def default_window(ds, pixels: np.ndarray) -> tuple[float, float]:

@@ -18,7 +18,7 @@ from readingroom.schema import Instance, Job, Study
 from readingroom.settings import load_settings
 from tests.conftest import free_port
 from tests.integration.helpers import readingroom, start, stop, wait_for_echo
-from triage.synthetic import ct_series, head_phantom
+from models.phantoms import ct_series, head_phantom
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

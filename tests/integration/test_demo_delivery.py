@@ -47,6 +47,7 @@ def test_a_demo_sign_off_is_delivered_to_the_demo_ris_and_folders(tmp_path):
     from reporting.lifecycle import ReportService
     from triage.demo import seed_demo
     from triage.demo_site import start_demo_site
+    from models.phantoms import DEMO_STUDIES
     from orders.demo import seed_demo_orders
     from triage.service import IntakeService
 
@@ -60,7 +61,7 @@ def test_a_demo_sign_off_is_delivered_to_the_demo_ris_and_folders(tmp_path):
     intake = IntakeService(settings, db, queue)
     intake.start()
     try:
-        seed_demo_orders(db, settings)
+        seed_demo_orders(db, settings, DEMO_STUDIES)
         assert seed_demo(settings, port=intake.listener.port) > 0
         with db.reader() as session:
             uid = session.scalar(select(Study.study_uid).where(Study.accession == "SM24001"))   # DOE^JOHN

@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 from readingroom import dicom_net as scu
 from readingroom.schema import Instance
 from tests.conftest import DCMTK
-from triage.synthetic import ct_series, head_phantom
+from models.phantoms import ct_series, head_phantom
 
 pytestmark = pytest.mark.integration
 

@@ -17,7 +17,7 @@ from tests.integration.helpers import env_for, readingroom, start, stop, wait_fo
 from tests.integration.test_worklist_mwl import STANDARD_KEYS, findscu
 from tests.orders_helpers import build_orm, hl7_file
 from orders.hl7 import ack_code
-from triage.synthetic import ct_series, head_phantom
+from models.phantoms import ct_series, head_phantom
 
 pytestmark = pytest.mark.integration
 TODAY = date.today().strftime("%Y%m%d")

@@ -1,18 +1,20 @@
-"""Synthetic but well-formed CT series (a simple head phantom) for the demo and the benchmark.
+"""Phantoms as real DICOM: CT Image Storage series and CR images with deterministic UIDs.
 
-The images are real DICOM: CT Image Storage, consistent UIDs, spacing, orientation and position,
-rescale to Hounsfield units. They carry "SYNTHETIC" in the patient and series descriptions.
-The phantoms with findings for training models belong to ``models`` (the triage-models issue).
+The images are well-formed: consistent UIDs, spacing, orientation and position, rescale to
+Hounsfield units (CT). They carry "SYNTHETIC" in the patient and series descriptions.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 
 import numpy as np
 from pydicom import Dataset
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+
+log = logging.getLogger(__name__)
 
 _ROOT = "1.2.826.0.1.3680043.8.498."  # pydicom's UID root, with deterministic entropy below
 
@@ -32,31 +34,6 @@ def new_dataset(sop_class_uid: str, sop_instance_uid: str) -> Dataset:
     ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     ds.SOPClassUID, ds.SOPInstanceUID = sop_class_uid, sop_instance_uid
     return ds
-
-
-def head_phantom(n_slices: int, size: int = 512, seed: int = 0) -> np.ndarray:
-    """HU volume (slices, rows, cols): air, skull, brain with grey/white contrast, ventricles, noise."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[-1:1:complex(0, size), -1:1:complex(0, size)]
-    volume = np.full((n_slices, size, size), -1000.0, dtype=np.float32)
-    for k in range(n_slices):
-        z = (k / max(1, n_slices - 1)) * 1.6 - 0.8          # -0.8 (skull base) .. 0.8 (vertex)
-        scale = np.sqrt(max(0.05, 1 - z * z * 0.9))
-        a, b = 0.72 * scale, 0.88 * scale
-        outer = (xx / a) ** 2 + (yy / b) ** 2
-        inner = (xx / (a - 0.05)) ** 2 + (yy / (b - 0.05)) ** 2
-        sl = volume[k]
-        sl[outer <= 1] = 1000 + 300 * rng.random()          # skull
-        brain = inner <= 1
-        sl[brain] = 32                                      # white matter
-        cortex = brain & (inner > 0.75)
-        sl[cortex] = 40                                     # grey matter ribbon
-        if abs(z) < 0.4:                                    # lateral ventricles
-            for side in (-1, 1):
-                vent = ((xx - side * 0.12) / 0.07) ** 2 + ((yy + 0.05) / 0.25) ** 2 <= 1
-                sl[vent & brain] = 5
-        sl[brain] += rng.normal(0, 4, size=int(brain.sum())).astype(np.float32)
-    return volume
 
 
 def ct_series(volume_hu: np.ndarray, *, key: str, patient_name: str = "SYNTHETIC^HEAD",
@@ -95,3 +72,35 @@ def ct_series(volume_hu: np.ndarray, *, key: str, patient_name: str = "SYNTHETIC
         ds.PixelData = stored[k].tobytes()
         out.append(ds)
     return out
+
+
+def cxr_dataset(image: np.ndarray, *, key: str, view: str, pixel_mm: float, monochrome1: bool,
+                patient_id: str, accession: str):
+    """A CR Image Storage dataset for a radiograph (attenuation 0..1 -> 12-bit stored values)."""
+    cr = "1.2.840.10008.5.1.4.1.1.1"
+    stored = np.clip(image, 0, 1.2) / 1.2 * 4095
+    if monochrome1:
+        stored = 4095 - stored
+    ds = new_dataset(cr, uid(key, "image", 0))
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = uid(key, "study"), uid(key, "series")
+    ds.PatientName, ds.PatientID, ds.AccessionNumber = "SYNTHETIC^CHEST", patient_id, accession
+    ds.PatientBirthDate, ds.PatientSex = "19600101", "O"
+    today = dt.date.today().strftime("%Y%m%d")
+    ds.StudyDate = ds.SeriesDate = ds.ContentDate = today
+    ds.StudyTime = ds.SeriesTime = "010000"
+    ds.StudyDescription = "XR CHEST 1 VIEW (SYNTHETIC)"
+    ds.SeriesDescription = f"CHEST {view} (SYNTHETIC)"
+    ds.Modality, ds.BodyPartExamined, ds.ViewPosition = "CR", "CHEST", view
+    ds.Manufacturer, ds.ReferringPhysicianName, ds.StudyID = "ReadingRoom synthetic", "SYNTHETIC^REFERRER", "1"
+    ds.SeriesNumber, ds.InstanceNumber = 1, 1
+    ds.PatientOrientation = ["R", "F"] if view == "AP" else ["L", "F"]
+    ds.ImagerPixelSpacing = ds.PixelSpacing = [round(pixel_mm, 4), round(pixel_mm, 4)]
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME1" if monochrome1 else "MONOCHROME2"
+    ds.Rows, ds.Columns = image.shape
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.WindowCenter, ds.WindowWidth = 2048, 4096
+    ds.PixelData = stored.astype(np.uint16).tobytes()
+    return ds
+
+
