@@ -7,5 +7,5 @@ Every set of weights lives in ``models/weights/<name>/`` beside its model card
 
 # The submodules are imported where they are used: importing ``models`` loads neither torch nor
 # ONNX Runtime.
-__all__ = ["check", "cli", "evaluate", "export", "inference", "metrics", "networks", "phantoms", "preprocess", "registry",
-           "series", "train"]
+__all__ = ["check", "cli", "evaluate", "export", "inference", "metrics", "networks", "phantoms", "preprocess",
+           "registry", "series", "train"]
