@@ -86,7 +86,7 @@ def _warm_up_dictation(settings: Settings) -> None:
     """Load the Whisper models now, not when the first radiologist starts speaking."""
     try:
         from readingroom.settings import DictationSettings
-        from workstation.live import shared_engine
+        from dictation.live import shared_engine
 
         shared_engine(DictationSettings.from_mapping(settings.dictation))
     except Exception:  # dictation loads again on first use and reports its error then

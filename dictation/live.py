@@ -8,7 +8,7 @@ and only queues them (the route must answer at once), and a worker thread runs t
 ``StreamingTranscriber`` that the CLI and the benchmark use, with finals decoded in the
 background. The partial/final protocol: a partial is shown where it will go, the live model's
 text of a finished utterance stays on screen (``Feedback.pending``) until its final text is in
-the report. The page (workstation.pages) only shows what this returns.
+the report. The page (workstation/tab_reading.py) only shows what this returns.
 """
 
 from __future__ import annotations

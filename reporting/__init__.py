@@ -16,13 +16,6 @@
 Every output says it is not for clinical use; AI results are UNVERIFIED. See docs/reporting.md.
 """
 
-from reporting.checks import CheckContext, Issue, run_checks
-from reporting.errors import ChecksNotResolved, ReportError
-from reporting.lifecycle import ReportService
-from reporting.report import SECTION_ORDER, SECTION_TITLES, Command, Report, Template, load_template, split_headers
-from reporting.signoff import CheckResult
-from reporting.versions import ReportView, VersionView, content_hash, verify_signature
-
-__all__ = ["SECTION_ORDER", "SECTION_TITLES", "CheckContext", "CheckResult", "ChecksNotResolved", "Command", "Issue",
-           "Report", "ReportError", "ReportService", "ReportView", "Template", "VersionView", "content_hash",
-           "load_template", "run_checks", "split_headers", "verify_signature"]
+# The submodules are imported where they are used (``from reporting.report import Report``), so
+# that dictation, which fills the report, does not load the database layer with it.
+__all__ = ["checks", "delivery", "errors", "lifecycle", "report", "report_cli", "signoff", "versions"]

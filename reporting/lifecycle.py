@@ -41,18 +41,15 @@ from readingroom.settings import Settings
 
 from reporting import checks, signoff
 from reporting.delivery.outbox import DELIVERY_JOB
-from reporting.errors import ChecksNotResolved, ReportError
+from reporting.errors import ReportError
 from reporting.report import SECTION_ORDER, Report, load_template
-from reporting.signoff import CheckResult, age_years
+from reporting.signoff import CheckResult
 from reporting.versions import (ReportView, VersionView, ai_summary, communication_statement, content_hash,
-                                signed_text, verify_signature)
+                                signed_text)
 
 log = logging.getLogger(__name__)
 
-# Names other code imports from here; they live in reporting.errors, .signoff and .versions.
-__all__ = ["DELIVERY_JOB", "METHODS", "SIGNED", "CheckResult", "ChecksNotResolved",
-           "ReportError", "ReportService", "ReportView", "VersionView", "age_years", "communication_statement",
-           "content_hash", "verify_signature"]
+__all__ = ["METHODS", "SIGNED", "ReportService"]
 
 # The states a signed version can have, and how a critical result may be communicated.
 SIGNED = ("final", "addendum", "corrected")

@@ -16,6 +16,7 @@ from pydicom import dcmread
 from sqlalchemy import select
 
 from models import phantoms
+from models.phantoms import head_ct
 from models.metrics import auroc, operating_point, threshold_for_sensitivity
 from models.preprocess import CXR_SIZE, ct_inputs, cxr_input, space_to_depth as _s2d, window
 from models.registry import WEIGHTS_DIR, installed_models
@@ -133,10 +134,10 @@ def test_every_synthetic_bleed_is_visible_somewhere():
 
 
 def test_training_can_ask_for_more_small_bleeds_without_changing_the_evaluation_sets():
-    sizes = [phantoms._lesion_size(np.random.default_rng([7, i])) for i in range(2000)]
+    sizes = [head_ct._lesion_size(np.random.default_rng([7, i])) for i in range(2000)]
     share = np.mean(np.array(sizes) < 5)
     assert abs(share - phantoms.SMALL_SHARE) < 0.04 and max(sizes) > 15
-    more = [phantoms._lesion_size(np.random.default_rng([7, i]), 0.7) for i in range(2000)]
+    more = [head_ct._lesion_size(np.random.default_rng([7, i]), 0.7) for i in range(2000)]
     assert abs(np.mean(np.array(more) < 5) - 0.7) < 0.04
     mid, large = np.mean((np.array(more) >= 5) & (np.array(more) < 15)), np.mean(np.array(more) >= 15)
     assert abs(mid - large) < 0.05                     # the rest stays half medium, half large

@@ -24,7 +24,8 @@ from readingroom.mllp import MLLPServer
 from reporting.delivery import hl7
 from reporting.delivery.document import load_document
 from reporting.delivery.outbox import Deliverer
-from reporting.lifecycle import DELIVERY_JOB, ReportService
+from reporting.delivery.outbox import DELIVERY_JOB
+from reporting.lifecycle import ReportService
 from tests.conftest import TEST_SITES, free_port, make_settings
 from tests.report_helpers import add_study
 

@@ -4,7 +4,9 @@ import pytest
 from sqlalchemy import text
 
 from readingroom.schema import Study
-from reporting.lifecycle import ChecksNotResolved, ReportError, ReportService, content_hash, verify_signature
+from reporting.errors import ChecksNotResolved, ReportError
+from reporting.lifecycle import ReportService
+from reporting.versions import content_hash, verify_signature
 from tests.conftest import TEST_SITES, make_settings
 from tests.report_helpers import add_study
 

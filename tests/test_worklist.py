@@ -218,7 +218,7 @@ def test_event_ids_let_a_new_page_skip_old_events(settings, db):
 
 
 def test_dead_jobs_show_their_last_error_line(settings, db):
-    from workstation.pages import dead_job_rows
+    from workstation.tab_admin import dead_job_rows
     from readingroom.jobs import DatabaseJobQueue, WorkerPool
 
     def boom(_payload):

@@ -99,7 +99,7 @@ def test_sessions_expire_and_cannot_be_forged():
 
 
 def test_resampler_keeps_the_pitch_and_the_length():
-    from workstation.live import Resampler
+    from dictation.audio import Resampler
 
     rate = 48000
     t = np.arange(rate * 2) / rate
@@ -112,7 +112,7 @@ def test_resampler_keeps_the_pitch_and_the_length():
 
 
 def test_template_suggestion():
-    from workstation.pages import suggest_template
+    from workstation.tab_reading import suggest_template
 
     names = ["free", "ct_head", "chest_radiograph", "ct_abdomen_pelvis"]
     assert suggest_template("CT", "CT HEAD WITHOUT CONTRAST", names) == "ct_head"
@@ -138,7 +138,7 @@ def test_heatmap_slices_follow_the_sop_uids_not_the_file_order():
 def test_provisional_text_shows_until_the_final_replaces_it():
     from dictation.stream import Final, Partial
     from dictation.transcribe import Transcript
-    from workstation.live import LiveDictation
+    from dictation.live import LiveDictation
 
     live = LiveDictation("free", engine=object())
     live._events([Partial("no acute hemorage", 2.0, 0.1, final_pending=True)])
@@ -156,7 +156,7 @@ def test_several_pending_utterances_all_stay_on_screen_until_their_finals():
     """On a busy machine finals lag: each utterance's live text stays until its own final comes."""
     from dictation.stream import Final, Partial
     from dictation.transcribe import Transcript
-    from workstation.live import LiveDictation
+    from dictation.live import LiveDictation
 
     live = LiveDictation("free", engine=object())
     live._events([Partial("no midline shit", 2.0, 0.1, final_pending=True, utterance=0)])
@@ -174,7 +174,7 @@ def test_several_pending_utterances_all_stay_on_screen_until_their_finals():
 def test_partial_text_goes_into_the_active_section_while_speaking_but_a_command_does_not():
     from dictation.stream import Final, Partial
     from dictation.transcribe import Transcript
-    from workstation.live import LiveDictation
+    from dictation.live import LiveDictation
 
     live = LiveDictation("free", engine=object())
     live._events([Partial("there is a small", 1.0, 0.1)])
@@ -195,7 +195,7 @@ def _view(status: str, versions: list[tuple[str, str]] = ()):  # (status, body) 
     """A ReportView as ReportService returns it, with signed versions at a fixed time."""
     from datetime import datetime
 
-    from reporting.lifecycle import ReportView, VersionView
+    from reporting.versions import ReportView, VersionView
 
     signed = [VersionView(i + 10, i + 1, st, body, "ab" * 32, "demo", datetime(2026, 11, 30, 3, 12 + i, 5), "",
                           {"body": body}) for i, (st, body) in enumerate(versions)]
@@ -216,7 +216,7 @@ def test_the_header_shows_the_signed_state_and_the_version():
 
 
 def test_a_signed_final_report_is_read_only_and_a_preliminary_one_is_not():
-    from workstation.live import LiveDictation
+    from dictation.live import LiveDictation
     from workstation.signoff import is_read_only
 
     assert not is_read_only(_view("draft")) and not is_read_only(_view("preliminary", [("preliminary", "B")]))
@@ -245,8 +245,8 @@ def test_an_addendum_is_shown_with_its_version_and_its_text():
 
 def test_a_blocking_template_field_is_named_in_full_and_shown_where_it_is_filled_in():
     from reporting.checks import check_template
-    from reporting.lifecycle import CheckResult
-    from workstation.live import LiveDictation
+    from reporting.signoff import CheckResult
+    from dictation.live import LiveDictation
     from workstation.signoff import checks_markdown, issue_choices, issue_title
 
     issues = check_template({"findings": "x", "impression": ""}, {"findings": {"Extra-axial spaces": "",
@@ -276,8 +276,8 @@ def test_a_blocking_template_field_is_named_in_full_and_shown_where_it_is_filled
 
 
 def test_page_messages_say_what_to_do_without_command_lines():
-    from reporting.lifecycle import ReportError
-    from workstation.pages import Refused, guarded
+    from reporting.errors import ReportError
+    from workstation.page_context import Refused, guarded
     from workstation.signoff import page_message
 
     assert page_message("report 1 is final and cannot change; add an addendum (`readingroom report addendum 1 "
@@ -302,7 +302,7 @@ def test_page_messages_say_what_to_do_without_command_lines():
 
 def test_the_worklist_status_filter_finds_signed_studies():
     from triage.worklist import OPEN_STATUSES
-    from workstation.pages import STATUS_CHOICES, worklist_query
+    from workstation.tab_worklist import STATUS_CHOICES, worklist_query
 
     assert worklist_query("") == (OPEN_STATUSES, None)
     assert worklist_query("new") == (OPEN_STATUSES, "new")
@@ -407,7 +407,8 @@ def test_the_page_has_no_glyphs_that_debian_fonts_lack():
     assert sorted(_glyphs_without_a_font(sample)) == sorted(["U+26D4", "U+2764", "U+FE0F", "U+2705", "U+274C",
                                                              "U+1F399", "U+1F399", "U+1F3A4"])
     root = PROJECT_ROOT / "workstation"
-    files = sorted([*root.glob("*.py"), *(p for p in (root / "static").iterdir() if p.is_file())])
+    files = sorted([*root.glob("*.py"), *(p for p in (root / "static").iterdir() if p.is_file()),
+                    PROJECT_ROOT / "dictation" / "live.py"])   # what live dictation shows on the page
     assert {p.name for p in files} >= {"pages.py", "signoff.py", "live.py", "web.py", "viewer.js", "workstation.css"}
     found = {str(p.relative_to(PROJECT_ROOT)): bad for p in files if (bad := _glyphs_without_a_font(p.read_text()))}
     assert not found, f"characters Debian's fonts cannot draw (use text or inline SVG): {found}"

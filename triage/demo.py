@@ -21,7 +21,7 @@ from readingroom.settings import Settings
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DEMO_STUDIES", "DemoStudy", "demo_datasets", "sample_dir", "seed_demo"]
+__all__ = ["demo_datasets", "seed_demo"]
 
 
 def _rewrite(ds: Dataset, study: DemoStudy, series_index: int, image_index: int, when: dt.datetime) -> Dataset:

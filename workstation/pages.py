@@ -28,21 +28,16 @@ from readingroom.jobs import DatabaseJobQueue
 from readingroom.settings import Settings
 from reporting.lifecycle import ReportService
 from triage.notify import latest_event_id
-from workstation.page_context import PageContext, Refused, guarded, username
-from workstation.tab_admin import AdminTab, build_admin, dead_job_rows
+from workstation.page_context import PageContext, guarded, username
+from workstation.tab_admin import AdminTab, build_admin
 from workstation.tab_lab import build_lab
-from workstation.tab_reading import TEMPLATE_RULES, build_reading, suggest_template, viewer_html
+from workstation.tab_reading import build_reading
 from workstation.tab_requests import RequestsTab, build_requests
-from workstation.tab_worklist import (
-    SIGNED_STUDY_STATUSES, STATUS_CHOICES, WORKLIST_COLUMNS, WorklistTab, build_worklist, sla_text, styled,
-    worklist_query, worklist_rows,
-)
+from workstation.tab_worklist import WorklistTab, build_worklist, styled, worklist_rows
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SIGNED_STUDY_STATUSES", "STATIC", "STATUS_CHOICES", "TEMPLATE_RULES", "WORKLIST_COLUMNS", "PageContext",
-           "Refused", "build_blocks", "dead_job_rows", "guarded", "head_html", "sla_text", "styled",
-           "suggest_template", "viewer_html", "worklist_query", "worklist_rows"]
+__all__ = ["STATIC", "build_blocks", "head_html"]
 
 STATIC = Path(__file__).resolve().parent / "static"
 

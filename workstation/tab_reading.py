@@ -2,7 +2,7 @@
 area (checks, overrides, critical-result communication, signing, addendum, delivery).
 
 Opening a study (a click on a worklist row) claims it, starts its report with the suggested
-template and a LiveDictation session (workstation/live.py), and selects this tab. The viewer runs
+template and a LiveDictation session (dictation/live.py), and selects this tab. The viewer runs
 in the browser (workstation/static/viewer.js) on the routes of workstation/web.py; here it is one
 HTML block that names the open study.
 """
@@ -17,11 +17,12 @@ from typing import Any
 
 import gradio as gr   # at module level: Gradio resolves the callbacks' annotations (gr.Request...) here
 
-from workstation.live import REGISTRY, LiveDictation   # module level too: callbacks are annotated with it
+from dictation.live import REGISTRY, LiveDictation   # module level too: callbacks are annotated with it
 
 from readingroom.errors import ReadingRoomError
 from reporting.delivery.outbox import delivery_summary, report_site, sign_message, sites_file_label
-from reporting.lifecycle import METHODS, ChecksNotResolved
+from reporting.errors import ChecksNotResolved
+from reporting.lifecycle import METHODS
 from reporting.report import SECTION_ORDER, SECTION_TITLES, list_templates
 from triage.worklist import claim
 from workstation.page_context import PageContext, Refused, guarded, username

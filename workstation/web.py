@@ -229,7 +229,7 @@ def install_routes(api: Any, settings: Settings, db: Database, cache: VolumeCach
     @api.post("/api/dictation/{study_uid}/audio")
     async def dictation_audio(study_uid: str, request: Request, rate: int = 16000) -> dict[str, Any]:
         """Raw little-endian 16-bit mono PCM from the page's microphone, in order."""
-        from workstation.live import REGISTRY
+        from dictation.live import REGISTRY
 
         live = REGISTRY.get(current_user(request, key) or "", study_uid)
         if live is None:
@@ -245,7 +245,7 @@ def install_routes(api: Any, settings: Settings, db: Database, cache: VolumeCach
 
     @api.post("/api/dictation/{study_uid}/stop")
     def dictation_stop(study_uid: str, request: Request) -> dict[str, Any]:
-        from workstation.live import REGISTRY
+        from dictation.live import REGISTRY
 
         live = REGISTRY.get(current_user(request, key) or "", study_uid)
         if live is not None:

@@ -27,7 +27,6 @@ from models.phantoms.head_ct import (
     CT_FOV_MM, ICH_SUBTYPES, SMALL_SHARE, VISIBLE_CONTRAST_HU, VISIBLE_HU, VISIBLE_MM2, CTCase, ct_head, ct_head_real,
     head_phantom,
 )
-from models.phantoms.head_ct import _lesion_size as _lesion_size  # tests/test_models.py checks its draws
 from models.phantoms.samples import DEMO_STUDIES, DemoStudy, sample_dir
 
 log = logging.getLogger(__name__)
