@@ -8,7 +8,7 @@ PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-APT_PACKAGES := dcmtk espeak-ng chromium faketime
+APT_PACKAGES := dcmtk espeak-ng chromium faketime postgresql
 
 .PHONY: run test install system-deps bench bench-dictation bench-reports bench-triage clean
 
@@ -24,7 +24,8 @@ test: install
 install: system-deps $(STAMP)
 	$(BIN)/readingroom models
 
-# Debian packages the tests and the demo use (dcmtk's storescu/echoscu/findscu).
+# Debian packages the tests and the demo use (dcmtk's storescu/echoscu/findscu; postgresql's initdb and
+# pg_ctl start a throwaway server for tests/test_postgres.py).
 system-deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
@@ -32,10 +33,11 @@ system-deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
-$(STAMP): pyproject.toml
+# The postgres extra (psycopg) lets the tests run the kernel on PostgreSQL as well as SQLite.
+$(STAMP): pyproject.toml Makefile
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,postgres]'
 	touch $(STAMP)
 
 bench: install

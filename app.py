@@ -43,14 +43,9 @@ def build_web_app(settings: Settings, db: Database, queue: Any = None, wake: Any
     api = FastAPI(title="ReadingRoom", description=NOT_FOR_CLINICAL_USE)
 
     @api.get("/healthz")
-    def healthz() -> dict[str, Any]:
-        from sqlalchemy import func, select
-
-        from readingroom.schema import Study
-
-        with db.reader() as session:
-            studies = session.scalar(select(func.count(Study.id)))
-        return {"status": "ok", "studies": studies, "notice": NOT_FOR_CLINICAL_USE}
+    def healthz() -> dict[str, str]:
+        """Liveness only: it needs no login, so it tells nothing about the data."""
+        return {"status": "ok"}
 
     from orders.fhir import build_router
 
@@ -143,17 +138,73 @@ def _model_banner(models: list[ModelLine]) -> list[str]:
     return lines
 
 
+ADMIN_PASSWORD_ENV = "READINGROOM_ADMIN_PASSWORD"
+
+
+def demo_hosts_problem(settings: Settings) -> str | None:
+    """Why ``--demo`` may not start with these settings: its passwords are known to everyone,
+    so it listens on loopback only."""
+    from readingroom.tls import is_loopback
+
+    hosts = {"web.host": settings.web.host, "dicom.host": settings.dicom.host}
+    if settings.hl7.enabled:
+        hosts["hl7.host"] = settings.hl7.host
+    wide = [f"{name}={host}" for name, host in hosts.items() if not is_loopback(host)]
+    if not wide:
+        return None
+    return (f"--demo listens on loopback only, because its logins are known ({', '.join(wide)}): "
+            "set these to 127.0.0.1, or start without --demo")
+
+
+def web_host_problem(settings: Settings) -> str | None:
+    """Why the web page may not listen where it is set to: off loopback it needs HTTPS."""
+    from readingroom.tls import listen_problem
+
+    web = settings.web
+    return listen_problem(web.host, web.tls, web.allow_insecure_remote, "web")
+
+
+def initial_logins(settings: Settings, db: Database, demo: bool, environ: dict[str, str]) -> str:
+    """The accounts a start needs, created if missing; returns the banner's Logins line.
+
+    ``--demo``: the demo radiologist and admin with the settings' passwords, for every site.
+    Otherwise there is no known password: the first start creates the admin with the password
+    in $READINGROOM_ADMIN_PASSWORD, or a random one printed here once."""
+    import secrets
+
+    from readingroom.auth import ensure_user
+    from readingroom.schema import User
+
+    if demo:
+        d = settings.demo
+        ensure_user(db, d.username, d.password, role="radiologist", sites=["*"])
+        ensure_user(db, d.admin_username, d.admin_password, role="admin", sites=["*"])
+        return (f"{d.username} / {d.password} (radiologist), {d.admin_username} / {d.admin_password} "
+                "(admin): demo passwords, loopback only")
+    from sqlalchemy import select
+
+    with db.reader() as session:
+        has_admin = session.scalar(select(User.id).where(User.role == "admin").limit(1)) is not None
+    if has_admin:
+        return "the accounts in the database (readingroom users list)"
+    password = environ.get(ADMIN_PASSWORD_ENV) or secrets.token_urlsafe(12)
+    ensure_user(db, "admin", password, role="admin", sites=["*"])
+    if environ.get(ADMIN_PASSWORD_ENV):
+        return f"admin, with the password in ${ADMIN_PASSWORD_ENV} (first start: the admin was created)"
+    return (f"admin / {password}  <- shown once, now: note it, or change it with "
+            "`readingroom users passwd admin --password-stdin`")
+
+
 def startup_banner(settings: Settings, models: list[ModelLine], *, dicom_port: int,
-                   hl7_port: int | None = None) -> str:
+                   hl7_port: int | None = None, logins: str = "") -> str:
     """What ``readingroom run`` prints once it listens: where to go, how to log in, the ports,
     the data folder and every model it uses (a missing one loudly, with what to do)."""
-    url = f"http://{settings.web.host}:{settings.web.port}"
+    url = f"{'https' if settings.web.tls else 'http'}://{settings.web.host}:{settings.web.port}"
     lines = [
         "=" * 72,
         f"ReadingRoom is running. {NOT_FOR_CLINICAL_USE}",
         f"  Web page:       {url}",
-        f"  Logins:         {settings.demo.username} / {settings.demo.password} (radiologist), "
-        f"{settings.demo.admin_username} / {settings.demo.admin_password} (admin)",
+        f"  Logins:         {logins or 'the accounts in the database (readingroom users list)'}",
         f"  DICOM listener: AE {settings.dicom.ae_title} on {settings.dicom.host}:{dicom_port}"
         " (C-STORE, C-ECHO, modality worklist C-FIND)",
     ]
@@ -165,7 +216,7 @@ def startup_banner(settings: Settings, models: list[ModelLine], *, dicom_port: i
     return "\n" + "\n".join(lines) + "\n"
 
 
-def announce(settings: Settings, intake: Any) -> list[ModelLine]:
+def announce(settings: Settings, intake: Any, logins: str = "") -> list[ModelLine]:
     """Check the models (quickly: sizes), log each missing one, and print the banner for the
     started intake service (its listener's and order listener's ports)."""
     models = model_lines(settings)
@@ -173,7 +224,7 @@ def announce(settings: Settings, intake: Any) -> list[ModelLine]:
         if not line.ok:
             log.warning("%s model %r is missing: %s", line.role, line.name, line.problem)
     print(startup_banner(settings, models, dicom_port=intake.listener.port,
-                         hl7_port=intake.orders.port if intake.orders else None), flush=True)
+                         hl7_port=intake.orders.port if intake.orders else None, logins=logins), flush=True)
     return models
 
 
@@ -194,12 +245,17 @@ def build_workers(db: Database, settings: Settings, queue: JobQueue) -> WorkerPo
 
 
 def serve(settings: Settings, db: Database, demo: bool = False) -> int:
+    import os
+
     import uvicorn
 
-    from readingroom.auth import ensure_user
+    from readingroom.errors import ReadingRoomError
     from readingroom.jobs import DatabaseJobQueue
     from triage.service import IntakeService
 
+    for problem in (demo_hosts_problem(settings) if demo else None, web_host_problem(settings)):
+        if problem:
+            raise ReadingRoomError(problem)
     if demo:  # the demo hospitals' RIS (a daemon thread) and folders, for the sites without destinations
         from triage.demo_site import start_demo_site
 
@@ -207,8 +263,7 @@ def serve(settings: Settings, db: Database, demo: bool = False) -> int:
     queue = DatabaseJobQueue(db, settings.jobs)
     workers = build_workers(db, settings, queue)
     intake = IntakeService(settings, db, queue, on_complete=lambda _uids: workers.wake())
-    ensure_user(db, settings.demo.username, settings.demo.password, role="radiologist")
-    ensure_user(db, settings.demo.admin_username, settings.demo.admin_password, role="admin")
+    logins = initial_logins(settings, db, demo, dict(os.environ))
 
     intake.start()
     workers.start()
@@ -220,9 +275,11 @@ def serve(settings: Settings, db: Database, demo: bool = False) -> int:
         seeder.start()
     try:
         web = build_web_app(settings, db, queue=queue, wake=workers.wake)
-        server = uvicorn.Server(uvicorn.Config(web, host=settings.web.host, port=settings.web.port,
+        tls = {"ssl_certfile": settings.web.tls_certfile, "ssl_keyfile": settings.web.tls_keyfile} \
+            if settings.web.tls else {}
+        server = uvicorn.Server(uvicorn.Config(web, host=settings.web.host, port=settings.web.port, **tls,
                                                log_level="warning", lifespan="on", timeout_graceful_shutdown=5))
-        announce(settings, intake)
+        announce(settings, intake, logins)
         try:
             server.run()   # returns on Ctrl-C or SIGTERM, after closing connections
         except KeyboardInterrupt:  # uvicorn re-raises the signal once it has shut down
@@ -321,10 +378,12 @@ PASSTHROUGH = {
 def build_parser() -> argparse.ArgumentParser:
     """The ``readingroom`` parser, in workflow order: the application, triage, the pass-through
     commands (orders, models, dictation, reporting), then the kernel's."""
+    from readingroom import audit_cli
     from readingroom import cli as kernel_cli
     from triage import cli as triage_cli
 
-    return kernel_cli.build_parser([add_commands, triage_cli.add_commands, kernel_cli.add_commands], PASSTHROUGH)
+    return kernel_cli.build_parser([add_commands, triage_cli.add_commands, kernel_cli.add_commands,
+                                    audit_cli.add_commands], PASSTHROUGH)
 
 
 def dispatch_table() -> dict[str, str]:
@@ -337,8 +396,12 @@ def dispatch_table() -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     """``readingroom``: the console script, and ``python app.py [COMMAND ...]`` (no command: ``run``)."""
-    from readingroom import cli as kernel_cli
+    import os
 
+    from readingroom import cli as kernel_cli
+    from readingroom.storage import PRIVATE_UMASK
+
+    os.umask(PRIVATE_UMASK)   # every file it writes holds patient data: owner only (0600, folders 0700)
     return kernel_cli.run_main(sys.argv[1:] if argv is None else argv, build_parser, PASSTHROUGH)
 
 

@@ -24,7 +24,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import wave
 from pathlib import Path
 
@@ -72,6 +71,8 @@ def triage_done(env: dict[str, str]) -> bool:
 
 
 def start_server(home: Path) -> tuple[subprocess.Popen, str]:
+    from tests.integration.helpers import visible_studies   # logs in as the demo radiologist
+
     web = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("READINGROOM_")}
     env.update(READINGROOM_HOME=str(home), PYTHONUNBUFFERED="1")
@@ -82,9 +83,8 @@ def start_server(home: Path) -> tuple[subprocess.Popen, str]:
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(url + "/healthz", timeout=5) as r:
-                if json.loads(r.read())["studies"] >= 10 and triage_done(env):
-                    return proc, url
+            if visible_studies(url) >= 10 and triage_done(env):
+                return proc, url
         except OSError:
             pass
         time.sleep(1)

@@ -9,14 +9,18 @@ Approved orders appear in the DICOM Modality Worklist (``mwl``); arriving images
 their order (``linking``), which carries priority, indication and side into triage.
 
 The API for a user interface: list_orders, get_order, suggest, approve, reject, ask,
-set_protocol (review.py) and recent_messages (store.py); each takes a Database.
+set_protocol (review.py) and recent_messages (store.py); each takes a Database. The review
+functions take ``as_user`` (the logged-in user): only orders of that user's sites exist for them.
+A site's messages act on its own orders only (``SenderNotAllowed``; ``check_source_address``
+checks the site's hl7.allowed_addresses).
 """
 
-from orders.common import MessageError, OrderError, ParsedOrder
+from orders.common import MessageError, OrderError, ParsedOrder, SenderNotAllowed
 from orders.review import (
     approve, ask, get_order, list_orders, order_dict, reject, set_protocol, suggest,
 )
-from orders.store import receive_hl7, recent_messages
+from orders.store import check_source_address, receive_hl7, recent_messages
 
-__all__ = ["MessageError", "OrderError", "ParsedOrder", "approve", "ask", "get_order", "list_orders", "order_dict",
-           "receive_hl7", "recent_messages", "reject", "set_protocol", "suggest"]
+__all__ = ["MessageError", "OrderError", "ParsedOrder", "SenderNotAllowed", "approve", "ask",
+           "check_source_address", "get_order", "list_orders", "order_dict", "receive_hl7", "recent_messages",
+           "reject", "set_protocol", "suggest"]

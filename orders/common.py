@@ -34,6 +34,14 @@ class MessageError(ReadingRoomError):
         self.text, self.ack, self.code, self.location = text, ack, code, location
 
 
+class SenderNotAllowed(MessageError):
+    """The sender may not do what the message asks: change or cancel another site's order, or
+    claim a site from an address that site does not send from. Answered AR (HL7) or 403 (FHIR)."""
+
+    def __init__(self, text: str, code: str = "207", location: str = "MSH-4") -> None:
+        super().__init__(text, ack="AR", code=code, location=location)
+
+
 # Order control codes we act on (HL7 table 0119): new, cancel (the site's), change.
 NEW, CANCEL, CHANGE = "NW", "CA", "XO"
 CONTROL_ALIASES = {"NW": NEW, "CA": CANCEL, "DC": CANCEL, "OC": CANCEL, "XO": CHANGE, "XX": CHANGE}

@@ -7,7 +7,14 @@ OperationOutcome naming the problem). The body is kept in ``order_messages`` eit
 
 ``build_router(db, settings)`` wraps it as a FastAPI router for the lead to mount in app.py:
 
-    app.include_router(build_router(db, settings))   # POST /fhir/ServiceRequest?site=NAME
+    app.include_router(build_router(db, settings))   # POST /fhir/ServiceRequest
+
+The account gives the site (``request_site``): a request must be authenticated, with HTTP Basic
+credentials (checked here, ``readingroom.auth.authenticate``) or by the web app, which puts the
+logged-in name in ``request.state.username``. A "site" account posts for its one site (a
+``?site=`` naming another is refused 403); an admin may name the site with ``?site=NAME``; a
+radiologist may not post orders (403). Unauthenticated: 401. A site may change or cancel only its
+own orders (403, the order untouched).
 
 Mapping: identifier of type ACSN (or a system naming "accession", else the requisition) ->
 accession; status active -> new order (or a change when the accession is known), revoked or
@@ -31,8 +38,8 @@ from starlette.concurrency import run_in_threadpool
 from readingroom.db import Database
 from readingroom.settings import Settings
 from orders.common import (
-    CANCEL, CHANGE, NEW, MessageError, ParsedMessage, ParsedOrder, guess_modality, normalize_laterality,
-    normalize_priority,
+    CANCEL, CHANGE, NEW, MessageError, ParsedMessage, ParsedOrder, SenderNotAllowed, guess_modality,
+    normalize_laterality, normalize_priority,
 )
 
 log = logging.getLogger(__name__)
@@ -202,12 +209,13 @@ def receive_service_request(db: Database, settings: Settings, body: Any, peer: s
     """Keep, parse and apply one ServiceRequest. Returns (HTTP status, FHIR resource). Never raises.
 
     ``site`` names the sending site (a site name, or its RIS facility as in sites.yaml); without
-    it the order belongs to "Unknown site" and only callers of no site see it in the worklist."""
+    it the order belongs to "Unknown site" and only callers of every site see it. The caller
+    decides who may name which site (``build_router``: the account's)."""
     from sqlalchemy import select
 
     from readingroom.schema import Order
     from orders.review import order_dict
-    from orders.store import apply_message, keep_refused
+    from orders.store import apply_message, keep_refused, site_for_facility
 
     raw = body.decode("utf-8", errors="replace") if isinstance(body, bytes) else \
         body if isinstance(body, str) else json.dumps(body)
@@ -221,11 +229,14 @@ def receive_service_request(db: Database, settings: Settings, body: Any, peer: s
             with db.reader() as session:
                 if session.scalar(select(Order.id).where(Order.accession == order.accession)) is not None:
                     order.control = CHANGE  # an update of a known request
-        (stored,) = apply_message(db, settings, parsed, raw, "fhir", peer)
+        (stored,) = apply_message(db, settings, parsed, raw, "fhir", peer,
+                                  site_name=site_for_facility(settings, site) if site else None)
     except MessageError as exc:
         log.warning("FHIR ServiceRequest refused: %s", exc.text)
         if not keep_refused(db, raw, "fhir", peer, exc.ack, exc.text, parsed):
             return 503, operation_outcome("cannot store the request now, send it again later", "transient")
+        if isinstance(exc, SenderNotAllowed):
+            return 403, operation_outcome(exc.text, "forbidden")
         return (422 if exc.ack == "AE" else 400), operation_outcome(exc.text)
     except Exception as exc:
         log.exception("FHIR ServiceRequest could not be applied")
@@ -241,15 +252,93 @@ def receive_service_request(db: Database, settings: Settings, body: Any, peer: s
     return (201 if order.control == NEW else 200), outcome
 
 
+class Refused(Exception):
+    """A request the account may not make: ``status`` (401, 403) and the OperationOutcome's text."""
+
+    def __init__(self, status: int, text: str) -> None:
+        super().__init__(text)
+        self.status, self.text = status, text
+
+
+def _basic_user(db: Database, header: str) -> Any:
+    """The enabled user of HTTP Basic credentials, or None (bad or missing)."""
+    import base64
+    import binascii
+
+    from readingroom.auth import authenticate
+
+    if not header.lower().startswith("basic "):
+        return None
+    try:
+        name, _, password = base64.b64decode(header[6:], validate=True).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        return None
+    return authenticate(db, name, password) if name else None
+
+
+def _account(db: Database, request: Request) -> tuple[str, str, list[str]]:
+    """(username, role, sites) of the request's account: the web app's session user
+    (``request.state.username``), else HTTP Basic credentials. Raises Refused(401)."""
+    from sqlalchemy import select
+
+    from readingroom.schema import User
+
+    name = getattr(request.state, "username", None)
+    if name:
+        with db.reader() as session:
+            user = session.scalar(select(User).where(User.username == name))
+        if user is not None and not user.disabled:
+            return user.username, user.role, list(user.sites or [])
+    user = _basic_user(db, request.headers.get("authorization", ""))
+    if user is None:
+        raise Refused(401, "authentication required: send HTTP Basic credentials of the site's account "
+                           "(an admin creates it with `readingroom users add NAME --role site --sites SITE`)")
+    return user.username, user.role, list(user.sites or [])
+
+
+def request_site(db: Database, settings: Settings, request: Request) -> str | None:
+    """The site a ServiceRequest is posted for, from the account (see the module's docstring).
+    Raises Refused (401 not authenticated, 403 not allowed)."""
+    from orders.store import site_for_facility
+
+    username, role, sites = _account(db, request)
+    asked = request.query_params.get("site") or None
+    if role == "site":
+        if len(sites) != 1:
+            raise Refused(403, f"site account {username!r} is bound to {len(sites)} sites, not one; "
+                               "an admin sets its one site with `readingroom users sites`")
+        if asked is not None and site_for_facility(settings, asked) != sites[0]:
+            log.warning("FHIR: site account %r of %r asked to post for site %r: refused", username, sites[0], asked)
+            raise Refused(403, f"account {username!r} posts orders for its own site only; leave out ?site= "
+                               "or name the account's site")
+        return sites[0]
+    if role == "admin":
+        return asked
+    log.warning("FHIR: %s account %r tried to post a ServiceRequest: refused", role, username)
+    raise Refused(403, f"account {username!r} ({role}) may not post orders; a site's order system uses "
+                       "that site's account (role 'site')")
+
+
 def build_router(db: Database, settings: Settings) -> APIRouter:
-    """``POST /fhir/ServiceRequest?site=NAME`` (application/fhir+json or application/json)."""
+    """``POST /fhir/ServiceRequest`` (application/fhir+json or application/json), for the site of
+    the account (``request_site``)."""
     router = APIRouter()
 
     @router.post("/fhir/ServiceRequest")
     async def post_service_request(request: Request) -> JSONResponse:
         body = await request.body()
         peer = f"{request.client.host}:{request.client.port}" if request.client else ""
-        site = request.query_params.get("site")
+        try:
+            site = await run_in_threadpool(request_site, db, settings, request)
+        except Refused as exc:
+            headers = {"WWW-Authenticate": 'Basic realm="ReadingRoom FHIR"'} if exc.status == 401 else None
+            if exc.status == 403:   # an account's refused request is kept for the admin, like any refused order
+                from orders.store import keep_refused
+
+                await run_in_threadpool(keep_refused, db, body.decode("utf-8", errors="replace"), "fhir", peer,
+                                        "AR", exc.text)
+            return JSONResponse(operation_outcome(exc.text, "login" if exc.status == 401 else "forbidden"),
+                                status_code=exc.status, headers=headers, media_type="application/fhir+json")
         status, resource = await run_in_threadpool(receive_service_request, db, settings, body, peer, site)
         return JSONResponse(resource, status_code=status, media_type="application/fhir+json")
 

@@ -10,6 +10,11 @@ The Python API of the review tab and of ``readingroom orders`` (every function t
     ask(db, accession, question, user="", queue=None)  status "question"; with a queue the RIS is told
     set_protocol(db, settings, accession, protocol_name, protocol_edits=None, user="")
 
+Each also takes ``as_user``: the logged-in user whose sites (``readingroom.access.user_sites``)
+limit which orders exist for the call. An order of another site is answered exactly like a
+missing one (OrderError "no order with accession ..."). ``as_user=None`` is the command line,
+which sees every site. ``user`` is only the name written in the order's history.
+
 An order is approved only with a protocol: the chosen one, or the suggested one. Only approved
 orders reach the DICOM worklist. Raises OrderError with what to do next.
 """
@@ -21,6 +26,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from readingroom.access import may_see, user_sites
 from readingroom.db import Database
 from readingroom.errors import ConfigError
 from readingroom.jobs import JobQueue
@@ -58,30 +64,40 @@ def order_dict(order: Order) -> dict[str, Any]:
     }
 
 
-def list_orders(db: Database, status: str | None = None, site: str | None = None, limit: int = 200) -> list[dict]:
-    """Orders, newest first; STAT first within the new ones is left to the caller's sorting."""
+def list_orders(db: Database, status: str | None = None, site: str | None = None, limit: int = 200, *,
+                as_user: str | None = None) -> list[dict]:
+    """Orders of ``as_user``'s sites (None: every site), newest first; STAT first within the new
+    ones is left to the caller's sorting."""
     if status is not None and status not in ORDER_STATUSES:
         raise OrderError(f"unknown order status {status!r}; one of {', '.join(ORDER_STATUSES)}")
+    allowed = user_sites(db, as_user)
     with db.reader() as session:
         query = select(Order).order_by(Order.id.desc()).limit(limit)
         if status:
             query = query.where(Order.status == status)
         if site:
             query = query.where(Order.site_name == site)
-        return [order_dict(o) for o in session.scalars(query)]
+        if allowed is not None:   # the limit counts visible orders only; may_see below is the rule
+            query = query.where(Order.site_name.in_(sorted(allowed)))
+        return [order_dict(o) for o in session.scalars(query) if may_see(allowed, o.site_name)]
 
 
-def _load(session: Any, accession: str) -> Order:
+def _load(session: Any, accession: str, allowed: set[str] | None = None) -> Order:
+    """The order, when it exists and ``allowed`` (``user_sites``; None: every site) covers its site."""
     order = session.scalar(select(Order).where(Order.accession == accession))
-    if order is None:
+    if order is None or not may_see(allowed, order.site_name):
+        if order is not None:
+            log.warning("order %s of site %r asked for outside the user's sites", accession, order.site_name)
         raise OrderError(f"no order with accession {accession!r}; see `readingroom orders list`")
     return order
 
 
-def get_order(db: Database, accession: str, settings: Settings | None = None) -> dict[str, Any]:
+def get_order(db: Database, accession: str, settings: Settings | None = None, *,
+              as_user: str | None = None) -> dict[str, Any]:
     """One order with its history, its linked studies and (given settings) the protocol suggestion."""
+    allowed = user_sites(db, as_user)
     with db.reader() as session:
-        order = _load(session, accession)
+        order = _load(session, accession, allowed)
         data = order_dict(order)
         data["events"] = [{"at": _iso(e.at), "kind": e.kind, "user": e.user, "detail": e.detail}
                           for e in session.scalars(select(OrderEvent).where(OrderEvent.order_id == order.id)
@@ -94,10 +110,11 @@ def get_order(db: Database, accession: str, settings: Settings | None = None) ->
     return data
 
 
-def suggest(db: Database, settings: Settings, accession: str) -> Suggestion | None:
+def suggest(db: Database, settings: Settings, accession: str, *, as_user: str | None = None) -> Suggestion | None:
     """The protocol the rules suggest for this order (configs/protocols.yaml)."""
+    allowed = user_sites(db, as_user)
     with db.reader() as session:
-        data = order_dict(_load(session, accession))
+        data = order_dict(_load(session, accession, allowed))
     return suggest_protocol(data, load_library(settings))
 
 
@@ -125,10 +142,12 @@ def _chosen_protocol(settings: Settings, data: dict[str, Any], protocol_name: st
 
 
 def approve(db: Database, settings: Settings, accession: str, protocol_name: str | None = None,
-            protocol_edits: dict[str, Any] | None = None, user: str = "") -> dict[str, Any]:
+            protocol_edits: dict[str, Any] | None = None, user: str = "", *,
+            as_user: str | None = None) -> dict[str, Any]:
     """Approve a new order (or one with a question) with a protocol; it joins the DICOM worklist."""
+    allowed = user_sites(db, as_user)
     with db.session() as session:
-        order = _load(session, accession)
+        order = _load(session, accession, allowed)
         if order.status not in REVIEWABLE:
             raise OrderError(f"order {accession} is {order.status}; only new orders or orders with a question "
                              "can be approved (use set_protocol to change an approved order's protocol)")
@@ -148,10 +167,12 @@ def approve(db: Database, settings: Settings, accession: str, protocol_name: str
 
 
 def set_protocol(db: Database, settings: Settings, accession: str, protocol_name: str,
-                 protocol_edits: dict[str, Any] | None = None, user: str = "") -> dict[str, Any]:
+                 protocol_edits: dict[str, Any] | None = None, user: str = "", *,
+                 as_user: str | None = None) -> dict[str, Any]:
     """Change the protocol of an approved order (the worklist shows the new one at once)."""
+    allowed = user_sites(db, as_user)
     with db.session() as session:
-        order = _load(session, accession)
+        order = _load(session, accession, allowed)
         if order.status != "approved":
             raise OrderError(f"order {accession} is {order.status}; approve it with a protocol instead")
         name, protocol = _chosen_protocol(settings, order_dict(order), protocol_name, protocol_edits)
@@ -160,13 +181,15 @@ def set_protocol(db: Database, settings: Settings, accession: str, protocol_name
         return order_dict(order)
 
 
-def ask(db: Database, accession: str, question: str, user: str = "", queue: JobQueue | None = None) -> dict[str, Any]:
+def ask(db: Database, accession: str, question: str, user: str = "", queue: JobQueue | None = None, *,
+        as_user: str | None = None) -> dict[str, Any]:
     """Put a question to the ordering physician; the order waits in status "question". With a
     ``queue``, the site's RIS is told too (the order held, ORC-1 "OH", with the question)."""
     if not question.strip():
         raise OrderError("the question is empty; write what the ordering physician should answer")
+    allowed = user_sites(db, as_user)
     with db.session() as session:
-        order = _load(session, accession)
+        order = _load(session, accession, allowed)
         if order.status not in REVIEWABLE:
             raise OrderError(f"order {accession} is {order.status}; questions are for new orders")
         order.status, order.review_note = "question", question.strip()
@@ -180,12 +203,13 @@ def ask(db: Database, accession: str, question: str, user: str = "", queue: JobQ
 
 
 def reject(db: Database, settings: Settings, queue: JobQueue, accession: str, reason: str,
-           user: str = "") -> dict[str, Any]:
+           user: str = "", *, as_user: str | None = None) -> dict[str, Any]:
     """Reject an order with a reason; an HL7 message tells the site's RIS (a durable job)."""
     if not reason.strip():
         raise OrderError("a rejection needs a reason; the site's RIS and the ordering physician see it")
+    allowed = user_sites(db, as_user)
     with db.session() as session:
-        order = _load(session, accession)
+        order = _load(session, accession, allowed)
         if order.status not in REVIEWABLE:
             raise OrderError(f"order {accession} is {order.status}; only new orders or orders with a question "
                              "can be rejected")
@@ -211,6 +235,7 @@ class OrderNoticeSender:
     def __call__(self, payload: dict[str, Any]) -> None:
         from readingroom.mllp import send
         from readingroom.hl7 import ack_code
+        from readingroom.tls import peer_context
         from orders.hl7 import build_order_notice
 
         accession, kind = payload["accession"], payload.get("kind", "rejection")
@@ -228,7 +253,8 @@ class OrderNoticeSender:
         message = build_order_notice(order, kind, text, peer.application, peer.facility,
                                      self.settings.hl7.application, self.settings.hl7.facility,
                                      version if version[:1] == "2" else "2.5.1")
-        reply = send(peer.host, peer.port, message, timeout_s=peer.timeout_s)
+        reply = send(peer.host, peer.port, message, timeout_s=peer.timeout_s,
+                     ssl_context=peer_context(peer, f"sites[{order['site']}].destinations.hl7"))
         code = ack_code(reply)
         if code not in ("AA", "CA"):
             raise OrderError(f"the RIS at {peer.host}:{peer.port} answered {code or 'no MSA'} to the {kind} of "

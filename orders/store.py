@@ -1,23 +1,29 @@
 """Store order messages: every message is kept; new, changed and cancelled orders are applied.
 
-``receive_hl7(db, settings, text)`` is the whole HL7 entry point behind the MLLP listener: it
-never raises and always returns the ACK to send (AA, or AE/AR naming the problem). An accepted
-message is kept in ``order_messages`` in the same transaction as its orders (one commit); a
-refused one is kept with the reason, for the admin (``readingroom orders messages``).
+``receive_hl7(db, settings, text, peer, address=ip)`` is the whole HL7 entry point behind the
+MLLP listener: it never raises and always returns the ACK to send (AA, or AE/AR naming the
+problem). An accepted message is kept in ``order_messages`` in the same transaction as its orders
+(one commit); a refused one is kept with the reason, for the admin (``readingroom orders messages``).
+
+A site's messages act on that site's orders only: the site is found from MSH-4
+(``site_for_facility``), a message claiming a site must come from one of its
+``hl7.allowed_addresses`` when it lists any (``check_source_address``), and a change or cancel
+of an order another site placed is refused (``SenderNotAllowed``, AR), the order untouched.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import threading
-from typing import Any
+from typing import Any, NoReturn
 
 from sqlalchemy import select, update
 
 from readingroom.db import Database
 from readingroom.schema import Order, OrderEvent, OrderMessage, Study, utcnow
 from readingroom.settings import Settings
-from orders.common import CANCEL, CHANGE, NEW, MessageError, ParsedMessage, ParsedOrder
+from orders.common import CANCEL, CHANGE, NEW, MessageError, ParsedMessage, ParsedOrder, SenderNotAllowed
 from orders.linking import link_waiting_studies
 from orders.protocols import appropriateness_hints, load_hint_rules
 
@@ -48,6 +54,28 @@ def site_for_facility(settings: Settings, facility: str, application: str = "") 
     return facility or "Unknown site"
 
 
+def check_source_address(settings: Settings, site_name: str, address: str | None) -> None:
+    """Refuse (SenderNotAllowed) a message claiming ``site_name`` from an ``address`` (the peer's
+    IP) outside that site's ``hl7.allowed_addresses``; a site that lists none accepts any address.
+    An unknown address (None) is refused too when the site lists some."""
+    site = next((s for s in settings.sites if s.name == site_name), None)
+    allowed = site.hl7.allowed_addresses if site is not None else []
+    if not allowed:
+        return
+    try:
+        ip = ipaddress.ip_address((address or "").strip("[]"))
+    except ValueError:
+        ip = None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped   # a dual-stack listener sees IPv4 peers as ::ffff:a.b.c.d
+    if ip is None or not any(ip in ipaddress.ip_network(net, strict=False) for net in allowed):
+        log.warning("HL7 message claiming site %r from %s refused: not in the site's hl7.allowed_addresses %s",
+                    site_name, address or "an unknown address", allowed)
+        raise SenderNotAllowed(f"messages for site {site_name!r} are not accepted from {address or 'this address'}; "
+                               "send from an address in the site's hl7.allowed_addresses (configs/sites.yaml), "
+                               "or ask the reading service to add yours")
+
+
 def _message_row(raw: str, source: str, peer: str, ack: str, error: str = "",
                  parsed: ParsedMessage | None = None, orders: list[Order] | None = None) -> OrderMessage:
     from readingroom.hl7 import peek_header
@@ -75,11 +103,12 @@ def keep_refused(db: Database, raw: str, source: str, peer: str, ack: str, error
 
 
 def apply_message(db: Database, settings: Settings, parsed: ParsedMessage, raw: str, source: str,
-                  peer: str = "", note: str = "") -> list[Order]:
+                  peer: str = "", note: str = "", site_name: str | None = None) -> list[Order]:
     """Apply every order of a message and keep the message, in one transaction: all or nothing.
+    ``site_name`` is the sending site (default: found from MSH-4, ``site_for_facility``).
 
     One commit per accepted message; if it fails, nothing was acknowledged and the sender resends."""
-    site_name = site_for_facility(settings, parsed.sending_facility, parsed.sending_application)
+    site_name = site_name or site_for_facility(settings, parsed.sending_facility, parsed.sending_application)
     with _WRITE_LOCK, db.session() as session:
         orders = [apply_order(session, settings, order, site_name=site_name, source=source,
                               sending_application=parsed.sending_application,
@@ -107,6 +136,8 @@ def apply_order(session: Any, settings: Settings, parsed: ParsedOrder, *, site_n
     """Create, change or cancel one order in the caller's transaction. Raises MessageError (AE)."""
     now = utcnow()
     order = session.scalar(select(Order).where(Order.accession == parsed.accession))
+    if order is not None and order.site_name != site_name:
+        _refuse_other_site(parsed, order, site_name)
     if parsed.control == NEW:
         if order is not None:
             raise MessageError(f"order {parsed.accession} already exists ({order.status}); send XO to change it "
@@ -157,6 +188,20 @@ def apply_order(session: Any, settings: Settings, parsed: ParsedOrder, *, site_n
     return order
 
 
+def _refuse_other_site(parsed: ParsedOrder, order: Order, site_name: str) -> NoReturn:
+    """A site may create, change and cancel only its own orders: refuse, naming neither the other
+    site nor the order's state."""
+    action = {NEW: "create", CANCEL: "cancel"}.get(parsed.control, "change")
+    log.warning("site %r tried to %s order %s of site %r: refused", site_name, action, parsed.accession,
+                order.site_name)
+    if parsed.control == NEW:
+        raise SenderNotAllowed(f"accession {parsed.accession} is already used by an order of another site; "
+                               "send the order with this site's own accession number", code="205",
+                               location="OBR-18")
+    raise SenderNotAllowed(f"order {parsed.accession} was not placed by {site_name}: a site may {action} only "
+                           "its own orders; check the accession number and MSH-4", code="204", location="ORC-2")
+
+
 def _already_accepted(db: Database, control_id: str, raw: str) -> bool:
     """The same message (control ID and text) was accepted before: the sender missed our ACK."""
     with db.reader() as session:
@@ -165,10 +210,12 @@ def _already_accepted(db: Database, control_id: str, raw: str) -> bool:
             OrderMessage.raw == raw).limit(1)) is not None
 
 
-def receive_hl7(db: Database, settings: Settings, text: str, peer: str = "") -> str:
+def receive_hl7(db: Database, settings: Settings, text: str, peer: str = "", address: str | None = None) -> str:
     """Parse, apply and keep one HL7 message; return the ACK. Never raises; never drops a message:
     an accepted one is kept with its orders, a refused one with the reason (or the sender is told
-    to send it again when even that cannot be written)."""
+    to send it again when even that cannot be written). ``peer`` is kept with the message
+    ("host:port"); ``address`` is the sender's IP, checked against its site's
+    ``hl7.allowed_addresses`` (``check_source_address``)."""
     from readingroom.hl7 import build_ack
     from orders.hl7 import parse_order_message
 
@@ -176,11 +223,13 @@ def receive_hl7(db: Database, settings: Settings, text: str, peer: str = "") -> 
     parsed: ParsedMessage | None = None
     try:
         parsed = parse_order_message(text)
+        site_name = site_for_facility(settings, parsed.sending_facility, parsed.sending_application)
+        check_source_address(settings, site_name, address)
         if _already_accepted(db, parsed.control_id, text):
             log.info("HL7 message %s received again; already applied", parsed.control_id)
             keep_refused(db, text, "hl7", peer, "AA", "duplicate of an accepted message; not applied again", parsed)
             return build_ack(text, "AA", application=app, facility=facility)
-        apply_message(db, settings, parsed, text, "hl7", peer)
+        apply_message(db, settings, parsed, text, "hl7", peer, site_name=site_name)
     except MessageError as exc:
         log.warning("HL7 message from %s answered %s: %s", peer or "?", exc.ack, exc.text)
         if not keep_refused(db, text, "hl7", peer, exc.ack, exc.text, parsed):

@@ -1,5 +1,5 @@
 """The ``readingroom`` command line, the kernel's part: the shared context, the kernel's own
-commands (``sites``, ``jobs``, ``db``) and the dispatcher.
+commands (``sites``, ``jobs``, ``db``, ``users`` in users_cli) and the dispatcher.
 
 The kernel imports no feature package. The composition root (``app.py``) builds the parser from
 every package's ``add_commands(sub)`` and the pass-through table (commands with their own
@@ -125,7 +125,7 @@ def cmd_sites(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: Any) -> None:
-    """Register the kernel's subcommands: sites, jobs, db."""
+    """Register the kernel's subcommands: sites, jobs, db, users."""
     p = sub.add_parser("sites", help="list the sites, or check them: AE titles, destinations reachable, "
                                      "TLS files")
     sites_sub = p.add_subparsers(dest="sites_command", required=True, metavar="ACTION")
@@ -151,6 +151,10 @@ def add_commands(sub: Any) -> None:
     p = sub.add_parser("db", help="create or upgrade the database schema")
     p.add_argument("action", choices=["upgrade"])
     p.set_defaults(func=cmd_db)
+
+    from readingroom import users_cli   # here: users_cli imports this module's Context
+
+    users_cli.add_commands(sub)
 
 
 def build_parser(groups: Sequence[AddCommands], passthrough: Passthrough) -> argparse.ArgumentParser:

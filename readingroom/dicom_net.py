@@ -7,19 +7,25 @@ delivery stores its DICOM SR in a site's PACS with ``store``. Both run the same 
   Verification;
 * files are sent as they are on disk, in chunks, without decoding and re-encoding them
   (pynetdicom's default reads each file into a Dataset first); datasets are encoded as usual;
-* timeouts: pynetdicom's own unless ``timeout_s`` is given (then ACSE, DIMSE and network);
+* timeouts: pynetdicom's own unless ``timeout_s`` is given (then connection, ACSE, DIMSE and network);
 * statuses: one per item, -1 when the item could not be sent at all (like storescu, the
-  association goes on with the next item).
+  association goes on with the next item);
+* TLS: with ``ssl_context`` (``readingroom.tls.client_context``, or ``peer_context`` of a site's
+  ``destinations.dicom``) the association runs over TLS, the peer's certificate verified and its
+  name checked against ``host``.
 
     statuses = send([path, dataset], "127.0.0.1", 11112, called_ae="READINGROOM")
     status = store(sr_dataset, "pacs.example.org", 104, "PACS", "READINGROOM", timeout_s=30)
+    status = store(sr_dataset, "pacs.example.org", 2762, "PACS", "READINGROOM",
+                   ssl_context=client_context("pacs-ca.pem"))
 """
 
 from __future__ import annotations
 
 import logging
+import ssl
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from pydicom import Dataset
 from pynetdicom import AE, _config
@@ -58,17 +64,35 @@ def _ae(calling_ae: str, timeout_s: float | None) -> AE:
     ae = AE(ae_title=calling_ae)
     if timeout_s is not None:
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
+        ae.connection_timeout = timeout_s       # the TCP connect and, over TLS, the handshake
     return ae
+
+
+def _associate(ae: AE, host: str, port: int, called_ae: str, ssl_context: ssl.SSLContext | None) -> Any:
+    """The association (established or not), over TLS with ``ssl_context``."""
+    if ssl_context is None:
+        return ae.associate(host, port, ae_title=called_ae)
+    return ae.associate(host, port, ae_title=called_ae, tls_args=(ssl_context, host))
+
+
+def _refused(called_ae: str, host: str, port: int, calling_ae: str, ssl_context: ssl.SSLContext | None) -> str:
+    message = (f"association with {called_ae}@{host}:{port} as {calling_ae} was rejected or failed; check the "
+               "AE titles and that the listener runs")
+    if ssl_context is not None:
+        message += (" (over TLS: check tls_ca_file, that the peer's certificate names this host, and our "
+                    "client certificate if it requires one; the log has the TLS error)")
+    return message
 
 
 def send(items: Iterable[Dataset | Path], host: str, port: int, called_ae: str = "READINGROOM",
          calling_ae: str = "PYNETDICOM", on_status: Callable[[int, int], None] | None = None,
-         max_pdu: int = 0, timeout_s: float | None = None) -> list[int]:
+         max_pdu: int = 0, timeout_s: float | None = None, ssl_context: ssl.SSLContext | None = None) -> list[int]:
     """C-STORE each dataset or file (a file is sent as it is on disk) over one association.
 
     Returns one status per item (-1 when the item could not be sent at all).
     ``on_status(index, status)`` is called after each acknowledgement. Raises AssociationError
-    (a ConnectionError) when the peer does not accept the association.
+    (a ConnectionError) when the peer does not accept the association. With ``ssl_context`` the
+    association runs over TLS.
     """
     items = list(items)
     keys = [_context_key(item) for item in items]
@@ -77,10 +101,9 @@ def send(items: Iterable[Dataset | Path], host: str, port: int, called_ae: str =
     for sop_class, syntax in sorted(set(keys))[:MAX_CONTEXTS]:
         ae.add_requested_context(sop_class, syntax)
     ae.add_requested_context(Verification)
-    assoc = ae.associate(host, port, ae_title=called_ae)
+    assoc = _associate(ae, host, port, called_ae, ssl_context)
     if not assoc.is_established:
-        raise AssociationError(f"association with {called_ae}@{host}:{port} as {calling_ae} was "
-                               "rejected or failed; check the AE titles and that the listener runs")
+        raise AssociationError(_refused(called_ae, host, port, calling_ae, ssl_context))
     statuses: list[int] = []
     try:
         for index, item in enumerate(items):
@@ -107,10 +130,12 @@ def is_stored(status: int) -> bool:
     return status == 0x0000 or 0xB000 <= status <= 0xBFFF
 
 
-def store(ds: Dataset, host: str, port: int, called_ae: str, calling_ae: str, timeout_s: float = 30) -> int:
+def store(ds: Dataset, host: str, port: int, called_ae: str, calling_ae: str, timeout_s: float = 30,
+          ssl_context: ssl.SSLContext | None = None) -> int:
     """C-STORE one dataset; returns its status (success or warning). Raises AssociationError when
     the peer does not accept the association, StoreError when it does not answer or refuses."""
-    (status,) = send([ds], host, port, called_ae=called_ae, calling_ae=calling_ae, timeout_s=timeout_s)
+    (status,) = send([ds], host, port, called_ae=called_ae, calling_ae=calling_ae, timeout_s=timeout_s,
+                     ssl_context=ssl_context)
     if status < 0:
         raise StoreError(f"{called_ae}@{host}:{port} did not answer the C-STORE")
     if not is_stored(status):
@@ -119,11 +144,11 @@ def store(ds: Dataset, host: str, port: int, called_ae: str, calling_ae: str, ti
 
 
 def echo(host: str, port: int, called_ae: str = "READINGROOM", calling_ae: str = "PYNETDICOM",
-         timeout_s: float | None = None) -> bool:
-    """C-ECHO: is a DICOM peer there and does it accept us?"""
+         timeout_s: float | None = None, ssl_context: ssl.SSLContext | None = None) -> bool:
+    """C-ECHO: is a DICOM peer there and does it accept us (over TLS with ``ssl_context``)?"""
     ae = _ae(calling_ae, timeout_s)
     ae.add_requested_context(Verification)
-    assoc = ae.associate(host, port, ae_title=called_ae)
+    assoc = _associate(ae, host, port, called_ae, ssl_context)
     if not assoc.is_established:
         return False
     try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, BigInteger
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -156,10 +156,25 @@ class User(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     username: Mapped[str] = mapped_column(String(64), unique=True)
     password_hash: Mapped[str] = mapped_column(String(255))
-    role: Mapped[str] = mapped_column(String(16), default="radiologist")
-    # Names of the sites this radiologist is credentialed for; ["*"] means every site.
-    sites: Mapped[list[str]] = mapped_column(JSON, default=lambda: ["*"])
+    role: Mapped[str] = mapped_column(String(16), default="radiologist")   # radiologist, admin, site
+    # Names of the sites this user is credentialed for; ["*"] means every site. A new user has
+    # none until an admin gives them (`readingroom users sites`); a "site" account has exactly one.
+    sites: Mapped[list[str]] = mapped_column(JSON, default=list, server_default="[]")
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    # A disabled user cannot log in, and their sessions end (readingroom.auth.set_disabled).
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+
+
+class WebSession(Base):
+    """A login to the web page, kept on the server: revoked by deleting the row (log out, new
+    password, disabled user). Only the SHA-256 of the token is stored, never the token itself."""
+
+    __tablename__ = "web_sessions"
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    last_seen: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime, index=True)
 
 
 class Notification(Base):
@@ -370,4 +385,7 @@ class AuditEntry(Base):
     study_uid: Mapped[str] = mapped_column(String(64), default="", index=True)
     report_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # The hash chain (readingroom.audit.verify): the previous entry's hash, and this one's.
+    prev_hash: Mapped[str] = mapped_column(String(64), default="")
+    hash: Mapped[str] = mapped_column(String(64), default="")
 # --- end of issue 7 tables ---

@@ -7,6 +7,7 @@ the CLI and the app. Components receive a ``Settings`` object: they never read t
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 from dataclasses import dataclass, fields, replace
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal, Mapping
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from readingroom.errors import ConfigError
 
@@ -117,6 +118,27 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+def check_listener_tls(section: Any, name: str) -> Any:
+    """The TLS files of a listener section (dicom, hl7): certificate and key together; a CA file
+    (client certificates required) only with them."""
+    if bool(section.tls_certfile) != bool(section.tls_keyfile):
+        raise ValueError(f"set both {name}.tls_certfile and {name}.tls_keyfile (PEM files), or neither")
+    if section.tls_ca_file and not section.tls_certfile:
+        raise ValueError(f"{name}.tls_ca_file requires client certificates over TLS: set {name}.tls_certfile "
+                         f"and {name}.tls_keyfile too, or leave {name}.tls_ca_file empty")
+    return section
+
+
+def check_peer_tls(peer: Any, name: str) -> Any:
+    """The TLS settings of a site destination: a client certificate and its key together, and only
+    with TLS on."""
+    if bool(peer.tls_certfile) != bool(peer.tls_keyfile):
+        raise ValueError(f"set both {name}.tls_certfile and {name}.tls_keyfile (PEM files), or neither")
+    if peer.tls_certfile and not peer.uses_tls:
+        raise ValueError(f"{name}.tls_certfile is set but TLS is off: add tls: true (or a tls_ca_file)")
+    return peer
+
+
 class DatabaseSettings(_Section):
     url: str = ""
     sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
@@ -130,12 +152,29 @@ class DicomSettings(_Section):
     max_associations: int = Field(16, ge=1, le=1000)
     max_pdu_bytes: int = Field(1048576, ge=0)
     network_timeout_s: float = Field(60, gt=0)
+    association_timeout_s: float = Field(5, gt=0)
+    max_associations_per_address: int = Field(4, ge=1, le=1000)
     verify_pixel_data: bool = True
+    # DICOM TLS (PS3.15 B.1): our PEM certificate (chain) and key; with tls_ca_file, client
+    # certificates are required and verified against it. Off loopback, TLS is required unless
+    # allow_insecure_remote is true (readingroom.tls.listen_problem).
+    tls_certfile: str = ""
+    tls_keyfile: str = ""
+    tls_ca_file: str = ""
+    allow_insecure_remote: bool = False
 
     @field_validator("ae_title")
     @classmethod
     def _check_ae_title(cls, value: str) -> str:
         return validate_ae_title(value)
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_certfile)
+
+    @model_validator(mode="after")
+    def _tls_files(self) -> "DicomSettings":
+        return check_listener_tls(self, "dicom")
 
 
 class IntakeSettings(_Section):
@@ -156,7 +195,21 @@ class WebSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(7860, ge=1, le=65535)
     session_ttl_min: float = Field(720, gt=0)
+    session_idle_min: float = Field(30, gt=0)
     viewer_cache_mb: int = Field(1024, ge=64)
+    tls_certfile: str = ""         # PEM certificate (chain) and key: the page is served over HTTPS
+    tls_keyfile: str = ""
+    allow_insecure_remote: bool = False   # plain HTTP off loopback (only behind a TLS proxy)
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_certfile)
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> "WebSettings":
+        if bool(self.tls_certfile) != bool(self.tls_keyfile):
+            raise ValueError("set both web.tls_certfile and web.tls_keyfile (PEM files), or neither")
+        return self
 
 
 class DemoSettings(_Section):
@@ -184,6 +237,22 @@ class HL7Settings(_Section):
     port: int = Field(2575, ge=0, le=65535)   # 0: any free port (tests)
     application: str = Field("READINGROOM", min_length=1)   # our MSH-3 in every message we send
     facility: str = Field("READINGROOM", min_length=1)      # our MSH-4 (and the SR's institution)
+    idle_timeout_s: float = Field(30, gt=0)
+    max_connections: int = Field(32, ge=1, le=10000)
+    max_message_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    # MLLP over TLS: as dicom.tls_* (the handshake must end within idle_timeout_s).
+    tls_certfile: str = ""
+    tls_keyfile: str = ""
+    tls_ca_file: str = ""
+    allow_insecure_remote: bool = False
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_certfile)
+
+    @model_validator(mode="after")
+    def _tls_files(self) -> "HL7Settings":
+        return check_listener_tls(self, "hl7")
 
 
 class ReportSettings(_Section):
@@ -203,6 +272,19 @@ class HL7Peer(_Section):
     facility: str = ""          # MSH-6 receiving facility
     application: str = ""       # MSH-5 receiving application
     timeout_s: float = Field(10, gt=0)
+    # MLLP over TLS: tls: true, or a tls_ca_file (as DicomPeer below).
+    tls: bool = False
+    tls_ca_file: str = ""
+    tls_certfile: str = ""
+    tls_keyfile: str = ""
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.tls or bool(self.tls_ca_file)
+
+    @model_validator(mode="after")
+    def _tls_files(self) -> "HL7Peer":
+        return check_peer_tls(self, "destinations.hl7")
 
 
 class DicomPeer(_Section):
@@ -211,11 +293,26 @@ class DicomPeer(_Section):
     ae_title: str
     host: str = Field(min_length=1)
     port: int = Field(ge=1, le=65535)
+    # DICOM TLS: tls: true, or a tls_ca_file. The PACS's certificate is verified against
+    # tls_ca_file (else the system's trusted CAs) and must name ``host``; tls_certfile and
+    # tls_keyfile are our client certificate, for a PACS that requires one.
+    tls: bool = False
+    tls_ca_file: str = ""
+    tls_certfile: str = ""
+    tls_keyfile: str = ""
 
     @field_validator("ae_title")
     @classmethod
     def _check_ae_title(cls, value: str) -> str:
         return validate_ae_title(value)
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.tls or bool(self.tls_ca_file)
+
+    @model_validator(mode="after")
+    def _tls_files(self) -> "DicomPeer":
+        return check_peer_tls(self, "destinations.dicom")
 
 
 class SiteDestinations(_Section):
@@ -228,12 +325,32 @@ class SiteDestinations(_Section):
     pdf_folder: str = ""        # write PDF reports here (relative to home)
 
 
+class SiteHL7(_Section):
+    """What the order listener accepts from a site's RIS (not where we send: ``destinations.hl7``)."""
+
+    # Source addresses (IPs or networks, "10.0.0.0/24") a message claiming this site (by MSH-4)
+    # must come from; any other is refused with AR and logged. Empty: any address.
+    allowed_addresses: list[str] = Field(default_factory=list)
+
+    @field_validator("allowed_addresses")
+    @classmethod
+    def _check_addresses(cls, values: list[str]) -> list[str]:
+        for value in values:
+            try:
+                ipaddress.ip_network(value.strip(), strict=False)
+            except ValueError:
+                raise ValueError(f"hl7.allowed_addresses: {value!r} is not an IP address or network; "
+                                 "write e.g. 10.0.0.5, 10.0.0.0/24 or ::1") from None
+        return [v.strip() for v in values]
+
+
 class Site(_Section):
     """A hospital that sends studies to the reading service."""
 
     name: str = Field(min_length=1)
     ae_titles: list[str] = Field(default_factory=list)
     destinations: SiteDestinations = SiteDestinations()
+    hl7: SiteHL7 = SiteHL7()
     quiet_period_s: float | None = Field(None, ge=0)
     sla_min: dict[str, float] = Field(default_factory=dict)
     max_wait_min: float | None = Field(None, gt=0)
@@ -250,6 +367,15 @@ class ModelSettings(_Section):
     enabled: bool = True                       # run the models on every completed study
     file: str = "models.yaml"                  # series rules and registered models, in config_dir
     heatmap_size: int = Field(128, ge=16, le=1024)   # largest side of a saved heatmap
+
+
+class LabSettings(_Section):
+    """The Lab tab (model evaluation): which server folders it may read (workstation/lab.py)."""
+
+    # Folders (relative to home, or absolute) whose sub-folders the Lab may evaluate; anything
+    # else must be uploaded (to <home>/lab/uploads/). "phantoms" holds the Lab's sample sets.
+    data_roots: list[str] = Field(default_factory=lambda: ["phantoms"])
+    max_upload_mb: int = Field(2048, ge=1)          # the largest zip of studies, unpacked
 
 
 class Settings(_Section):
@@ -273,6 +399,7 @@ class Settings(_Section):
     hl7: HL7Settings = HL7Settings()
     reports: ReportSettings = ReportSettings()
     models: ModelSettings = ModelSettings()
+    lab: LabSettings = LabSettings()
     dictation: DictationSettings = Field(default_factory=DictationSettings)
 
     @field_validator("dictation", mode="before")

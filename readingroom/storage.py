@@ -4,6 +4,9 @@ Every file is written atomically: to a temporary file in the destination folder,
 fsynced, renamed over the final name, and the folder fsynced. A crash at any point leaves
 either the old file, the new file, or a stray ``*.tmp`` that ``remove_stale_temp_files`` cleans
 at start-up; never a half-written ``.dcm``.
+
+Files hold patient data: they are written ``0600`` in folders made ``0700`` (owner only), and
+``readingroom`` runs with umask 077, so whatever else it writes (database, logs, PDFs) is too.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from readingroom.errors import StorageError
 log = logging.getLogger(__name__)
 
 TEMP_SUFFIX = ".tmp"
+PRIVATE_FILE, PRIVATE_DIR, PRIVATE_UMASK = 0o600, 0o700, 0o077
 # A conformant DICOM UID: digits and dots, at most 64 characters.
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 # What we accept as a path component. Real senders emit non-conformant UIDs (hex hashes, for
@@ -61,10 +65,11 @@ def atomic_write(path: Path, data: bytes, *, durable: bool = True) -> None:
     try:
         folder = path.parent
         missing = [p for p in [folder, *folder.parents] if not p.exists()]
-        folder.mkdir(parents=True, exist_ok=True)
+        for new in reversed(missing):
+            new.mkdir(mode=PRIVATE_DIR, exist_ok=True)
         tmp = folder / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}{TEMP_SUFFIX}"
         created.append(tmp)
-        with open(tmp, "wb") as handle:
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE), "wb") as handle:
             handle.write(data)
             handle.flush()
             if durable:
@@ -99,3 +104,31 @@ def remove_stale_temp_files(root: Path) -> int:
     if count:
         log.info("removed %d temporary file(s) left by an interrupted write under %s", count, root)
     return count
+
+
+QUARANTINE_FOLDER = "quarantine"   # under home: files taken out of dicom/, each with a reason file
+REASON_SUFFIX = ".reason.txt"
+
+
+def quarantine_file(home: Path, path: Path, reason: str) -> Path:
+    """Move ``path`` (a file under ``home``) to ``<home>/quarantine/`` at the same relative path
+    (``.1``, ``.2``... before the suffix when taken), with ``<name>.reason.txt`` beside it that
+    says why. Returns the new path. Raises StorageError (or OSError) when it cannot be moved;
+    the file then stays where it was."""
+    try:
+        rel = path.relative_to(home)
+    except ValueError:
+        rel = Path(path.name)
+    target = home / QUARANTINE_FOLDER / rel
+    n = 0
+    while target.exists() or target.with_name(target.name + REASON_SUFFIX).exists():
+        n += 1
+        target = target.with_name(f"{rel.stem}.{n}{rel.suffix}")
+    note = target.with_name(target.name + REASON_SUFFIX)
+    atomic_write(note, f"{rel.as_posix()}: {reason}\n".encode("utf-8", "replace"))   # makes the folders
+    try:
+        os.replace(path, target)
+    except OSError:
+        note.unlink(missing_ok=True)
+        raise
+    return target

@@ -76,3 +76,40 @@ def _quiet_pydicom_warnings():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         yield
+
+
+# --- PostgreSQL (tests/postgres.py): one throwaway server per session, a fresh database per test ---------
+@pytest.fixture(scope="session")
+def postgres_url():
+    """The SQLAlchemy URL of a database on a throwaway PostgreSQL server (one per session)."""
+    from tests.postgres import PostgresUnavailable, postgres_server
+
+    try:
+        with postgres_server() as url:
+            yield url
+    except PostgresUnavailable as exc:   # an error, never a skip: the message says what to install
+        pytest.fail(f"cannot start the PostgreSQL test server: {exc}", pytrace=False)
+
+
+@pytest.fixture
+def pg_settings(postgres_url: str, tmp_path: Path):
+    """Settings whose database is a new, empty PostgreSQL database (dropped after the test)."""
+    from tests.postgres import fresh_database
+
+    with fresh_database(postgres_url) as url:
+        yield make_settings(tmp_path / "pg-home", database={"url": url})
+
+
+@pytest.fixture
+def pg_db(pg_settings: Settings):
+    """A migrated ``Database`` on PostgreSQL with the test sites, like ``db`` on SQLite."""
+    database = Database(pg_settings)
+    database.upgrade()
+    sync_sites(database, [s.name for s in pg_settings.sites])
+    yield database
+    database.dispose()
+
+
+@pytest.fixture
+def pg_queue(pg_db: Database, pg_settings: Settings) -> DatabaseJobQueue:
+    return DatabaseJobQueue(pg_db, pg_settings.jobs)

@@ -57,7 +57,7 @@ def test_stored_flag_alert_class_reason_and_panel_agree(settings, db, queue, fin
     assert "≥ 0.50" not in reason                     # the policy's default never speaks for the card
     assert [a["positive"] for a in item["ai"]] == [positive]
 
-    panel = study_payload(db, uid, policy_config(settings))
+    panel = study_payload(db, uid, policy_config(settings), allowed=None)
     assert [(a["finding"], a["positive"], a["threshold"]) for a in panel["ai"]] == [
         (finding, positive, pytest.approx(threshold))]
 

@@ -41,5 +41,6 @@ def test_upgrade_keeps_the_data_of_an_older_installation(tmp_path):
     upgrade(engine)
     with engine.connect() as conn:
         assert conn.execute(text("SELECT accession, order_priority FROM studies")).one() == ("A1", "")
-        assert conn.execute(text("SELECT sites FROM users")).scalar() == '["*"]'
+        # An existing user keeps every site and stays enabled; only new users start with none.
+        assert conn.execute(text("SELECT sites, disabled FROM users")).one() == ('["*"]', 0)
     engine.dispose()

@@ -38,17 +38,23 @@ REQUEST = {
 }
 
 
+RIS_ACCOUNT = ("testhospital-ris", "ris-password-1")   # a "site" account of Test Hospital
+
+
 @pytest.fixture
 def client(db, settings):
+    from readingroom.auth import add_user
+
+    add_user(db, *RIS_ACCOUNT, role="site", sites=["Test Hospital"])
     app = FastAPI()
     app.include_router(build_router(db, settings))
     return TestClient(app)
 
 
-def post(client, body, site="Test Hospital"):
+def post(client, body, site=None, auth=RIS_ACCOUNT):
     content = body if isinstance(body, (str, bytes)) else json.dumps(body)
-    return client.post(f"/fhir/ServiceRequest?site={site}", content=content,
-                       headers={"Content-Type": "application/fhir+json"})
+    return client.post("/fhir/ServiceRequest", params={"site": site} if site else None, content=content,
+                       headers={"Content-Type": "application/fhir+json"}, auth=auth)
 
 
 def test_r5_service_request_becomes_an_order(client, db, settings):

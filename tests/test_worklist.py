@@ -107,8 +107,8 @@ def test_credentialing_and_filters(settings, db):
 def test_claims_lock_expire_and_release(settings, db, queue):
     uids = _store_studies(settings, db, 1)
     complete_due_studies(db, queue, settings, now=utcnow() + timedelta(seconds=5))
-    ensure_user(db, "ana", "pw")
-    ensure_user(db, "ben", "pw")
+    ensure_user(db, "ana", "pw", sites=["*"])
+    ensure_user(db, "ben", "pw", sites=["*"])
     claim(db, settings, uids[0], "ana")
     assert open_studies(db, settings)[0]["status"] == "in_progress"
     assert open_studies(db, settings)[0]["claimed_by"] == "ana"
@@ -127,7 +127,7 @@ def test_two_radiologists_racing_for_one_study_never_both_get_it(settings, db):
     uids = _store_studies(settings, db, 1)
     users = [f"r{n}" for n in range(8)]
     for user in users:
-        ensure_user(db, user, "pw")
+        ensure_user(db, user, "pw", sites=["*"])
     won, barrier = [], threading.Barrier(len(users))
 
     def race(user):

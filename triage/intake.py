@@ -4,6 +4,11 @@
 DICOM status to send back; it never raises. An instance is on disk (atomically) *and* in the
 database before the status is Success, so an acknowledged image is never lost. A failure leaves
 no file and no row behind.
+
+``Intake.reconcile()`` runs at start-up (triage/service.py), before the listener listens: a
+``.dcm`` file under ``<home>/dicom/`` without an Instance row (its row was lost, for example
+when something broke the database's locks) is indexed through the same checks as a received
+instance, or moved to ``<home>/quarantine/`` with a reason file when it cannot be.
 """
 
 from __future__ import annotations
@@ -11,13 +16,14 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import os
 import threading
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
-from pydicom import Dataset, dcmwrite
+from pydicom import Dataset, dcmread, dcmwrite
 from pydicom.dataset import FileMetaDataset
 from pydicom.pixels.utils import get_expected_length
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID
@@ -28,7 +34,7 @@ from readingroom.db import Database
 from readingroom.errors import StorageError
 from readingroom.schema import Instance, Series, Site, Study, utcnow
 from readingroom.settings import Settings
-from readingroom.storage import atomic_write, instance_relpath, is_conformant_uid, is_valid_uid
+from readingroom.storage import atomic_write, instance_relpath, is_conformant_uid, is_valid_uid, quarantine_file
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +47,7 @@ _TOUCH_STUDY = (update(Study).where(Study.id == bindparam("study_id"))
 _INSERT_STUDY = insert(Study)
 _INSERT_SERIES = insert(Series)
 _INSERT_INSTANCE = insert(Instance)
+_INSTANCE_PATH = select(Instance.path).where(Instance.sop_uid == bindparam("sop_uid"))
 _EXISTING = (
     select(Study.study_uid, Series.series_uid)
     .select_from(Instance)
@@ -61,6 +68,11 @@ UID_CONFLICT = 0xC213              # this SOP Instance UID is already stored in 
 
 # Site for callers that no site lists (only when no site restricts AE titles).
 UNKNOWN_SITE = "Unknown site"
+# Recorded as the "calling AE title" of instances indexed by the start-up reconcile.
+RECONCILE_AE = "RECONCILE"
+# Refusals that will not change on a retry: reconcile quarantines such a file. Any other
+# (the disk or the database failing) leaves it where it is for the next start.
+PERMANENT_REFUSALS = frozenset({CANNOT_UNDERSTAND, MISSING_UID, UNDECODABLE_PIXELS, UID_CONFLICT})
 
 
 @dataclass(frozen=True)
@@ -74,6 +86,25 @@ class StoreResult:
     @property
     def ok(self) -> bool:
         return self.status == SUCCESS
+
+
+@dataclass
+class ReconcileSummary:
+    """What the start-up reconcile did: files seen, indexed, quarantined, left for the next start."""
+
+    files: int = 0
+    indexed: int = 0
+    quarantined: int = 0
+    left: int = 0          # not indexed because of a passing failure (disk, database)
+
+    @property
+    def changed(self) -> int:
+        return self.indexed + self.quarantined
+
+    def format(self) -> str:
+        text = (f"indexed {self.indexed}, quarantined {self.quarantined} "
+                f"(of {self.files} .dcm file(s) on disk)")
+        return text + (f", {self.left} left for the next start" if self.left else "")
 
 
 def _text(ds: Dataset, keyword: str, limit: int = 200) -> str:
@@ -158,6 +189,76 @@ class Intake:
             log.exception("unexpected error storing an instance from %s (%s)", calling_ae or "?", source)
             return self._reject(OUT_OF_RESOURCES, f"unexpected error: {exc}", calling_ae, source)
 
+    def reconcile(self) -> ReconcileSummary:
+        """Index each complete ``.dcm`` file under ``<home>/dicom/`` that no Instance row names,
+        as a received instance (the same checks and rows; a new study gets no site, a known one
+        keeps its own), or move it to ``<home>/quarantine/`` with a reason file when it can never
+        be indexed. Run at start-up, before the listener listens. One query of the known paths
+        and one walk of the folder when nothing is missing; a file is read only when it is."""
+        summary = ReconcileSummary()
+        root, home = self.settings.dicom_dir, self.settings.home
+        if not root.is_dir():
+            return summary
+        with self.db.read_engine.connect() as conn:
+            known = set(conn.scalars(select(Instance.path)))
+        for folder, dirs, files in os.walk(root):
+            dirs.sort()
+            for name in sorted(files):
+                if name.startswith(".") or not name.endswith(".dcm"):
+                    continue                   # temporary files of a write, and anything else
+                summary.files += 1
+                path = Path(folder) / name
+                relpath = path.relative_to(home).as_posix()
+                if relpath not in known:
+                    self._reconcile_file(path, relpath, summary)
+        return summary
+
+    def _reconcile_file(self, path: Path, relpath: str, summary: ReconcileSummary) -> None:
+        """Index (or quarantine) one file that has no Instance row."""
+        try:
+            data = path.read_bytes()
+        except OSError as exc:                 # unreadable now (permissions, the disk): not junk
+            summary.left += 1
+            log.error("could not read %s (%s); it stays, and the next start tries again", relpath, exc)
+            return
+        try:
+            ds = dcmread(io.BytesIO(data))
+        except Exception as exc:  # noqa: BLE001 - whatever the reason, it cannot be indexed
+            self._quarantine(path, relpath, f"cannot be read as a DICOM file: {exc}", summary)
+            return
+        try:
+            result = self._store(ds, data, RECONCILE_AE, f"reconcile {relpath}", on_disk=relpath)
+        except Exception as exc:  # the next start tries again
+            log.exception("could not index %s; it stays for the next start", relpath)
+            result = StoreResult(OUT_OF_RESOURCES, "rejected", f"unexpected error: {exc}")
+        if result.outcome == "stored":
+            summary.indexed += 1
+            log.warning("indexed %s (instance %s of study %s): it was on disk without a database row",
+                        relpath, result.sop_uid, result.study_uid)
+        elif result.outcome == "duplicate":
+            with self.db.read_engine.connect() as conn:
+                indexed_at = conn.scalar(_INSTANCE_PATH, {"sop_uid": result.sop_uid})
+            if indexed_at != relpath:          # else: another process indexed this very file meanwhile
+                self._quarantine(path, relpath, f"a second copy of instance {result.sop_uid}, which is "
+                                 f"indexed at {indexed_at}", summary)
+        elif result.status in PERMANENT_REFUSALS:
+            self._quarantine(path, relpath, f"refused with status 0x{result.status:04X}: {result.reason}", summary)
+        else:
+            summary.left += 1
+            log.warning("could not index %s now (%s); it stays, and the next start tries again",
+                        relpath, result.reason)
+
+    def _quarantine(self, path: Path, relpath: str, reason: str, summary: ReconcileSummary) -> None:
+        try:
+            moved = quarantine_file(self.settings.home, path, reason)
+        except (OSError, StorageError) as exc:
+            summary.left += 1
+            log.error("could not move %s to quarantine (%s): %s; it stays, and the next start tries again",
+                      relpath, reason, exc)
+            return
+        summary.quarantined += 1
+        log.warning("quarantined %s: %s; moved to %s", relpath, reason, moved)
+
     # -- steps ----------------------------------------------------------------------------
     def _reject(self, status: int, reason: str, calling_ae: str, source: str,
                 study_uid: str = "", sop_uid: str = "") -> StoreResult:
@@ -165,7 +266,10 @@ class Intake:
                     sop_uid or "?", calling_ae or "?", source, status, reason)
         return StoreResult(status, "rejected", reason, study_uid, sop_uid)
 
-    def _store(self, ds: Dataset, encoded: bytes | None, calling_ae: str, source: str) -> StoreResult:
+    def _store(self, ds: Dataset, encoded: bytes | None, calling_ae: str, source: str,
+               on_disk: str | None = None) -> StoreResult:
+        """``on_disk``: the file is already stored at this path (relative to home; the reconcile):
+        it is indexed there, never written nor removed, and a new study gets no site."""
         uids = {}
         for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
             try:
@@ -195,10 +299,11 @@ class Intake:
             return self._reject(CANNOT_UNDERSTAND, f"cannot encode the dataset: {exc}", calling_ae, source,
                                 study_uid, sop_uid)
 
-        relpath = instance_relpath(study_uid, series_uid, sop_uid)
+        relpath = on_disk or instance_relpath(study_uid, series_uid, sop_uid).as_posix()
         path = self.settings.home / relpath
         try:
-            outcome, detail = self._write_and_index(ds, uids, path, relpath.as_posix(), data, calling_ae)
+            outcome, detail = self._write_and_index(ds, uids, path, relpath, data, calling_ae,
+                                                    write=on_disk is None)
         except StorageError as exc:
             return self._reject(OUT_OF_RESOURCES, str(exc), calling_ae, source, study_uid, sop_uid)
         except SQLAlchemyError as exc:
@@ -217,7 +322,9 @@ class Intake:
             self.on_instance(study_uid, site_name, received_at)
         return StoreResult(SUCCESS, "stored", "", study_uid, sop_uid)
 
-    def _site_id(self, conn: Connection, calling_ae: str) -> tuple[int, str]:
+    def _site_id(self, conn: Connection, calling_ae: str, assign: bool = True) -> tuple[int | None, str | None]:
+        if not assign:
+            return None, None          # a reconciled instance of an unknown study: no site
         site = self.settings.site_for_ae(calling_ae)
         name = site.name if site else UNKNOWN_SITE
         if name not in self._site_ids:
@@ -238,11 +345,12 @@ class Intake:
                        description=description, codes=codes)
 
     def _write_and_index(self, ds: Dataset, uids: dict[str, str], path: Path, relpath: str, data: bytes,
-                         calling_ae: str) -> tuple[str, tuple]:
+                         calling_ae: str, write: bool = True) -> tuple[str, tuple]:
         """In one database transaction: check for a duplicate, write the file, insert the rows.
 
         Returns ("stored", (site name, received at)), ("duplicate", ()) or ("conflict", (study, series)).
         If the transaction fails after the file was written, the file is removed again: no row, no file.
+        ``write`` False (the reconcile): the file is already there; it is only indexed, and stays.
         """
         study_uid, series_uid = uids["StudyInstanceUID"], uids["SeriesInstanceUID"]
         digest = hashlib.sha256(data).hexdigest()
@@ -254,9 +362,11 @@ class Intake:
                     if tuple(existing) != (study_uid, series_uid):
                         return "conflict", tuple(existing)
                     return "duplicate", ()
-                atomic_write(path, data)
-                written = True
-                return "stored", self._insert_rows(conn, ds, uids, relpath, len(data), digest, calling_ae)
+                if write:
+                    atomic_write(path, data)
+                    written = True
+                return "stored", self._insert_rows(conn, ds, uids, relpath, len(data), digest, calling_ae,
+                                                   assign_site=write)
         except IntegrityError:
             # Another process indexed the same instance in between (possible on PostgreSQL):
             # its row points at this very path, so the file stays.
@@ -273,12 +383,12 @@ class Intake:
             raise
 
     def _insert_rows(self, conn: Connection, ds: Dataset, uids: dict[str, str], relpath: str, size: int,
-                     digest: str, calling_ae: str) -> tuple[str, datetime]:
+                     digest: str, calling_ae: str, assign_site: bool = True) -> tuple[str | None, datetime]:
         """Insert the instance, and its study and series when new (inside the caller's transaction)."""
         now = utcnow()
         study_uid, series_uid = uids["StudyInstanceUID"], uids["SeriesInstanceUID"]
         meta = getattr(ds, "file_meta", None)
-        site_id, site_name = self._site_id(conn, calling_ae)
+        site_id, site_name = self._site_id(conn, calling_ae, assign_site)
         study = conn.execute(_FIND_STUDY, {"uid": study_uid}).first()
         if study is None:
             study_id = conn.execute(_INSERT_STUDY, {

@@ -1,4 +1,8 @@
-"""The intake service: the DICOM listener plus the study monitor that queues triage."""
+"""The intake service: the DICOM listener plus the study monitor that queues triage.
+
+At start, before it listens: temporary files of interrupted writes are removed, then the
+reconcile (``Intake.reconcile``) indexes or quarantines any ``.dcm`` file without a database row.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from readingroom.db import Database
 from readingroom.jobs import JobQueue
 from readingroom.settings import Settings
 from readingroom.storage import remove_stale_temp_files
-from triage.intake import Intake
+from triage.intake import Intake, ReconcileSummary
 from triage.scp import DicomListener
 from triage.studies import StudyMonitor
 
@@ -34,6 +38,7 @@ class IntakeService:
 
     def start(self) -> None:
         remove_stale_temp_files(self.settings.dicom_dir)
+        self.reconcile()
         self.monitor.start()
         self.listener.start()
         if self.orders is not None:
@@ -43,6 +48,23 @@ class IntakeService:
                 self.listener.stop()
                 self.monitor.stop()
                 raise
+
+    def reconcile(self) -> ReconcileSummary | None:
+        """The start-up reconcile (``Intake.reconcile``), logged: INFO when every file on disk
+        was indexed already, WARNING when it indexed or quarantined any. A failure is logged
+        and the listener starts anyway (None): images keep arriving, the next start retries."""
+        try:
+            summary = self.intake.reconcile()
+        except Exception:
+            log.exception("start-up reconcile of %s failed; the listener starts anyway. Restart it to "
+                          "try again, and see the error above", self.settings.dicom_dir)
+            return None
+        level = logging.WARNING if summary.changed else logging.INFO
+        log.log(level, "start-up reconcile of %s: %s", self.settings.dicom_dir, summary.format())
+        if summary.left:
+            log.warning("%d file(s) under %s could not be indexed nor quarantined now (see above); "
+                        "the next start tries again", summary.left, self.settings.dicom_dir)
+        return summary
 
     def stop(self) -> None:
         if self.orders is not None:

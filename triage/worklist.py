@@ -17,9 +17,10 @@ from typing import Any
 
 from sqlalchemy import func, or_, select, update
 
+from readingroom.access import may_see, user_sites
 from readingroom.db import Database
 from readingroom.errors import ReadingRoomError
-from readingroom.schema import AIFinding, Instance, Order, Series, Site, Study, User, utcnow
+from readingroom.schema import AIFinding, Instance, Order, Series, Site, Study, utcnow
 from readingroom.settings import Settings
 from triage.priority import (AIResult, Policy, PolicyConfig, StudyFacts, decide, load_policy_config, reading_order,
                              sla_min)
@@ -27,7 +28,6 @@ from triage.priority import (AIResult, Policy, PolicyConfig, StudyFacts, decide,
 log = logging.getLogger(__name__)
 
 OPEN_STATUSES = ("receiving", "new", "triaged", "in_progress", "preliminary")
-ALL_SITES = "*"
 
 
 class ClaimError(ReadingRoomError):
@@ -57,19 +57,6 @@ def ai_view(finding: Any, config: PolicyConfig) -> dict[str, Any]:
 
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat(timespec="seconds") + "Z" if value else None
-
-
-def user_sites(db: Database, username: str | None) -> set[str] | None:
-    """The sites a user may read; None means every site (admins, and users with "*")."""
-    if username is None:
-        return None
-    with db.reader() as session:
-        user = session.scalar(select(User).where(User.username == username))
-    if user is None:
-        raise ReadingRoomError(f"no user {username!r}; create one or check the name")
-    if user.role == "admin" or ALL_SITES in (user.sites or []):
-        return None
-    return set(user.sites or [])
 
 
 @dataclass(frozen=True)
@@ -110,7 +97,7 @@ def open_studies(db: Database, settings: Settings, *, user: str | None = None, f
             .outerjoin(counts, counts.c.study_id == Study.id)
             .where(Study.status.in_(statuses))
         ).all()
-        rows = [(row, row.site_name, row.n) for row in rows if allowed is None or row.site_name in allowed]
+        rows = [(row, row.site_name, row.n) for row in rows if may_see(allowed, row.site_name)]
         findings: dict[int, list[Any]] = {row.id: [] for row, _s, _n in rows}
         modalities: dict[int, set[str]] = {row.id: set() for row, _s, _n in rows}
         for f in session.execute(select(*AIFinding.__table__.columns)

@@ -63,6 +63,12 @@ def username(request: gr.Request | None) -> str | None:
     return getattr(request, "username", None) if request is not None else None
 
 
+def client_address(request: gr.Request | None) -> str:
+    """The address a page request came from, for the audit log."""
+    client = getattr(request, "client", None)
+    return str(getattr(client, "host", "") or "")
+
+
 @dataclass
 class PageContext:
     """What every tab needs: the services, and the page-wide components that more than one tab

@@ -83,6 +83,6 @@ def _wire_page_load(ctx: PageContext, who: gr.Markdown, worklist: WorklistTab, r
         role = user_role(ctx.db, user) if user else None
         return (f"{html.escape(user or '')} ({role}) · [Log out](/logout)", gr.update(visible=role == "admin"),
                 latest_event_id(ctx.db), styled(worklist_rows(ctx.db, ctx.settings, user)),
-                requests.list_requests("new"))
+                requests.list_requests("new", request))
 
     ctx.blocks.load(page_load, outputs=[who, admin.tab, worklist.last_event, worklist.table, requests.table])

@@ -19,13 +19,15 @@ import gradio as gr   # at module level: Gradio resolves the callbacks' annotati
 
 from dictation.live import REGISTRY, LiveDictation   # module level too: callbacks are annotated with it
 
+from readingroom.access import study_for_user
+from readingroom.audit import record_access
 from readingroom.errors import ReadingRoomError
 from reporting.delivery.outbox import delivery_summary, report_site, sign_message, sites_file_label
 from reporting.errors import ChecksNotResolved
 from reporting.lifecycle import METHODS
 from reporting.report import SECTION_ORDER, SECTION_TITLES, list_templates
 from triage.worklist import claim
-from workstation.page_context import PageContext, Refused, guarded, username
+from workstation.page_context import PageContext, Refused, client_address, guarded, username
 from workstation.signoff import (
     DELIVERY_COLUMNS, checks_markdown, delivery_rows, is_read_only, issue_choices, page_message, reading_header,
     signed_markdown,
@@ -286,6 +288,8 @@ def _wire_open_study(ctx: PageContext, tab: ReadingTab, worklist_table: gr.Dataf
         user = username(request) or "unknown"
         if not uid:
             return gr.skip()
+        study_for_user(ctx.db, user, uid)            # NotVisible for another site's study: one message
+        record_access(ctx.db, user, "view", study_uid=uid, what="study opened", source=client_address(request))
         until = claim(ctx.db, ctx.settings, uid, user)
         view = ctx.reports.create(uid, user, template=suggest_template(row[4], row[8], templates))
         session = LiveDictation(view.template, ctx.settings.dictation, sections=view.sections, fields=view.fields)

@@ -1,5 +1,8 @@
 """The Requests tab: imaging orders waiting for review (orders/). Approve with a protocol (the order
-joins the modality worklist), reject with a reason (the site's RIS is told), or ask a question."""
+joins the modality worklist), reject with a reason (the site's RIS is told), or ask a question.
+
+The tab shows and acts on the orders of the logged-in user's sites only (every call passes
+``as_user``; readingroom.access decides): another site's order is answered like a missing one."""
 
 from __future__ import annotations
 
@@ -31,7 +34,7 @@ class RequestsTab:
     review_text: gr.Textbox
     reject_btn: gr.Button
     ask_btn: gr.Button
-    list_requests: Callable[[str], Any]   # the table's rows for a status filter (guarded)
+    list_requests: Callable[[str, gr.Request], Any]   # the table's rows for a status filter and user (guarded)
 
 
 def build_requests(ctx: PageContext) -> RequestsTab:
@@ -60,10 +63,10 @@ def build_requests(ctx: PageContext) -> RequestsTab:
     return tab
 
 
-def _request_lister(ctx: PageContext) -> Callable[[str], Any]:
+def _request_lister(ctx: PageContext) -> Callable[[str, gr.Request], Any]:
     @guarded("List the requests")
-    def list_requests(status: str):
-        return order_rows(order_api.list_orders(ctx.db, status=status or None))
+    def list_requests(status: str, request: gr.Request):
+        return order_rows(order_api.list_orders(ctx.db, status=status or None, as_user=username(request)))
     return list_requests
 
 
@@ -73,11 +76,11 @@ def _wire_review(ctx: PageContext, tab: RequestsTab) -> None:
     protocol_names = sorted(load_library(settings).protocols)
 
     @guarded("Open the request")
-    def pick_request(evt: gr.SelectData):
+    def pick_request(evt: gr.SelectData, request: gr.Request):
         row = evt.row_value if evt.row_value is not None else []
         if not row:
             return gr.skip(), gr.skip(), gr.skip()
-        order = order_api.get_order(db, str(row[0]), settings)
+        order = order_api.get_order(db, str(row[0]), settings, as_user=username(request))
         suggestion = (order.get("suggestion") or {}).get("name")
         chosen = order.get("protocol_name") or suggestion
         return (str(row[0]), order_markdown(order),
@@ -89,17 +92,20 @@ def _wire_review(ctx: PageContext, tab: RequestsTab) -> None:
                     request: gr.Request):
             if not accession:
                 raise Refused("Click a request in the list first.")
-            user = username(request) or "unknown"
+            as_user = username(request)
+            user = as_user or "unknown"
             if kind == "approve":
-                order_api.approve(db, settings, accession, protocol_name=protocol_name or None, user=user)
+                order_api.approve(db, settings, accession, protocol_name=protocol_name or None, user=user,
+                                  as_user=as_user)
             elif kind == "reject":
-                order_api.reject(db, settings, queue, accession, text, user=user)
+                order_api.reject(db, settings, queue, accession, text, user=user, as_user=as_user)
             else:
-                order_api.ask(db, accession, text, user=user, queue=queue)
+                order_api.ask(db, accession, text, user=user, queue=queue, as_user=as_user)
             if ctx.wake is not None:
                 ctx.wake()
             gr.Info(f"Order {accession}: {kind} done.")
-            return order_markdown(order_api.get_order(db, accession, settings)), list_requests(status)
+            return (order_markdown(order_api.get_order(db, accession, settings, as_user=as_user)),
+                    list_requests(status, request))
         return handler
 
     tab.refresh.click(list_requests, inputs=tab.status, outputs=tab.table)

@@ -4,12 +4,14 @@ tab (wired by workstation/tab_reading.py)."""
 
 from __future__ import annotations
 
+import html
 import logging
 from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr   # at module level: Gradio resolves the callbacks' annotations (gr.Request...) here
 
+from readingroom.access import visible_to
 from readingroom.db import Database
 from readingroom.settings import Settings
 from triage.notify import CRITICAL_FINDING, events_since
@@ -131,9 +133,11 @@ def _wire_critical_alert(ctx: PageContext, tab: WorklistTab) -> None:
         events = events_since(ctx.db, last_id)
         if not events:
             return last_id, count, gr.skip()
-        criticals = [e for e in events if e.kind == CRITICAL_FINDING]
-        for event in criticals:
-            gr.Warning(f"CRITICAL (AI, UNVERIFIED): {event.payload.get('summary', event.study_uid)}", duration=None)
+        criticals = [e for e in events if e.kind == CRITICAL_FINDING
+                     and visible_to(ctx.db, username(request), e.study_uid)]
+        for event in criticals:   # the summary holds DICOM strings (accession): shown as text, never HTML
+            summary = html.escape(str(event.payload.get("summary", event.study_uid)))
+            gr.Warning(f"CRITICAL (AI, UNVERIFIED): {summary}", duration=None)
         return (events[-1].id, count + len(criticals),
                 styled(worklist_rows(ctx.db, ctx.settings, username(request), site, modality, status)))
 

@@ -1,13 +1,20 @@
 """Web routes around the Gradio page: login with expiring sessions, and the viewer's image API.
 
-Every request needs a valid session cookie except the login page and ``/healthz``: a browser
-is sent to ``/login``, anything else gets 401. The Gradio page learns the user from the same
-cookie (``auth_dependency``), so callbacks see ``request.username``.
+Every request needs a valid session cookie except the login page and ``/healthz`` (liveness
+only): a browser is sent to ``/login``, anything else gets 401. The Gradio page learns the user
+from the same cookie (``auth_dependency``), so callbacks see ``request.username``.
+
+Every route that serves patient data asks ``readingroom.access`` whether the user's sites cover
+the study; another site's study is answered 404, exactly like a missing one. Every view is
+audited (``readingroom.audit``: who, what, from which address). State-changing requests from a
+browser must come from this page (Origin or Referer), and every answer carries the security
+headers (``SECURITY_HEADERS``; HSTS over HTTPS).
 
 Viewer API (JSON and PNG; the browser code is ``workstation/static/viewer.js``):
     GET /api/viewer/study/{study_uid}                 series, windows, key tags, AI results, priors
     GET /api/viewer/series/{series_uid}/{index}.png   one slice, windowed (?c=&w=&invert=0|1)
     GET /api/viewer/heatmap/{finding_id}/{index}.png  the AI heatmap of that slice (RGBA)
+    GET /api/status                                   the studies the user may see, for scripts
 
 FHIR (orders.fhir): POST /fhir/ServiceRequest, with a session or HTTP Basic credentials.
 
@@ -22,6 +29,7 @@ import html
 import logging
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import numpy as np
 from fastapi import Form, HTTPException, Request
@@ -29,9 +37,13 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from sqlalchemy import select
 
 from readingroom import NOT_FOR_CLINICAL_USE
-from readingroom.auth import authenticate, check_session, issue_session, session_key
+from readingroom.access import (
+    NotVisible, finding_for_user, may_see, series_for_user, study_for_user, user_sites, visible_to,
+)
+from readingroom.audit import AccessLog, record_access
+from readingroom.auth import LoginThrottle, authenticate, create_session, end_session, session_user
 from readingroom.db import Database
-from readingroom.schema import AIFinding, Instance, Order, Series, Study
+from readingroom.schema import AIFinding, Instance, Order, Series, Site, Study
 from readingroom.settings import Settings
 from triage.priority import PolicyConfig
 from triage.worklist import ai_view, policy_config
@@ -42,6 +54,19 @@ from workstation.viewer import (
 log = logging.getLogger(__name__)
 
 COOKIE = "rr_session"
+# Gradio's page needs inline scripts and styles, the microphone's AudioWorklet a blob: script;
+# everything else is locked to this origin.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline' 'unsafe-eval' blob:; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data: blob:; media-src 'self' data: blob:; font-src 'self' data:; "
+    "connect-src 'self' ws: wss:; worker-src 'self' blob:; object-src 'none'; base-uri 'self'; "
+    "form-action 'self'; frame-ancestors 'none'")
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY, "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY", "Referrer-Policy": "same-origin",   # no-referrer makes Origin "null"
+}
+HSTS = "max-age=31536000"
+UNSAFE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
 PUBLIC_PATHS = ("/login", "/healthz", "/favicon.ico")
 # Machine clients (a site's order system posting FHIR ServiceRequests) may use HTTP Basic
 # authentication with an account instead of the browser's session cookie.
@@ -65,13 +90,28 @@ background:#2563eb;color:white;border:0;border-radius:4px;font-size:1em;cursor:p
 <button type="submit" id="login-button">Log in</button>{error}</form></body></html>"""
 
 
-def current_user(request: Any, key: bytes) -> str | None:
-    return check_session(key, request.cookies.get(COOKIE))
+def source(request: Any) -> str:
+    """The client's address, for the audit log."""
+    return request.client.host if request.client else ""
 
 
-def study_payload(db: Database, study_uid: str, config: PolicyConfig) -> dict[str, Any] | None:
+def same_origin(request: Any) -> bool:
+    """Whether a state-changing request may go on: a browser names the page it comes from
+    (Origin, or Referer), which must be this server; a client that names none (curl, a RIS,
+    gradio_client) carries no browser's cookies by accident, so it passes."""
+    from urllib.parse import urlsplit
+
+    claimed = request.headers.get("origin") or request.headers.get("referer")
+    if not claimed:
+        return True
+    return claimed != "null" and urlsplit(claimed).netloc == request.headers.get("host", "")
+
+
+def study_payload(db: Database, study_uid: str, config: PolicyConfig, *,
+                  allowed: set[str] | None) -> dict[str, Any] | None:
     """What the viewer needs to open a study (without decoding any image). ``config`` is the
-    priority policy, whose ``decide`` says which AI findings are positive."""
+    priority policy, whose ``decide`` says which AI findings are positive; ``allowed`` the
+    user's sites (``access.user_sites``), which the priors are limited to."""
     with db.reader() as session:
         study = session.scalar(select(Study).where(Study.study_uid == study_uid))
         if study is None:
@@ -89,6 +129,8 @@ def study_payload(db: Database, study_uid: str, config: PolicyConfig) -> dict[st
         if study.patient_id:
             for p in session.scalars(select(Study).where(Study.patient_id == study.patient_id,
                                                          Study.id != study.id).order_by(Study.study_date.desc())):
+                if not may_see(allowed, p.site.name if p.site else None):
+                    continue
                 priors.append({"study_uid": p.study_uid, "date": p.study_date, "description": p.description,
                                "accession": p.accession, "status": p.status})
         info = {
@@ -118,13 +160,46 @@ def series_paths(db: Database, settings: Settings, series_uid: str) -> list[Path
     return [Path(settings.home) / p for p in rel]
 
 
-def install_routes(api: Any, settings: Settings, db: Database, cache: VolumeCache | None = None) -> Any:
-    """Add login, logout, the session gate and the viewer API to a FastAPI app. Returns the
-    ``auth_dependency`` to give Gradio."""
-    key = session_key(db)
-    ttl_s = settings.web.session_ttl_min * 60
+class WebSessions:
+    """Who is asking: the server-side session behind the cookie (``auth.session_user``: logout,
+    a password change or disabling the user end it; so does ``web.session_idle_min`` unused), or
+    HTTP Basic credentials for machine clients. Failed logins are throttled per user and per
+    address (``auth.LoginThrottle``) and audited."""
 
-    def basic_user(request: Request) -> str | None:
+    def __init__(self, db: Database, settings: Settings) -> None:
+        self.db = db
+        self.ttl_s = settings.web.session_ttl_min * 60
+        self.idle_s = settings.web.session_idle_min * 60
+        self.throttle = LoginThrottle()
+
+    def user(self, request: Any) -> str | None:
+        """The logged-in user of a request, or None (Gradio's ``auth_dependency``)."""
+        return session_user(self.db, request.cookies.get(COOKIE), self.idle_s)
+
+    def require(self, request: Any) -> str:
+        name = self.user(request)
+        if name is None:          # the gate lets no such request through; this is a second lock
+            raise HTTPException(401, "not logged in, or the session expired: log in at /login")
+        return name
+
+    def check_password(self, request: Any, username: str, password: str) -> tuple[str | None, float]:
+        """(the user, 0) for right credentials; (None, seconds to wait) otherwise. A refusal
+        while throttled does not even look at the password."""
+        address = source(request)
+        wait = self.throttle.allowed(username, address)
+        if wait:
+            log.warning("login for %r from %s refused: %d failures, locked for %.0f s", username, address,
+                        self.throttle.max_failures, wait)
+            return None, wait
+        user = authenticate(self.db, username, password)
+        if user is None:
+            self.throttle.failed(username, address)
+            record_access(self.db, username[:64] or "(none)", "login_failed", source=address)
+            return None, 0.0
+        self.throttle.succeeded(username, address)
+        return user.username, 0.0
+
+    def basic(self, request: Any) -> str | None:
         import base64
         import binascii
 
@@ -135,21 +210,51 @@ def install_routes(api: Any, settings: Settings, db: Database, cache: VolumeCach
             name, _, password = base64.b64decode(header[6:]).decode().partition(":")
         except (binascii.Error, UnicodeDecodeError):
             return None
-        user = authenticate(db, name, password)
-        return user.username if user else None
-    cache = cache or VolumeCache(settings.web.viewer_cache_mb << 20)
+        return self.check_password(request, name, password)[0]
+
+
+def install_routes(api: Any, settings: Settings, db: Database, cache: VolumeCache | None = None) -> Any:
+    """Add the security gate, login and logout, the viewer and the dictation API to a FastAPI
+    app. Returns the ``auth_dependency`` to give Gradio."""
+    sessions = WebSessions(db, settings)
+    install_gate(api, sessions)
+    install_login(api, db, sessions)
+    install_viewer(api, settings, db, sessions, cache or VolumeCache(settings.web.viewer_cache_mb << 20))
+    install_dictation(api, db, sessions)
+    return sessions.user
+
+
+def install_gate(api: Any, sessions: WebSessions) -> None:
+    """Every answer gets the security headers; a cross-site browser POST is refused; without a
+    session only the public paths (and Basic credentials on the machine-client paths) pass."""
 
     @api.middleware("http")
     async def session_gate(request: Request, call_next):  # FastAPI middleware
+        response = await gate(request, call_next)
+        response.headers.update(SECURITY_HEADERS)
+        if request.url.scheme == "https":
+            response.headers["Strict-Transport-Security"] = HSTS
+        return response
+
+    async def gate(request: Request, call_next) -> Response:
         path = request.url.path
-        if path in PUBLIC_PATHS or current_user(request, key):
+        if request.method in UNSAFE_METHODS and not same_origin(request):
+            log.warning("refused %s %s from %s: Origin/Referer %r is not this server", request.method, path,
+                        source(request), request.headers.get("origin") or request.headers.get("referer"))
+            return JSONResponse({"error": "cross-site request refused: use the ReadingRoom page itself"},
+                                status_code=403)
+        request.state.username = sessions.user(request)    # the routes (orders.fhir) read who it is
+        if path in PUBLIC_PATHS or request.state.username:
             return await call_next(request)
-        if path.startswith(API_CLIENT_PREFIXES) and basic_user(request):
+        if path.startswith(API_CLIENT_PREFIXES) and (basic := sessions.basic(request)):
+            request.state.username = basic
             return await call_next(request)
         if request.method == "GET" and "text/html" in request.headers.get("accept", ""):
             return RedirectResponse("/login", status_code=303)
         return JSONResponse({"error": "not logged in, or the session expired: log in at /login"}, status_code=401)
 
+
+def install_login(api: Any, db: Database, sessions: WebSessions) -> None:
     @api.get("/login", response_class=HTMLResponse)
     def login_page(error: str = "") -> str:
         message = f'<p class="error" id="login-error">{html.escape(error)}</p>' if error else ""
@@ -157,56 +262,88 @@ def install_routes(api: Any, settings: Settings, db: Database, cache: VolumeCach
 
     @api.post("/login")
     def login(request: Request, username: str = Form(...), password: str = Form(...)) -> Response:
-        # A browser's form gets redirects; an API client (gradio_client, curl) gets 200 or 401.
+        # A browser's form gets redirects; an API client (gradio_client, curl) gets 200, 401 or 429.
         browser = "text/html" in request.headers.get("accept", "")
-        user = authenticate(db, username, password)
-        if user is None:
+        name, wait = sessions.check_password(request, username, password)
+        if name is None:
+            text = (f"Too many failed logins: try again in {wait / 60:.0f} min." if wait
+                    else "Wrong user or password.")
             if browser:
-                return RedirectResponse("/login?error=Wrong+user+or+password.", status_code=303)
-            return JSONResponse({"error": "wrong user or password"}, status_code=401)
+                return RedirectResponse("/login?" + urlencode({"error": text}), status_code=303)
+            return JSONResponse({"error": text}, status_code=429 if wait else 401)
         response = RedirectResponse("/", status_code=303) if browser else JSONResponse({"success": True})
-        response.set_cookie(COOKIE, issue_session(key, user.username, ttl_s), max_age=int(ttl_s),
-                            httponly=True, samesite="lax")
-        log.info("%s logged in", user.username)
+        response.set_cookie(COOKIE, create_session(db, name, sessions.ttl_s), max_age=int(sessions.ttl_s),
+                            httponly=True, samesite="strict", secure=request.url.scheme == "https")
+        log.info("%s logged in from %s", name, source(request))
         return response
 
     @api.get("/logout")
-    def logout() -> Response:
+    def logout(request: Request) -> Response:
+        end_session(db, request.cookies.get(COOKIE))
         response = RedirectResponse("/login", status_code=303)
         response.delete_cookie(COOKIE)
         return response
 
+
+def install_viewer(api: Any, settings: Settings, db: Database, sessions: WebSessions, cache: VolumeCache) -> None:
+    """The viewer's API: every route checks the user's sites, and every view is audited."""
+    views = AccessLog(db)
+
+    def visible(check: Any, *args: Any) -> str:
+        """The study UID the check returns, or 404 for a missing object or another site's."""
+        try:
+            return check(db, *args)
+        except NotVisible as exc:
+            raise HTTPException(404, str(exc)) from exc
+
     @api.get("/api/viewer/study/{study_uid}")
-    def viewer_study(study_uid: str) -> dict[str, Any]:
-        payload = study_payload(db, study_uid, policy_config(settings))
+    def viewer_study(study_uid: str, request: Request) -> dict[str, Any]:
+        name = sessions.require(request)
+        visible(study_for_user, name, study_uid)
+        payload = study_payload(db, study_uid, policy_config(settings), allowed=user_sites(db, name))
         if payload is None:
             raise HTTPException(404, f"study {study_uid} is not in the database")
+        record_access(db, name, "view", study_uid=study_uid, what="study", source=source(request))
         return payload
 
-    def volume(series_uid: str):
+    @api.get("/api/status")
+    def status(request: Request) -> dict[str, Any]:
+        """How many studies the user may see, and how many still wait for the AI (for scripts and tests)."""
+        allowed = user_sites(db, sessions.require(request))
+        with db.reader() as session:
+            rows = session.execute(select(Study.ai_status, Site.name).outerjoin(Site, Site.id == Study.site_id)).all()
+        mine = [ai for ai, site in rows if may_see(allowed, site)]
+        return {"studies": len(mine), "ai_pending": mine.count("pending"), "notice": NOT_FOR_CLINICAL_USE}
+
+    def volume(series_uid: str, request: Request, what: str):
+        name = sessions.require(request)
+        study_uid = visible(series_for_user, name, series_uid)
         paths = series_paths(db, settings, series_uid)
         if paths is None:
             raise HTTPException(404, f"series {series_uid} is not in the database")
+        views.view(name, study_uid, f"{what} {series_uid}", source(request))
         try:
             return cache.get(series_uid, paths)
         except ViewerError as exc:
             raise HTTPException(422, str(exc)) from exc
 
     @api.get("/api/viewer/series/{series_uid}/info")
-    def series_info(series_uid: str) -> dict[str, Any]:
-        vol = volume(series_uid)
+    def series_info(series_uid: str, request: Request) -> dict[str, Any]:
+        vol = volume(series_uid, request, "series tags")
         return {"uid": series_uid, "slices": vol.slices, "window": list(vol.default_window), "invert": vol.invert,
                 "color": vol.color, "rows": int(vol.pixels.shape[1]), "columns": int(vol.pixels.shape[2]),
                 "tags": vol.tags}
 
     @api.get("/api/viewer/series/{series_uid}/{index}.png")
-    def series_slice(series_uid: str, index: int, c: float | None = None, w: float | None = None,
-                     invert: int | None = None) -> Response:
-        png = render_slice(volume(series_uid), index, c, w, None if invert is None else bool(invert))
+    def series_slice(series_uid: str, index: int, request: Request, c: float | None = None,
+                     w: float | None = None, invert: int | None = None) -> Response:
+        vol = volume(series_uid, request, "images")
+        png = render_slice(vol, index, c, w, None if invert is None else bool(invert))
         return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=300"})
 
     @api.get("/api/viewer/heatmap/{finding_id}/{index}.png")
-    def heatmap(finding_id: int, index: int) -> Response:
+    def heatmap(finding_id: int, index: int, request: Request) -> Response:
+        visible(finding_for_user, sessions.require(request), finding_id)
         with db.reader() as session:
             finding = session.get(AIFinding, finding_id)
             rel = getattr(finding, "heatmap_path", None) if finding else None
@@ -219,19 +356,24 @@ def install_routes(api: Any, settings: Settings, db: Database, cache: VolumeCach
         maps = np.load(path).astype(np.float32)
         sidecar = path.with_suffix(".json")
         sop_uids = json.loads(sidecar.read_text()).get("sop_uids", []) if sidecar.exists() else []
-        vol = volume(series_uid)
+        vol = volume(series_uid, request, "AI heatmap")
         layer = heatmap_layer(maps, vol, index, sop_uids)
         if layer is None:
             layer = np.zeros((8, 8), np.float32)               # no map for this slice: transparent
         return Response(encode_png(heatmap_rgba(layer, tuple(vol.pixels.shape[1:3]))), media_type="image/png",
                         headers={"Cache-Control": "private, max-age=300"})
 
+
+def install_dictation(api: Any, db: Database, sessions: WebSessions) -> None:
     @api.post("/api/dictation/{study_uid}/audio")
     async def dictation_audio(study_uid: str, request: Request, rate: int = 16000) -> dict[str, Any]:
         """Raw little-endian 16-bit mono PCM from the page's microphone, in order."""
         from dictation.live import REGISTRY
 
-        live = REGISTRY.get(current_user(request, key) or "", study_uid)
+        name = sessions.require(request)
+        if not visible_to(db, name, study_uid):
+            raise HTTPException(404, f"study {study_uid} is not in the database, or not in your sites")
+        live = REGISTRY.get(name, study_uid)
         if live is None:
             raise HTTPException(409, "no dictation is open for this study: open the study from the worklist first")
         if live.read_only:
@@ -247,9 +389,8 @@ def install_routes(api: Any, settings: Settings, db: Database, cache: VolumeCach
     def dictation_stop(study_uid: str, request: Request) -> dict[str, Any]:
         from dictation.live import REGISTRY
 
-        live = REGISTRY.get(current_user(request, key) or "", study_uid)
+        live = REGISTRY.get(sessions.require(request), study_uid)
         if live is not None:
             live.stop(wait=False)
         return {"stopped": live is not None}
 
-    return lambda request: current_user(request, key)

@@ -24,6 +24,7 @@ from readingroom.jobs import JobQueue
 from readingroom.schema import Job, OutboxItem, ReportRecord, ReportVersion, utcnow
 from readingroom.settings import Settings, SiteDestinations
 from readingroom.storage import atomic_write
+from readingroom.tls import peer_context
 
 from reporting.delivery.document import DeliveryDoc, DeliveryError, load_document
 
@@ -183,7 +184,8 @@ class Deliverer:
             if dest.hl7 is None:
                 raise DeliveryError(f"site {doc.site!r} has no hl7 destination any more; set it in sites.yaml")
             message = render(doc, "hl7", self.settings, dest).decode("utf-8")
-            reply = mllp.send(dest.hl7.host, dest.hl7.port, message, timeout_s=dest.hl7.timeout_s)
+            reply = mllp.send(dest.hl7.host, dest.hl7.port, message, timeout_s=dest.hl7.timeout_s,
+                              ssl_context=peer_context(dest.hl7, f"sites[{doc.site}].destinations.hl7"))
             code = hl7.check_ack(reply, hl7.control_id(doc))
             return f"{code} {hl7.control_id(doc)} from {dest.hl7.host}:{dest.hl7.port}"
         if destination == "fhir":
@@ -198,7 +200,8 @@ class Deliverer:
             if dest.dicom is None:
                 raise DeliveryError(f"site {doc.site!r} has no dicom destination any more; set it in sites.yaml")
             ds = sr.build_sr(doc, organization=self.settings.hl7.facility)
-            status = sr.store(ds, dest.dicom.host, dest.dicom.port, dest.dicom.ae_title, self.settings.dicom.ae_title)
+            status = sr.store(ds, dest.dicom.host, dest.dicom.port, dest.dicom.ae_title, self.settings.dicom.ae_title,
+                              ssl_context=peer_context(dest.dicom, f"sites[{doc.site}].destinations.dicom"))
             return f"C-STORE 0x{status:04X} {ds.SOPInstanceUID} at {dest.dicom.ae_title}"
         if destination == "pdf":
             path = (home / dest.pdf_folder / f"{file_stem(doc)}.pdf").resolve()

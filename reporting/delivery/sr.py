@@ -11,6 +11,7 @@ Series and SOP Instance UIDs derive from the version, so a resend is the same ob
 from __future__ import annotations
 
 import logging
+import ssl
 
 from highdicom.sr import (CodedConcept, ComprehensiveSR, ContainerContentItem, PnameContentItem,
                           RelationshipTypeValues, TextContentItem)
@@ -148,17 +149,21 @@ def build_sr(doc: DeliveryDoc, institution: str = "", organization: str = "Readi
     return sr
 
 
-def store(ds: Dataset, host: str, port: int, called_ae: str, calling_ae: str, timeout_s: float = 30) -> int:
-    """C-STORE ``ds`` to a DICOM peer with the kernel's SCU (``readingroom.dicom_net``); returns the
-    status (0x0000 success, or a 0xBxxx warning) or raises DeliveryError."""
+def store(ds: Dataset, host: str, port: int, called_ae: str, calling_ae: str, timeout_s: float = 30,
+          ssl_context: ssl.SSLContext | None = None) -> int:
+    """C-STORE ``ds`` to a DICOM peer with the kernel's SCU (``readingroom.dicom_net``), over TLS
+    with ``ssl_context``; returns the status (0x0000 success, or a 0xBxxx warning) or raises
+    DeliveryError."""
     from readingroom.dicom_net import AssociationError, StoreError, store as c_store
 
     pacs = f"the PACS {called_ae}@{host}:{port}"
     try:
-        return c_store(ds, host, port, called_ae, calling_ae, timeout_s=timeout_s)
+        return c_store(ds, host, port, called_ae, calling_ae, timeout_s=timeout_s, ssl_context=ssl_context)
     except AssociationError:
+        tls = (" and, over TLS, its certificate (destinations.dicom.tls_ca_file) and ours (tls_certfile)"
+               if ssl_context is not None else "")
         raise DeliveryError(f"{pacs} did not accept an association from {calling_ae}; "
-                            "check its host, port and AE titles and that it is running") from None
+                            f"check its host, port and AE titles{tls} and that it is running") from None
     except StoreError as exc:
         if exc.status < 0:
             raise DeliveryError(f"{pacs} did not answer the C-STORE") from None

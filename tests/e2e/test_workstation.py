@@ -21,7 +21,7 @@ import pytest
 
 from readingroom.settings import PROJECT_ROOT
 from tests.conftest import free_port
-from tests.integration.helpers import start, stop
+from tests.integration.helpers import start, stop, visible_studies
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 CHROMIUM = "/usr/bin/chromium"
@@ -72,7 +72,6 @@ def ris():
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, ris):
     import json
-    import urllib.request
 
     import yaml
 
@@ -89,9 +88,8 @@ def server(tmp_path_factory, ris):
     while time.monotonic() < deadline:
         assert proc.poll() is None, (tmp / "run.log").read_text()[-3000:]
         try:
-            with urllib.request.urlopen(url + "/healthz", timeout=5) as r:
-                if json.loads(r.read())["studies"] >= 10:
-                    break
+            if visible_studies(url) >= 10:
+                break
         except OSError:
             pass
         time.sleep(0.5)
@@ -394,12 +392,13 @@ def test_after_signing_the_page_shows_the_final_state_and_takes_an_addendum(page
     choose_status(page, "open")
 
 
-def test_lab_runs_a_model_evaluation_and_a_night_shift_simulation(page, tmp_path):
+def test_lab_runs_a_model_evaluation_and_a_night_shift_simulation(page, server):
     """The Lab tab scores the CXR model on a small phantom folder (metrics table and plots) and
     runs a night-shift simulation (RTAT table and charts), with progress shown meanwhile."""
     from models.phantoms import write_dataset
 
-    data = tmp_path / "cxr-phantoms"
+    home = server[1] / "home"
+    data = home / "phantoms" / "e2e-cxr"        # under the Lab's data root; not a "cxr-*" suggestion
     write_dataset("cxr", 16, 9600, data, size=512, progress=False)
     page.get_by_role("tab", name="Lab").click()
     page.get_by_label("Model").click()
@@ -411,7 +410,7 @@ def test_lab_runs_a_model_evaluation_and_a_night_shift_simulation(page, tmp_path
     assert "UNVERIFIED" in table and "pneumothorax" in table and "16 of 16 studies scored" in table, table
     page.wait_for_function("document.querySelectorAll('#rr-eval-plots img').length >= 3")
     shot(page, "08a-lab-evaluation")
-    page.get_by_label("Data folder").fill(str(tmp_path / "missing"))
+    page.get_by_label("Data folder").fill(str(home / "phantoms" / "missing"))
     page.get_by_role("button", name="Run evaluation").click()
     page.get_by_text("No such folder").first.wait_for()          # a clear error, the page keeps working
 
@@ -473,3 +472,33 @@ def test_the_lab_suggests_only_folders_that_exist_and_makes_a_sample_set(page, s
     page.get_by_role("option", name=other, exact=True).click()
     page.wait_for_function("(document.querySelector('#rr-eval-data textarea, #rr-eval-data input')"
                            "?.value ?? 'x') === ''")                         # no sample for that task
+
+
+def test_dicom_strings_in_a_critical_notice_are_text_and_the_page_sends_security_headers(page, server):
+    """Issue 19, finding 11: an AccessionNumber with markup, received over DICOM, once made a
+    working link in the critical-finding notice. It must show as text."""
+    from readingroom.db import Database
+    from readingroom.schema import Notification, Study
+    from readingroom.settings import load_settings
+    from sqlalchemy import select
+    from triage.notify import CRITICAL_FINDING
+
+    url, tmp = server
+    answer = page.goto(url + "/")
+    if page.url.endswith("/login"):
+        log_in(page, "demo", "demo")
+    headers = answer.all_headers()
+    assert "frame-ancestors 'none'" in headers["content-security-policy"]
+    assert headers["x-content-type-options"] == "nosniff" and headers["x-frame-options"] == "DENY"
+    page.locator("#worklist").get_by_text("SYNTHETIC^HEAD", exact=True).filter(visible=True).first.wait_for()
+    db = Database(load_settings(environ={}, overrides={"home": str(tmp / "home")}))
+    try:
+        with db.session() as session:
+            uid = session.scalar(select(Study.study_uid).where(Study.patient_name == "DOE^JOHN"))
+            session.add(Notification(kind=CRITICAL_FINDING, study_uid=uid, payload={
+                "summary": 'ich 0.97, accession <a id="rr-injected" href="/logout">X1</a>'}))
+    finally:
+        db.dispose()
+    page.locator(".toast-body", has_text='<a id="rr-injected"').first.wait_for()
+    assert page.locator("#rr-injected").count() == 0
+    close_toasts(page)

@@ -59,3 +59,16 @@ def stop(proc: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def visible_studies(url: str, user: str = "demo", password: str = "demo") -> int:
+    """How many studies ``user`` sees on a running web server (``/healthz`` only says it is alive)."""
+    import http.cookiejar
+    import urllib.parse
+    import urllib.request
+
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+    form = urllib.parse.urlencode({"username": user, "password": password}).encode()
+    opener.open(url + "/login", data=form, timeout=10).read()
+    with opener.open(url + "/api/status", timeout=10) as response:
+        return int(json.loads(response.read())["studies"])
