@@ -8,7 +8,7 @@ PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-APT_PACKAGES := dcmtk espeak-ng chromium faketime postgresql
+APT_PACKAGES := dcmtk espeak-ng chromium faketime postgresql redis-server
 
 .PHONY: run test install system-deps bench bench-dictation bench-reports bench-triage clean
 
@@ -25,7 +25,8 @@ install: system-deps $(STAMP)
 	$(BIN)/readingroom models
 
 # Debian packages the tests and the demo use (dcmtk's storescu/echoscu/findscu; postgresql's initdb and
-# pg_ctl start a throwaway server for tests/test_postgres.py).
+# pg_ctl start a throwaway server for tests/test_postgres.py; redis-server is the throwaway broker of
+# tests/test_celery_queue.py).
 system-deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
@@ -33,11 +34,12 @@ system-deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
-# The postgres extra (psycopg) lets the tests run the kernel on PostgreSQL as well as SQLite.
+# The postgres extra (psycopg) lets the tests run the kernel on PostgreSQL as well as SQLite; the celery
+# extra (Celery, redis-py) is the distributed job engine (jobs.engine: celery, docs/jobs.md).
 $(STAMP): pyproject.toml Makefile
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test,postgres]'
+	$(BIN)/pip install -q -e '.[test,postgres,celery]'
 	touch $(STAMP)
 
 bench: install

@@ -250,7 +250,7 @@ def serve(settings: Settings, db: Database, demo: bool = False) -> int:
     import uvicorn
 
     from readingroom.errors import ReadingRoomError
-    from readingroom.jobs import DatabaseJobQueue
+    from readingroom.jobs import open_queue
     from triage.service import IntakeService
 
     for problem in (demo_hosts_problem(settings) if demo else None, web_host_problem(settings)):
@@ -260,13 +260,16 @@ def serve(settings: Settings, db: Database, demo: bool = False) -> int:
         from triage.demo_site import start_demo_site
 
         start_demo_site(settings)
-    queue = DatabaseJobQueue(db, settings.jobs)
+    queue = open_queue(db, settings.jobs)
     workers = build_workers(db, settings, queue)
     intake = IntakeService(settings, db, queue, on_complete=lambda _uids: workers.wake())
     logins = initial_logins(settings, db, demo, dict(os.environ))
 
     intake.start()
-    workers.start()
+    if settings.jobs.engine == "database":
+        workers.start()
+    else:   # Celery workers (`readingroom worker`) run the jobs
+        log.info("jobs go to Celery at %s; start `readingroom worker` to run them", getattr(queue, "broker", ""))
     threading.Thread(target=_warm_up_dictation, args=(settings,), name="dictation-warm-up", daemon=True).start()
     seeder = None
     if demo and settings.demo.seed:
@@ -304,10 +307,23 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from readingroom.jobs import DatabaseJobQueue
+    from readingroom.errors import ReadingRoomError
+    from readingroom.jobs import kinds_for_queues, open_queue, select_queues
 
     ctx = Context(log_to_file=True)
-    pool = build_workers(ctx.db, ctx.settings, DatabaseJobQueue(ctx.db, ctx.settings.jobs))
+    jobs = ctx.settings.jobs
+    queue = open_queue(ctx.db, jobs)
+    pool = build_workers(ctx.db, ctx.settings, queue)
+    queues = select_queues(jobs, args.queues.split(",") if args.queues is not None else None)
+    if jobs.engine == "celery":
+        from readingroom.celery_queue import run_worker
+
+        if args.once:
+            raise ReadingRoomError("--once runs the due jobs of the database engine; with jobs.engine: celery "
+                                   "start `readingroom worker` and stop it with Ctrl-C")
+        return run_worker(queue, pool.handlers, queues, loglevel=ctx.settings.log_level)
+    if args.queues is not None:   # the database engine: the queues choose the job kinds
+        pool.handlers = {kind: pool.handlers[kind] for kind in kinds_for_queues(jobs, pool.handlers, queues)}
     if args.once:
         ran = 0
         while pool.run_once():
@@ -349,8 +365,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--web-port", type=int, help="web page port (default: web.port)")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("worker", help="run the job workers alone (triage and delivery jobs)")
-    p.add_argument("--once", action="store_true", help="run the jobs that are due, then exit")
+    p = sub.add_parser("worker", help="run the job workers alone (triage and delivery jobs); a Celery worker "
+                                      "with jobs.engine: celery")
+    p.add_argument("--once", action="store_true", help="run the jobs that are due, then exit (database engine)")
+    p.add_argument("--queues", metavar="Q1,Q2",
+                   help="serve only these queues (triage, asr, delivery; jobs.queues maps job kinds to them)")
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("models", help="check every model (Whisper by SHA-256, triage weights) and install "

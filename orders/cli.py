@@ -135,7 +135,7 @@ def _send_now(db: Any, settings: Any, accession: str, kind: str) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from readingroom.cli import Context
-    from readingroom.jobs import DatabaseJobQueue
+    from readingroom.jobs import open_queue
     from orders import review
     from orders.protocols import load_library
     from orders.store import recent_messages
@@ -154,10 +154,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"approved {order['accession']} with protocol {order['protocol_name']}: {order['protocol']['title']}; "
               "it is on the DICOM worklist now")
     elif args.action == "reject":
-        review.reject(db, settings, DatabaseJobQueue(db, settings.jobs), args.accession, args.reason, user=args.user)
+        review.reject(db, settings, open_queue(db, settings.jobs), args.accession, args.reason, user=args.user)
         print(f"rejected {args.accession}: {args.reason}; {_send_now(db, settings, args.accession, 'rejection')}")
     elif args.action == "question":
-        review.ask(db, args.accession, args.text, user=args.user, queue=DatabaseJobQueue(db, settings.jobs))
+        review.ask(db, args.accession, args.text, user=args.user, queue=open_queue(db, settings.jobs))
         print(f"question recorded for {args.accession}; the order waits for the answer; "
               f"{_send_now(db, settings, args.accession, 'question')}")
     elif args.action == "protocols":

@@ -4,7 +4,8 @@ This is the kernel, which imports no feature package (docs/architecture.md):
 
 - ``settings``: every setting typed, loaded once (YAML, then READINGROOM_* variables);
 - ``db``, ``schema``, ``migrations/``: SQLAlchemy over SQLite (default) or PostgreSQL, Alembic;
-- ``storage``: atomic files; ``jobs``: the durable job queue and the worker pool;
+- ``storage``: atomic files; ``jobs``: the durable job queue and the worker pool; ``celery_queue``:
+  the same jobs carried by Celery on Redis (``jobs.engine: celery``);
 - ``auth``, ``audit``: users, roles, server-side sessions, login throttling, the audit trail of
   every view of patient data;
 - ``errors``: ``ReadingRoomError`` and its kin; ``logs``: logging set up by the CLI or the app;
@@ -26,5 +27,5 @@ NOT_FOR_CLINICAL_USE = (
 )
 
 # The submodules are imported where they are used (``from readingroom.db import Database``).
-__all__ = ["NOT_FOR_CLINICAL_USE", "__version__", "audit", "auth", "cli", "db", "dicom_net", "errors", "hl7", "jobs",
-           "logs", "mllp", "schema", "settings", "sites_check", "storage", "tls", "users_cli"]
+__all__ = ["NOT_FOR_CLINICAL_USE", "__version__", "audit", "auth", "celery_queue", "cli", "db", "dicom_net", "errors",
+           "hl7", "jobs", "logs", "mllp", "schema", "settings", "sites_check", "storage", "tls", "users_cli"]

@@ -71,10 +71,10 @@ def wait_for_stop() -> None:
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
-    from readingroom.jobs import DatabaseJobQueue
+    from readingroom.jobs import open_queue
 
     ctx = Context()
-    queue = DatabaseJobQueue(ctx.db, ctx.settings.jobs)
+    queue = open_queue(ctx.db, ctx.settings.jobs)
     if args.jobs_command == "retry":
         if not queue.retry_dead(args.id):
             print(f"job {args.id} is not in the dead-letter state; see `readingroom jobs list --status dead`",

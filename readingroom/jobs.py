@@ -5,8 +5,9 @@ A job is a row: it survives a crash and a restart. A worker *claims* a job by ta
 raises is retried with exponential backoff; after ``max_attempts`` it goes to the dead-letter
 state ("dead"), where the admin sees it and can retry it.
 
-``JobQueue`` is the interface: a distributed engine (Celery, Ray) can implement it later and the
-rest of ReadingRoom does not change.
+``JobQueue`` is the interface, with two engines (``jobs.engine``, docs/jobs.md): this one, where
+workers poll the table, and ``readingroom.celery_queue``, where Celery on Redis carries the job ids
+to workers on other machines and the table stays the record. ``open_queue`` picks the engine.
 """
 
 from __future__ import annotations
@@ -18,13 +19,14 @@ import threading
 import traceback
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Callable, Iterable
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import or_, select, text, update
 from sqlalchemy.orm import Session
 
 from readingroom.db import Database
+from readingroom.errors import ConfigError
 from readingroom.schema import Job, utcnow
 from readingroom.settings import JobSettings
 
@@ -39,6 +41,51 @@ class ClaimedJob:
     kind: str
     payload: dict[str, Any]
     attempt: int
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What ``claim_id`` found: a job to run, or why not (and, with ``later_s``, when to look again)."""
+    job: ClaimedJob | None = None
+    why: str = ""
+    later_s: float | None = None
+    kind: str = ""
+
+
+# The Celery queues, one per kind of work; jobs.queues maps each job kind to one of them.
+STANDARD_QUEUES = ("triage", "asr", "delivery")
+
+
+def select_queues(settings: JobSettings, names: Iterable[str] | None = None) -> list[str]:
+    """The queues a worker serves: ``names`` (checked), or every queue that jobs.queues names."""
+    mapped = sorted(set(settings.queues.values()))
+    if names is None:
+        return mapped
+    chosen = [name.strip() for name in names if name.strip()]
+    known = set(mapped) | set(STANDARD_QUEUES)
+    unknown = [name for name in chosen if name not in known]
+    if unknown or not chosen:
+        raise ConfigError(f"unknown queue(s) {', '.join(unknown) or '(none given)'}: the queues are "
+                          f"{', '.join(sorted(known))} (jobs.queues maps each job kind to one)")
+    return list(dict.fromkeys(chosen))
+
+
+def kinds_for_queues(settings: JobSettings, kinds: Iterable[str], queues: Iterable[str]) -> list[str]:
+    """The job kinds among ``kinds`` whose queue (jobs.queues) is one of ``queues``."""
+    wanted = set(queues)
+    return [kind for kind in kinds if settings.queues.get(kind) in wanted]
+
+
+def open_queue(db: Database, settings: JobSettings) -> "DatabaseJobQueue":
+    """The job queue of the configured engine (jobs.engine): the database, or Celery on Redis."""
+    if settings.engine == "database":
+        return DatabaseJobQueue(db, settings)
+    try:
+        from readingroom.celery_queue import CeleryJobQueue
+    except ImportError as exc:
+        raise ConfigError(f"jobs.engine is celery, but Celery cannot be imported ({exc}): install it with "
+                          "`make install` (pip install -e '.[celery]'), or set jobs.engine: database") from None
+    return CeleryJobQueue(db, settings)
 
 
 class JobQueue(ABC):
@@ -83,6 +130,8 @@ class DatabaseJobQueue(JobQueue):
             with self.db.session() as own:
                 return self.enqueue(kind, payload, dedupe_key=dedupe_key, session=own)
         if dedupe_key is not None:
+            if session.get_bind().dialect.name == "postgresql":   # one enqueuer per key at a time
+                session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": dedupe_key})
             waiting = session.scalar(
                 select(Job).where(Job.dedupe_key == dedupe_key, Job.status == "queued", Job.attempts == 0)
             )
@@ -112,23 +161,48 @@ class DatabaseJobQueue(JobQueue):
             )
             if job is None:
                 return None
-            if job.status == "running":
-                log.warning("job %s (%s): worker %s stopped without finishing; taking it up again",
-                            job.id, job.kind, job.locked_by)
-                if job.attempts >= job.max_attempts:
-                    self._bury(session, job, job.last_error or "worker died on the last attempt")
-                    return None
-            # Optimistic lock: the row changes only if nobody claimed it in between.
-            claimed = session.execute(
-                update(Job)
-                .where(Job.id == job.id, Job.status == job.status, Job.attempts == job.attempts)
-                .values(status="running", attempts=job.attempts + 1, locked_by=worker_id,
-                        locked_until=now + timedelta(seconds=self.settings.lease_s))
-                .execution_options(synchronize_session=False)
-            ).rowcount  # type: ignore[attr-defined]  # an UPDATE's CursorResult
-            if claimed != 1:
+            return self._take(session, job, worker_id, now)
+
+    def claim_id(self, job_id: int, worker_id: str, kinds: Iterable[str] | None = None) -> Claim:
+        """Claim one job by its id (a message that carries only the id), as ``claim`` would:
+        nothing to do when it is done, dead or unknown; ``later_s`` when it is not due yet or runs
+        under another worker's live lease (look again then: that worker may die)."""
+        now = utcnow()
+        with self.db.session() as session:
+            job = session.get(Job, job_id)
+            if job is None:
+                return Claim(why="no such job in the jobs table")
+            if kinds is not None and job.kind not in set(kinds):
+                return Claim(why=f"this worker has no handler for {job.kind!r} jobs")
+            if job.status not in ("queued", "running"):
+                return Claim(why=f"already {job.status}")
+            if job.status == "queued" and job.run_after > now:
+                return Claim(why="not due yet", later_s=(job.run_after - now).total_seconds(), kind=job.kind)
+            if job.status == "running" and job.locked_until is not None and job.locked_until >= now:
+                return Claim(why=f"running under the lease of {job.locked_by}",
+                             later_s=(job.locked_until - now).total_seconds() + 0.5, kind=job.kind)
+            claimed = self._take(session, job, worker_id, now)
+            return Claim(job=claimed, kind=job.kind) if claimed else Claim(why="taken by another worker, or dead")
+
+    def _take(self, session: Session, job: Job, worker_id: str, now: datetime) -> ClaimedJob | None:
+        """Lease a due job (queued, or running under an expired lease) to ``worker_id``."""
+        if job.status == "running":
+            log.warning("job %s (%s): worker %s stopped without finishing; taking it up again",
+                        job.id, job.kind, job.locked_by)
+            if job.attempts >= job.max_attempts:
+                self._bury(session, job, job.last_error or "worker died on the last attempt")
                 return None
-            return ClaimedJob(job.id, job.kind, dict(job.payload or {}), job.attempts + 1)
+        # Optimistic lock: the row changes only if nobody claimed it in between.
+        claimed = session.execute(
+            update(Job)
+            .where(Job.id == job.id, Job.status == job.status, Job.attempts == job.attempts)
+            .values(status="running", attempts=job.attempts + 1, locked_by=worker_id,
+                    locked_until=now + timedelta(seconds=self.settings.lease_s))
+            .execution_options(synchronize_session=False)
+        ).rowcount  # type: ignore[attr-defined]  # an UPDATE's CursorResult
+        if claimed != 1:
+            return None
+        return ClaimedJob(job.id, job.kind, dict(job.payload or {}), job.attempts + 1)
 
     def complete(self, job_id: int, worker_id: str) -> None:
         with self.db.session() as session:
@@ -178,6 +252,18 @@ class DatabaseJobQueue(JobQueue):
             return list(session.scalars(query))
 
 
+def run_job(queue: JobQueue, handler: Handler, job: ClaimedJob, worker_id: str) -> bool:
+    """Run a claimed job's handler and record the outcome: done, or failed (retry or dead)."""
+    try:
+        handler(job.payload)
+    except Exception:  # noqa: BLE001 - a job's failure must never stop the worker
+        queue.fail(job.id, worker_id, traceback.format_exc(limit=5))
+        return False
+    queue.complete(job.id, worker_id)
+    log.info("job %s (%s) done", job.id, job.kind)
+    return True
+
+
 class WorkerPool:
     """Threads that claim jobs and run the handler registered for their kind."""
 
@@ -216,14 +302,7 @@ class WorkerPool:
         job = self.queue.claim(worker_id, self.handlers)
         if job is None:
             return False
-        handler = self.handlers[job.kind]
-        try:
-            handler(job.payload)
-        except Exception:  # noqa: BLE001 - a job's failure must never stop the worker
-            self.queue.fail(job.id, worker_id, traceback.format_exc(limit=5))
-        else:
-            self.queue.complete(job.id, worker_id)
-            log.info("job %s (%s) done", job.id, job.kind)
+        run_job(self.queue, self.handlers[job.kind], job, worker_id)
         return True
 
     def _loop(self, worker_id: str) -> None:

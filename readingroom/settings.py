@@ -182,6 +182,10 @@ class IntakeSettings(_Section):
     rescan_interval_s: float = Field(2, gt=0)
 
 
+# Job kind -> Celery queue (jobs.queues). The kinds are the feature packages' job names.
+DEFAULT_JOB_QUEUES = {"triage_study": "triage", "order_hl7_out": "delivery", "report_delivery": "delivery"}
+
+
 class JobSettings(_Section):
     workers: int = Field(2, ge=0, le=64)
     poll_interval_s: float = Field(0.5, gt=0)
@@ -189,6 +193,36 @@ class JobSettings(_Section):
     backoff_base_s: float = Field(2, ge=0)
     backoff_max_s: float = Field(300, ge=0)
     lease_s: float = Field(120, gt=0)
+    # The engine that carries jobs to the workers: "database" (the embedded default, workers poll
+    # the jobs table) or "celery" (Celery on Redis; the jobs table stays the record, docs/jobs.md).
+    engine: Literal["database", "celery"] = "database"
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    # Celery queue of each job kind: one queue per kind of work (triage, asr, delivery).
+    queues: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_JOB_QUEUES))
+    # Seconds Redis waits for a worker's acknowledgement before it delivers a message again
+    # (the worker died): longer than any job, and than the longest retry backoff.
+    visibility_timeout_s: float = Field(3600, gt=0)
+    # Every this many seconds a Celery worker publishes the due jobs the broker does not hold
+    # (queued by a process without the broker, or lost with it); 0 turns it off.
+    sweep_interval_s: float = Field(30, ge=0)
+
+    @field_validator("broker_url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "redis+socket://")):
+            raise ValueError("the broker is Redis: use redis://HOST:PORT/DB (rediss:// with TLS), "
+                             "e.g. redis://127.0.0.1:6379/0")
+        return value
+
+    @field_validator("queues")
+    @classmethod
+    def _queue_names(cls, value: dict[str, str]) -> dict[str, str]:
+        bad = [f"{kind}: {queue!r}" for kind, queue in value.items()
+               if not queue or not queue.replace("_", "").replace("-", "").isalnum()]
+        if bad:
+            raise ValueError(f"a queue name is letters, digits, '-' and '_' ({', '.join(bad)}); "
+                             "e.g. triage, asr, delivery")
+        return value
 
 
 class WebSettings(_Section):

@@ -151,7 +151,10 @@ class ReportService:
         """A new draft for the study, or its existing report (one report per study)."""
         tmpl = load_template(template or "free", self.templates_dir)  # a bad name fails here, clearly
         with self.db.session() as session:
-            study = session.scalar(select(Study).where(Study.study_uid == study_uid))
+            # The study's row lock makes "find its report, else create one" one step on PostgreSQL
+            # (SQLite's write transactions are serial already): one report per study, even when
+            # several radiologists open it at once.
+            study = session.scalar(select(Study).where(Study.study_uid == study_uid).with_for_update())
             if study is None:
                 raise ReportError(f"no study {study_uid!r}; see `readingroom worklist` for the study UIDs")
             record = session.scalar(select(ReportRecord).where(ReportRecord.study_id == study.id)

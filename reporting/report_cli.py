@@ -146,14 +146,14 @@ def _print_issues(results, as_json: bool) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     from readingroom.cli import Context
-    from readingroom.jobs import DatabaseJobQueue
+    from readingroom.jobs import open_queue
 
     from reporting.errors import ChecksNotResolved
     from reporting.lifecycle import ReportService
     from reporting.versions import verify_signature
 
     ctx = Context()
-    service = ReportService(ctx.db, ctx.settings, DatabaseJobQueue(ctx.db, ctx.settings.jobs))
+    service = ReportService(ctx.db, ctx.settings, open_queue(ctx.db, ctx.settings.jobs))
     a = args.command
     if a == "new":
         view = service.create(args.study_uid, args.user, args.template)

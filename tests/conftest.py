@@ -113,3 +113,16 @@ def pg_db(pg_settings: Settings):
 @pytest.fixture
 def pg_queue(pg_db: Database, pg_settings: Settings) -> DatabaseJobQueue:
     return DatabaseJobQueue(pg_db, pg_settings.jobs)
+
+
+# --- Redis (tests/redis_server.py): one throwaway broker per session, for the Celery job engine -----------
+@pytest.fixture(scope="session")
+def redis_url():
+    """The URL of a throwaway Redis server (one per session; no persistence)."""
+    from tests.redis_server import RedisUnavailable, redis_server
+
+    try:
+        with redis_server() as url:
+            yield url
+    except RedisUnavailable as exc:   # an error, never a skip: the message says what to install
+        pytest.fail(f"cannot start the Redis test server: {exc}", pytrace=False)

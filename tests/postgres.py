@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Iterator
 
 INSTALL_HINT = ("install Debian postgresql (`make test` and `make install` do: apt-get install postgresql) and "
-                "the postgres extra (`make install` runs pip install -e '.[test,postgres]', which brings psycopg)")
+                "the postgres extra (`make install` runs pip install -e '.[test,postgres,celery]': psycopg)")
 SERVER_TIMEZONE = "Pacific/Kiritimati"   # UTC+14: far from UTC and from any CI machine's zone
 START_TIMEOUT_S = 60
 

@@ -212,6 +212,18 @@ def test_concurrent_workers_never_claim_the_same_job_twice(pg_db, pg_queue):
     assert rows == {i: ("running", 1, w) for i, w in claimed}
 
 
+def test_concurrent_enqueues_with_one_dedupe_key_queue_one_job(pg_db, pg_queue):
+    racers, ids = 6, []
+    hold = "SELECT 1 FROM (SELECT pg_advisory_xact_lock(hashtext(:k))) AS held"   # the enqueuers' lock
+    with _blocked_behind(pg_db, hold, {"k": "study:1.2"}, racers):
+        threads = _run_all(lambda n: ids.append(pg_queue.enqueue("triage", {"n": n}, dedupe_key="study:1.2")),
+                           list(range(racers)))
+    _join(threads)
+    with pg_db.reader() as s:
+        assert s.scalar(select(func.count()).select_from(Job)) == 1
+    assert len(ids) == racers and len(set(ids)) == 1
+
+
 def test_an_expired_lease_hands_the_job_to_exactly_one_other_worker(pg_db, pg_queue):
     job_id = pg_queue.enqueue("triage", {"study_uid": "1.2.3"})
     first = pg_queue.claim("worker-that-dies", ["triage"])
@@ -263,11 +275,6 @@ def test_concurrent_signing_makes_one_version_and_tells_the_others(pg_db, pg_set
     assert audit.verify(pg_db).ok
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "reporting/lifecycle.py:157 ReportService.create looks for the study's report with a plain SELECT, then "
-    "inserts one (line 165); nothing serialises that on PostgreSQL (no row lock on the study, and "
-    "reports.study_id, readingroom/schema.py:295, is not unique), so radiologists opening a study at once get "
-    "a report each (4 racers: 4 reports); on SQLite BEGIN IMMEDIATE serialises them"))
 def test_concurrent_create_makes_one_report_per_study(pg_db, pg_settings, pg_queue):
     service = ReportService(pg_db, pg_settings, pg_queue)
     uid = add_study(pg_db)
@@ -335,12 +342,6 @@ def test_two_intakes_storing_the_same_instance_at_once_store_it_once(pg_db, pg_s
     assert (pg_settings.home / path).is_file()
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "triage/intake.py:370-379 Intake._write_and_index: when two processes store the first instances of a new "
-    "study at once on PostgreSQL, the second's INSERT of the study violates the unique studies.study_uid; the "
-    "IntegrityError handler only accepts 'this same instance was indexed meanwhile', so a different instance "
-    "is unlinked and refused with 0xA7xx ('database error, try again later') instead of being stored again "
-    "under the study that now exists (the _write_lock, line 180, only serialises one process)"))
 def test_two_intakes_storing_two_instances_of_a_new_study_at_once_store_both(pg_db, pg_settings):
     series = ct_series(head_phantom(2, size=32), key="pgnew", accession="PGNEW")
     results = _race_two_intakes(pg_db, pg_settings, series[:2])

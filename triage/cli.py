@@ -18,11 +18,11 @@ log = logging.getLogger(__name__)
 
 
 def cmd_receive(args: argparse.Namespace) -> int:
-    from readingroom.jobs import DatabaseJobQueue
+    from readingroom.jobs import open_queue
     from triage.service import IntakeService
 
     ctx = Context(dicom_overrides(args), log_to_file=True)
-    service = IntakeService(ctx.settings, ctx.db, DatabaseJobQueue(ctx.db, ctx.settings.jobs))
+    service = IntakeService(ctx.settings, ctx.db, open_queue(ctx.db, ctx.settings.jobs))
     service.start()
     print(f"DICOM listener {ctx.settings.dicom.ae_title} on {ctx.settings.dicom.host}:{service.listener.port}; "
           "Ctrl-C to stop", flush=True)
@@ -36,7 +36,7 @@ def cmd_receive(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from readingroom.jobs import DatabaseJobQueue
+    from readingroom.jobs import open_queue
     from triage.importer import import_path
     from triage.intake import Intake
     from triage.studies import complete_due_studies
@@ -45,7 +45,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     intake = Intake(ctx.settings, ctx.db)
     summary = import_path(Path(args.path), intake, progress=not args.quiet)
     # A folder is complete once read: no quiet period to wait for.
-    complete_due_studies(ctx.db, DatabaseJobQueue(ctx.db, ctx.settings.jobs), ctx.settings,
+    complete_due_studies(ctx.db, open_queue(ctx.db, ctx.settings.jobs), ctx.settings,
                          only=summary.study_uids, ignore_quiet_period=True)
     print(summary.format())
     return 2 if summary.rejected else 0

@@ -27,7 +27,7 @@ from pydicom import Dataset, dcmread, dcmwrite
 from pydicom.dataset import FileMetaDataset
 from pydicom.pixels.utils import get_expected_length
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID
-from sqlalchemy import Connection, bindparam, insert, select, update
+from sqlalchemy import Connection, bindparam, case, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from readingroom.db import Database
@@ -42,8 +42,12 @@ log = logging.getLogger(__name__)
 _FIND_STUDY = select(Study.id, Study.status).where(Study.study_uid == bindparam("uid"))
 _FIND_SERIES = select(Series.id).where(Series.series_uid == bindparam("uid"))
 _FIND_SITE = select(Site.id).where(Site.name == bindparam("name"))
+# last_received_at only moves forward: two listeners may commit a study's instances out of order,
+# and the quiet period runs from the newest of them.
 _TOUCH_STUDY = (update(Study).where(Study.id == bindparam("study_id"))
-                .values(last_received_at=bindparam("now"), completed_at=None, status=bindparam("new_status")))
+                .values(last_received_at=case((Study.last_received_at < bindparam("now"), bindparam("now")),
+                                              else_=Study.last_received_at),
+                        completed_at=None, status=bindparam("new_status")))
 _INSERT_STUDY = insert(Study)
 _INSERT_SERIES = insert(Series)
 _INSERT_INSTANCE = insert(Instance)
@@ -55,6 +59,9 @@ _EXISTING = (
     .join(Study, Series.study_id == Study.id)
     .where(Instance.sop_uid == bindparam("sop_uid"))
 )
+
+# Indexing an instance is tried again when another process created its study or series meanwhile.
+INDEX_ATTEMPTS = 3
 
 # C-STORE statuses we return (PS3.4 B.2.3). 0xA7xx: out of resources (the sender may retry
 # later); 0xC2xx: cannot understand (retrying the same data will not help).
@@ -355,32 +362,39 @@ class Intake:
         study_uid, series_uid = uids["StudyInstanceUID"], uids["SeriesInstanceUID"]
         digest = hashlib.sha256(data).hexdigest()
         written = False
-        try:
-            with self._write_lock, self.db.engine.begin() as conn:
-                existing = conn.execute(_EXISTING, {"sop_uid": uids["SOPInstanceUID"]}).first()
-                if existing is not None:
-                    if tuple(existing) != (study_uid, series_uid):
-                        return "conflict", tuple(existing)
+        for attempt in range(1, INDEX_ATTEMPTS + 1):
+            try:
+                with self._write_lock, self.db.engine.begin() as conn:
+                    existing = conn.execute(_EXISTING, {"sop_uid": uids["SOPInstanceUID"]}).first()
+                    if existing is not None:
+                        if tuple(existing) != (study_uid, series_uid):
+                            return "conflict", tuple(existing)
+                        return "duplicate", ()
+                    if write:
+                        atomic_write(path, data)
+                        written = True
+                    return "stored", self._insert_rows(conn, ds, uids, relpath, len(data), digest, calling_ae,
+                                                       assign_site=write)
+            except IntegrityError:
+                # Another process (another listener, on PostgreSQL) inserted in between: the same
+                # instance (its row points at this very path, so the file stays), or the first
+                # rows of the same new study or series, which the next attempt joins.
+                with self.db.read_engine.connect() as conn:
+                    existing = conn.execute(_EXISTING, {"sop_uid": uids["SOPInstanceUID"]}).first()
+                if existing is not None and tuple(existing) == (study_uid, series_uid):
                     return "duplicate", ()
-                if write:
-                    atomic_write(path, data)
-                    written = True
-                return "stored", self._insert_rows(conn, ds, uids, relpath, len(data), digest, calling_ae,
-                                                   assign_site=write)
-        except IntegrityError:
-            # Another process indexed the same instance in between (possible on PostgreSQL):
-            # its row points at this very path, so the file stays.
-            with self.db.read_engine.connect() as conn:
-                existing = conn.execute(_EXISTING, {"sop_uid": uids["SOPInstanceUID"]}).first()
-            if existing is not None and tuple(existing) == (study_uid, series_uid):
-                return "duplicate", ()
-            if written:
-                path.unlink(missing_ok=True)
-            raise
-        except BaseException:
-            if written:
-                path.unlink(missing_ok=True)  # the transaction did not commit: no row points at it
-            raise
+                if existing is None and attempt < INDEX_ATTEMPTS:
+                    log.info("study %s or its series was created by another process meanwhile; indexing %s "
+                             "again (attempt %d)", study_uid, uids["SOPInstanceUID"], attempt + 1)
+                    continue
+                if written:
+                    path.unlink(missing_ok=True)
+                raise
+            except BaseException:
+                if written:
+                    path.unlink(missing_ok=True)  # the transaction did not commit: no row points at it
+                raise
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     def _insert_rows(self, conn: Connection, ds: Dataset, uids: dict[str, str], relpath: str, size: int,
                      digest: str, calling_ae: str, assign_site: bool = True) -> tuple[str | None, datetime]:

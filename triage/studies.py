@@ -15,7 +15,7 @@ import threading
 from datetime import datetime, timedelta
 from typing import Callable
 
-from sqlalchemy import select
+from sqlalchemy import case, select, update
 
 from readingroom.db import Database
 from readingroom.jobs import JobQueue
@@ -34,23 +34,39 @@ def triage_dedupe_key(study_uid: str) -> str:
 def complete_due_studies(db: Database, queue: JobQueue, settings: Settings,
                          now: datetime | None = None, only: set[str] | None = None,
                          ignore_quiet_period: bool = False) -> list[str]:
-    """Mark complete every study whose quiet period has passed; queue its triage. Returns UIDs."""
+    """Mark complete every study whose quiet period has passed; queue its triage. Returns UIDs.
+
+    Several processes may run this at once on one database (every listener has a monitor, and
+    a study's instances may arrive at several listeners). Each study is completed by a
+    conditional UPDATE, "still open and still quiet", so exactly one caller completes it and
+    queues its triage; a caller that lost the race, or whose read is older than an instance
+    that another listener stored meanwhile, changes nothing (PostgreSQL re-checks the WHERE on
+    the row's newest version; on SQLite, BEGIN IMMEDIATE serialises the callers anyway)."""
     now = now or utcnow()
     done: list[str] = []
     with db.session() as session:
-        query = select(Study, Site.name).outerjoin(Site, Study.site_id == Site.id).where(Study.completed_at.is_(None))
+        query = (select(Study.id, Study.study_uid, Study.last_received_at, Site.name)
+                 .outerjoin(Site, Study.site_id == Site.id).where(Study.completed_at.is_(None)))
         if only is not None:
             query = query.where(Study.study_uid.in_(only))
-        for study, site_name in session.execute(query).all():
+        for study_id, study_uid, last_received_at, site_name in session.execute(query).all():
             quiet = timedelta(seconds=settings.quiet_period_for(site_name))
-            if not ignore_quiet_period and study.last_received_at + quiet > now:
+            if not ignore_quiet_period and last_received_at + quiet > now:
                 continue
-            study.completed_at = now
-            if study.status == "receiving":
-                study.status = "new"
-            queue.enqueue(TRIAGE_JOB, {"study_uid": study.study_uid},
-                          dedupe_key=triage_dedupe_key(study.study_uid), session=session)
-            done.append(study.study_uid)
+            still_due = [Study.id == study_id, Study.completed_at.is_(None)]
+            if not ignore_quiet_period:
+                still_due.append(Study.last_received_at <= now - quiet)
+            completed = session.execute(
+                update(Study).where(*still_due)
+                .values(completed_at=now, status=case((Study.status == "receiving", "new"), else_=Study.status))
+                .execution_options(synchronize_session=False)
+            ).rowcount  # type: ignore[attr-defined]  # an UPDATE's CursorResult
+            if completed != 1:
+                log.debug("study %s was completed or received an instance meanwhile; left as it is", study_uid)
+                continue
+            queue.enqueue(TRIAGE_JOB, {"study_uid": study_uid},
+                          dedupe_key=triage_dedupe_key(study_uid), session=session)
+            done.append(study_uid)
     for uid in done:
         log.info("study %s complete; triage queued", uid)
     return done
