@@ -8,7 +8,7 @@ PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-APT_PACKAGES := dcmtk espeak-ng chromium faketime postgresql redis-server
+APT_PACKAGES := dcmtk espeak-ng chromium faketime postgresql redis-server orthanc
 
 .PHONY: run test install system-deps bench bench-dictation bench-reports bench-triage clean
 
@@ -26,7 +26,7 @@ install: system-deps $(STAMP)
 
 # Debian packages the tests and the demo use (dcmtk's storescu/echoscu/findscu; postgresql's initdb and
 # pg_ctl start a throwaway server for tests/test_postgres.py; redis-server is the throwaway broker of
-# tests/test_celery_queue.py).
+# tests/test_celery_queue.py; orthanc is the speed peer of bench/intake_vs_orthanc.py).
 system-deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \

@@ -230,7 +230,10 @@ def announce(settings: Settings, intake: Any, logins: str = "") -> list[ModelLin
 
 def build_workers(db: Database, settings: Settings, queue: JobQueue) -> WorkerPool:
     """The worker pool with every job handler registered: triage, notices to a site's RIS
-    (order rejections and questions), and report delivery (outbox)."""
+    (order rejections and questions), report delivery (outbox) and the final decode of a
+    dictated utterance (the asr queue). With ``dictation.final_decode: queue`` this process's
+    live dictation sends its final decodes to ``queue`` (dictation.asr_queue)."""
+    from dictation.asr_queue import FINAL_JOB, FinalDecodeHandler, QueueFinals, use_queue_finals
     from orders.review import SEND_JOB, OrderNoticeSender
     from reporting.delivery.outbox import DELIVERY_JOB, Deliverer
     from triage.notify import Notifier
@@ -241,6 +244,9 @@ def build_workers(db: Database, settings: Settings, queue: JobQueue) -> WorkerPo
     workers.register(TRIAGE_JOB, TriagePipeline(db, settings, Notifier(db, settings)))
     workers.register(SEND_JOB, OrderNoticeSender(db, settings))
     workers.register(DELIVERY_JOB, Deliverer(db, settings))
+    workers.register(FINAL_JOB, FinalDecodeHandler(settings.home, settings.dictation))
+    if settings.dictation.final_decode == "queue":
+        use_queue_finals(QueueFinals(queue, settings.home, settings.dictation, db=db, wake=workers.wake))
     return workers
 
 
@@ -365,7 +371,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--web-port", type=int, help="web page port (default: web.port)")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("worker", help="run the job workers alone (triage and delivery jobs); a Celery worker "
+    p = sub.add_parser("worker", help="run the job workers alone (triage, dictation finals, delivery); a Celery worker "
                                       "with jobs.engine: celery")
     p.add_argument("--once", action="store_true", help="run the jobs that are due, then exit (database engine)")
     p.add_argument("--queues", metavar="Q1,Q2",

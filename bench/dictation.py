@@ -14,6 +14,9 @@ FINAL model (base) at the final beam size (5), so the gain of the pipeline over 
 is visible too. Ours: the pipeline (tiny.en partials, base finals, prompts, commands, correction).
 
     .venv/bin/python bench/dictation.py [--quick] [--model tiny.en|base|DIR] [--json-only]
+    .venv/bin/python bench/dictation.py --final-decode queue [--asr-worker process|thread]
+        # only the streaming latency of ours: finals decoded locally, then on the asr queue
+        # (dictation.final_decode: queue) by a `readingroom worker --queues asr` process
 """
 
 from __future__ import annotations
@@ -371,6 +374,135 @@ def streaming_latency(clips, stream: StreamingTranscriber, realtime: bool) -> di
     }
 
 
+class _Count(logging.Handler):
+    """Counts the log records whose message contains ``text``."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(logging.WARNING)
+        self.text, self.count = text, 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.text in record.getMessage():
+            self.count += 1
+
+
+def queue_latency(clips, settings: DictationSettings, engine, worker: str = "process", poll_s: float = 0.05) -> dict:
+    """``streaming_latency`` (real time) with dictation.final_decode: queue: the finals are
+    ``dictation_final`` jobs on the asr queue of the database engine in a throwaway home, decoded
+    by a ``readingroom worker --queues asr`` process (``worker="process"``, polling every
+    ``poll_s``) or by a WorkerPool thread of this process (``"thread"``). One utterance is decoded
+    first, so that the worker has loaded its models."""
+    import shutil
+    import tempfile
+
+    from dictation.asr_queue import FINAL_JOB, FinalDecodeHandler, FinalRequest, QueueFinals
+    from readingroom.db import Database
+    from readingroom.jobs import DatabaseJobQueue, WorkerPool
+    from readingroom.settings import load_settings
+
+    home = Path(tempfile.mkdtemp(prefix="bench-asr-"))
+    qset = settings.with_(final_decode="queue", queue_timeout_s=120.0)
+    app_settings = load_settings(environ={}, overrides={"home": str(home), "jobs": {"poll_interval_s": poll_s}})
+    db = Database(app_settings)
+    db.upgrade()
+    queue = DatabaseJobQueue(db, app_settings.jobs)
+    pool, process = None, None
+    if worker == "thread":
+        pool = WorkerPool(queue, app_settings.jobs, {FINAL_JOB: FinalDecodeHandler(home, qset, engine=engine)})
+        pool.start()
+    else:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("READINGROOM_")}
+        env.update({"READINGROOM_HOME": str(home), "READINGROOM_JOBS__POLL_INTERVAL_S": str(poll_s),
+                    "READINGROOM_MODELS__ENABLED": "false", "READINGROOM_DICTATION__MODEL": settings.model,
+                    "READINGROOM_DICTATION__FINAL_MODEL": settings.final_model,
+                    "READINGROOM_DICTATION__FINAL_BEAM_SIZE": str(settings.final_beam_size),
+                    "READINGROOM_DICTATION__CPU_THREADS": str(settings.cpu_threads)})
+        process = subprocess.Popen([sys.executable, "-m", "app", "worker", "--queues", "asr"], env=env, cwd=ROOT,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = QueueFinals(queue, home, qset, db=db, wake=pool.wake if pool else None)
+    fallbacks = _Count("decoded locally")
+    logging.getLogger("dictation.stream").addHandler(fallbacks)
+    try:
+        t = time.perf_counter()
+        warm = client.wait(client.submit(clips[0].audio[: SAMPLE_RATE * 3], FinalRequest(None)))
+        if not warm.answered:
+            raise RuntimeError(f"the asr worker did not answer: {warm.why}")
+        warm_s = time.perf_counter() - t
+        trips = decode_round_trips(clips, qset, engine, client)
+        stream = DictationSession(qset, template=template_for(clips[0].text)).stream(engine, finals=client)
+        figures = {**streaming_latency(clips, stream, realtime=True), **trips}
+    finally:
+        logging.getLogger("dictation.stream").removeHandler(fallbacks)
+        if process is not None:
+            process.terminate()
+            process.wait(30)
+        if pool is not None:
+            pool.stop()
+        client.close()
+        db.dispose()
+        shutil.rmtree(home, ignore_errors=True)
+    return {**figures, "asr_worker": worker, "worker_poll_s": poll_s, "first_answer_s": round(warm_s, 2),
+            "local_fallbacks": fallbacks.count}
+
+
+def decode_round_trips(clips, settings: DictationSettings, engine, client, max_s: float = 10.0) -> dict:
+    """One final decode at a time, nothing else running here: the first ``max_s`` of each clip
+    decoded by ``decode_final`` in this process, then as a job (submit -> answer read), in turns.
+    The difference is what the queue adds (files, row, poll), without streaming's CPU contention."""
+    from dictation.asr_queue import FinalRequest
+    from dictation.stream import decode_final
+
+    local, queued = [], []
+    for clip in clips:
+        session = DictationSession(settings, template=template_for(clip.text))
+        audio = clip.audio[: int(SAMPLE_RATE * max_s)]
+        prompt, command_prompt = session.prompt(), session.command_prompt()
+        t = time.perf_counter()
+        mine = decode_final(engine, settings, audio, prompt=prompt, command_prompt=command_prompt,
+                            is_command=session.is_command)
+        local.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        answer = client.wait(client.submit(audio, FinalRequest(prompt, None, command_prompt,
+                                                               tuple(session.template.macros))))
+        queued.append(time.perf_counter() - t)
+        if not answer.answered or (answer.transcript.text if answer.transcript else "") != (mine.text if mine else ""):
+            log.warning("round trip: the queue's answer differs from the local one (%s)", answer.why or "text")
+
+    def stat(values: list[float], q: float) -> float:
+        return round(float(np.percentile(values, q)), 3)
+
+    return {"round_trip_local_median_s": stat(local, 50), "round_trip_local_p95_s": stat(local, 95),
+            "round_trip_queue_median_s": stat(queued, 50), "round_trip_queue_p95_s": stat(queued, 95),
+            "round_trip_overhead_median_s": stat([q - m for q, m in zip(queued, local)], 50)}
+
+
+def final_decode_comparison(clips, settings: DictationSettings, engine, worker: str) -> dict:
+    """The streaming figures of ours with the finals decoded here (local), then on the asr queue."""
+    out: dict = {"load_avg_before": [round(x, 2) for x in os.getloadavg()]}
+    local_session = DictationSession(settings, template=template_for(clips[0].text))
+    out["local"] = streaming_latency(clips, local_session.stream(engine), realtime=True)
+    out["queue"] = queue_latency(clips, settings, engine, worker=worker)
+    out["load_avg_after"] = [round(x, 2) for x in os.getloadavg()]
+    return out
+
+
+def print_final_decode(result: dict) -> None:
+    keys = ["partial_latency_median_s", "partial_latency_p95_s", "partial_interval_median_s", "partials",
+            "final_latency_median_s", "final_latency_p95_s", "stream_compute_rtf"]
+    print(f"final decode: local vs queue ({result['queue']['asr_worker']} worker), "
+          f"{result['clips']} dictations ({result['audio_min']} min) streamed in real time")
+    print(f"{'figure':36} {'local':>10} {'queue':>10}")
+    for key in keys:
+        print(f"{key:36} {str(result['local'].get(key)):>10} {str(result['queue'].get(key)):>10}")
+    q = result["queue"]
+    print(f"one final decode at a time (first 10 s of each dictation), median / p95: local "
+          f"{q['round_trip_local_median_s']} / {q['round_trip_local_p95_s']} s, queue {q['round_trip_queue_median_s']} / "
+          f"{q['round_trip_queue_p95_s']} s (median overhead {q['round_trip_overhead_median_s']} s)")
+    print(f"queue: first answer (model load) {result['queue']['first_answer_s']} s, local fallbacks "
+          f"{result['queue']['local_fallbacks']}; load average before {result['load_avg_before']}, "
+          f"after {result['load_avg_after']}")
+
+
 def rss_mb() -> float:
     """Resident memory of this process (Linux /proc), MiB."""
     try:
@@ -501,6 +633,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--drift-minutes", type=float, default=30.0)
     parser.add_argument("--ours-only", action="store_true",
                         help="skip the baseline and plain-base lines (they do not change with our code)")
+    parser.add_argument("--final-decode", choices=["local", "queue"], default="local",
+                        help="queue: only the streaming latency, with the finals decoded locally and then on "
+                             "the asr queue (dictation.final_decode: queue), both printed")
+    parser.add_argument("--asr-worker", choices=["process", "thread"], default="process",
+                        help="with --final-decode queue: a `readingroom worker --queues asr` process, or a "
+                             "worker thread in this process")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
     if args.verbose:
@@ -528,6 +666,18 @@ def main(argv: list[str] | None = None) -> int:
         result["load_avg_before"] = [round(x, 2) for x in load_before]
         result["load_avg_after"] = [round(x, 2) for x in os.getloadavg()]
         print(json.dumps(result, indent=1))
+        return 0
+    if args.final_decode == "queue":
+        n_lat = args.latency_clips or (3 if args.quick else 8)
+        lat_clips = clips[:: max(1, len(clips) // n_lat)][:n_lat]
+        result = final_decode_comparison(lat_clips, settings, engine, args.asr_worker)
+        result.update({"clips": len(lat_clips), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                       "audio_min": round(sum(len(c.audio) for c in lat_clips) / SAMPLE_RATE / 60, 2),
+                       "model": settings.model, "final_model": settings.final_model,
+                       "final_beam_size": settings.final_beam_size, "bench_s": round(time.perf_counter() - t0, 1)})
+        if not args.json_only:
+            print_final_decode(result)
+        print(json.dumps(result))
         return 0
     if args.latency_only:
         clips, cmd_clips, short_clips = clips[:24], [], []

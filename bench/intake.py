@@ -332,7 +332,9 @@ def target_met(runs: list[RunResult]) -> bool:
 
 def durability(settings: Settings) -> dict[str, Any]:
     return {
-        "file_fsync": "file and folder fsync'd before each acknowledgement (readingroom.storage.atomic_write)",
+        "file_fsync": ("file fdatasync'd and its folder fsync'd before each acknowledgement (readingroom.storage."
+                       "write_pending, PendingFile.install); one folder fsync and one commit for the instances that "
+                       "wait for the lock together"),
         "sqlite_synchronous": settings.database.sqlite_synchronous,
         "sqlite_journal": "WAL",
         "verify_pixel_data": settings.dicom.verify_pixel_data,

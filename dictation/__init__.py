@@ -9,7 +9,8 @@ commands ("next field", "scratch that", "insert normal") edit the report. Not fo
 Modules: settings, models (install/load), audio (decoding, the one resampler), vad, transcribe
 (one utterance), stream (partials and finals), lexicon (bias and post-correction), normalize,
 commands (the grammar), session (glue), live (the browser's live session loop: worker thread,
-partial/final protocol, shared engine, registry), cli (``readingroom transcribe``), install
+partial/final protocol, shared engine, registry), asr_queue (the final decodes as jobs on the
+asr queue, ``dictation.final_decode: queue``), cli (``readingroom transcribe``), install
 (``python -m dictation.install``).
 The report it fills (sections, templates, fields) is ``reporting.report``; sign-off and delivery
 are the rest of ``reporting/`` (docs/reporting.md).

@@ -70,8 +70,9 @@ class LiveDictation:
 
     def __init__(self, template: str = "free", settings: DictationSettings | None = None,
                  sections: dict[str, str] | None = None, engine=None,
-                 fields: dict[str, dict[str, str]] | None = None) -> None:
+                 fields: dict[str, dict[str, str]] | None = None, finals=None) -> None:
         self.settings = settings or DictationSettings()
+        self._finals = finals     # dictation.asr_queue.QueueFinals, with dictation.final_decode: queue
         self.session = DictationSession(self.settings, template=template)
         report = self.session.report
         for name, text in (sections or {}).items():
@@ -103,6 +104,20 @@ class LiveDictation:
         if self._engine is None:
             self._engine = shared_engine(self.settings)
         return self._engine
+
+    def final_decoder(self):  # dictation.asr_queue.QueueFinals | None
+        """With dictation.final_decode: queue, the client that sends each utterance's final decode
+        to the asr queue (this process's, set up by app.build_workers); None: decoded here."""
+        if self.settings.final_decode != "queue":
+            return None
+        if self._finals is None:
+            from dictation.asr_queue import queue_finals
+
+            self._finals = queue_finals()
+            if self._finals is None:
+                log.warning("dictation.final_decode is queue, but this process has no job queue for it "
+                            "(app.build_workers sets it up): the final texts are decoded here")
+        return self._finals
 
     def _events(self, events) -> None:
         from dictation.stream import Final
@@ -187,7 +202,7 @@ class LiveDictation:
             with self._lock:
                 if self._stream is None:
                     self._stream = self.session.stream(self.engine, partials=True, background=True,
-                                                       provisional=True)
+                                                       provisional=True, finals=self.final_decoder())
                     self.session.report.dictating = True
                 self._events(self._stream.feed(chunk))
         except Exception:  # the page must keep working; the error is logged

@@ -83,15 +83,17 @@ class DictationSession:
     def is_command(self, text: str) -> bool:
         return self.grammar.parse(text, self.template.macros.keys()) is not None
 
-    def stream(self, engine, *, partials: bool = True, background: bool | None = None, provisional: bool = False):
-        """A StreamingTranscriber wired to this session's prompts and command grammar."""
+    def stream(self, engine, *, partials: bool = True, background: bool | None = None, provisional: bool = False,
+               finals=None):
+        """A StreamingTranscriber wired to this session's prompts and command grammar; ``finals``
+        (a dictation.asr_queue.QueueFinals): the final texts are decoded by the asr workers."""
         from dictation.stream import StreamingTranscriber
 
         return StreamingTranscriber(
             engine, self.settings, prompt=self.prompt(), hotwords=self.hotwords(), partials=partials,
             command_prompt=self.command_prompt(), is_command=self.is_command,
             background=self.settings.final_in_background if background is None else background,
-            provisional=provisional,
+            provisional=provisional, remote=finals, command_macros=self.template.macros.keys(),
         )
 
     def hotwords(self) -> str | None:
@@ -153,3 +155,6 @@ class DictationSession:
 
     def transcript(self) -> str:
         return " ".join(u.text for u in self.utterances if u.text).strip()
+
+
+__all__ = ["DictationSession", "Utterance", "build_lexicon"]

@@ -16,7 +16,11 @@ a busy machine), a waiting utterance is decoded by the live model instead (``Fin
 
 Commands: an utterance of at most ``command_max_s`` is first decoded with ``command_prompt``;
 if ``is_command`` accepts that text it is the final text, otherwise the utterance is decoded as
-dictation with the normal prompt.
+dictation with the normal prompt (``decode_final``: the one rule, used by the asr workers too).
+
+With ``remote`` (dictation.final_decode: queue), each ended utterance becomes a job on the ``asr``
+queue at once (dictation.asr_queue.QueueFinals) and the final thread waits for its answer in
+utterance order; an utterance no worker answered in time is decoded here (nothing is lost).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import logging
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import numpy as np
 
@@ -33,6 +37,9 @@ from dictation.audio import SAMPLE_RATE
 from readingroom.settings import DictationSettings
 from dictation.transcribe import Engine, Transcript
 from dictation.vad import FRAME_SAMPLES, StreamingVad
+
+if TYPE_CHECKING:
+    from dictation.asr_queue import FinalRequest, QueueFinals, Ticket
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +78,8 @@ class StreamingTranscriber:
         is_command: Callable[[str], bool] | None = None,
         background: bool = False,
         provisional: bool = False,
+        remote: "QueueFinals | None" = None,
+        command_macros: Iterable[str] = (),
     ) -> None:
         self.engine = engine
         self.s = settings or engine.settings
@@ -79,6 +88,10 @@ class StreamingTranscriber:
         self.partials = partials
         self._command_prompt = command_prompt
         self.is_command = is_command
+        # dictation.final_decode: queue: the final text of each utterance is a job on the asr
+        # queue (dictation.asr_queue); ``command_macros``: the template's macros, for its command check.
+        self.remote = remote
+        self.command_macros = tuple(command_macros)
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="final") if background else None
         # At each endpoint, decode the whole utterance with the live model at once (a Partial with
         # final_pending) while the final model works in the background: text on screen sooner.
@@ -209,14 +222,20 @@ class StreamingTranscriber:
         audio = np.concatenate(frames)
         number = self._utterances
         self._utterances += 1
+        ticket = self.remote.submit(audio, self._request()) if self.remote is not None else None
         if self._executor is not None:
-            self._jobs.append(self._executor.submit(self._decode_final, audio, start_s, end_s, number))
+            if ticket is not None:
+                self._jobs.append(self._executor.submit(self._queued_final, ticket, audio, start_s, end_s, number))
+            else:
+                self._jobs.append(self._executor.submit(self._decode_final, audio, start_s, end_s, number))
             if self.provisional:   # with half a second of silence after it: Whisper keeps the last word
                 padded = np.concatenate([audio, np.zeros(SAMPLE_RATE // 2, np.float32)])
                 quick = self.engine.transcribe(padded, prompt=self.prompt, hotwords=self.hotwords)
                 return [Partial(quick.text, end_s, quick.decode_s, final_pending=True, utterance=number)] \
                     if quick.text else []
             return []
+        if ticket is not None:
+            return self._queued_final(ticket, audio, start_s, end_s, number)
         return self._decode_final(audio, start_s, end_s, number)
 
     def _behind(self, number: int) -> bool:
@@ -229,46 +248,74 @@ class StreamingTranscriber:
         if fast:
             log.info("final text of utterance %d from the live model: %d utterances wait", number,
                      self._utterances - 1 - number)
-        spent = 0.0
-        if self.is_command is not None and len(audio) / SAMPLE_RATE <= self.s.command_max_s:
-            prompt = self.command_prompt
-            if prompt:
-                result = self.engine.transcribe(audio, prompt=prompt, final=not fast)
-                if result.text and self.is_command(result.text):
-                    confirmed, check_s = self._confirm_command(audio, result.text)
-                    result.decode_s += check_s
-                    if confirmed:
-                        return [Final(result.text, start_s, end_s, result, number, fast)]
-                spent = result.decode_s
-        result = self.engine.transcribe(audio, prompt=self.prompt, hotwords=self.hotwords, final=not fast)
-        result.decode_s += spent
-        if not result.text:
-            return []
-        return [Final(result.text, start_s, end_s, result, number, fast)]
+        result = decode_final(self.engine, self.s, audio, prompt=self.prompt, hotwords=self.hotwords,
+                              command_prompt=self.command_prompt, is_command=self.is_command, fast=fast)
+        return [Final(result.text, start_s, end_s, result, number, fast)] if result is not None else []
 
-    def _confirm_command(self, audio: np.ndarray, command_text: str) -> tuple[bool, float]:
-        """A command heard with the command prompt must not be a longer sentence without it.
+    def _request(self) -> "FinalRequest":
+        """What a worker needs to decode an utterance as ``_decode_final`` would (dictation.asr_queue)."""
+        from dictation.asr_queue import FinalRequest
 
-        The command prompt pulls short dictated sentences towards command phrases ("Portable
-        chest radiograph." came out as "Paragraph."). The live model decodes the same audio
-        without any prompt; the command is dropped only when that text is no command, is not
-        close to the command text (character similarity < command_confirm_similarity) and has
-        at least command_confirm_extra_words more words: the prompt swallowed words. (Dropping
-        on dissimilarity alone lost 1 command in 5: unprompted tiny.en mishears short commands;
-        with 2 extra words, 3 in 50; with 3, none. Chosen on the benchmark corpus.)
-        Returns (confirmed, seconds spent)."""
-        if not self.s.command_confirm:
-            return True, 0.0
-        check = self.engine.transcribe(audio, prompt=None, final=False)
-        if not check.text or (self.is_command is not None and self.is_command(check.text)):
-            return True, check.decode_s
-        similarity = text_similarity(check.text, command_text)
-        extra = len(check.text.split()) - len(command_text.split())
-        if similarity < self.s.command_confirm_similarity and extra >= self.s.command_confirm_extra_words:
-            log.info("command %r not confirmed: without the prompt it is %r (similarity %.2f, %d more words); "
-                     "kept as text", command_text, check.text, similarity, extra)
-            return False, check.decode_s
+        return FinalRequest(self.prompt, self.hotwords, self.command_prompt,
+                            None if self.is_command is None else tuple(self.command_macros))
+
+    def _queued_final(self, ticket: "Ticket", audio: np.ndarray, start_s: float, end_s: float,
+                      number: int) -> list[Final]:
+        """The final text of a ``dictation_final`` job; decoded here when no worker answered in time."""
+        assert self.remote is not None
+        answer = self.remote.wait(ticket)
+        if not answer.answered:
+            log.warning("final text of utterance %d decoded locally: %s", number, answer.why)
+            return self._decode_final(audio, start_s, end_s, number)
+        result = answer.transcript
+        return [Final(result.text, start_s, end_s, result, number)] if result is not None else []
+
+
+def decode_final(engine: Engine, settings: DictationSettings, audio: np.ndarray, *, prompt: str | None,
+                 hotwords: str | None = None, command_prompt: str | None = None,
+                 is_command: Callable[[str], bool] | None = None, fast: bool = False) -> Transcript | None:
+    """The final text of one utterance (None: no text): a short one is first decoded with the
+    command prompt and kept if it is a confirmed command; else decoded as dictation with
+    ``prompt``. ``fast``: the live model instead of the final model. The one final-decode rule
+    of the web node (StreamingTranscriber) and of the ``asr`` workers (dictation.asr_queue)."""
+    spent = 0.0
+    if is_command is not None and len(audio) / SAMPLE_RATE <= settings.command_max_s and command_prompt:
+        result = engine.transcribe(audio, prompt=command_prompt, final=not fast)
+        if result.text and is_command(result.text):
+            confirmed, check_s = confirm_command(engine, settings, audio, result.text, is_command)
+            result.decode_s += check_s
+            if confirmed:
+                return result
+        spent = result.decode_s
+    result = engine.transcribe(audio, prompt=prompt, hotwords=hotwords, final=not fast)
+    result.decode_s += spent
+    return result if result.text else None
+
+
+def confirm_command(engine: Engine, settings: DictationSettings, audio: np.ndarray, command_text: str,
+                    is_command: Callable[[str], bool] | None) -> tuple[bool, float]:
+    """A command heard with the command prompt must not be a longer sentence without it.
+
+    The command prompt pulls short dictated sentences towards command phrases ("Portable
+    chest radiograph." came out as "Paragraph."). The live model decodes the same audio
+    without any prompt; the command is dropped only when that text is no command, is not
+    close to the command text (character similarity < command_confirm_similarity) and has
+    at least command_confirm_extra_words more words: the prompt swallowed words. (Dropping
+    on dissimilarity alone lost 1 command in 5: unprompted tiny.en mishears short commands;
+    with 2 extra words, 3 in 50; with 3, none. Chosen on the benchmark corpus.)
+    Returns (confirmed, seconds spent)."""
+    if not settings.command_confirm:
+        return True, 0.0
+    check = engine.transcribe(audio, prompt=None, final=False)
+    if not check.text or (is_command is not None and is_command(check.text)):
         return True, check.decode_s
+    similarity = text_similarity(check.text, command_text)
+    extra = len(check.text.split()) - len(command_text.split())
+    if similarity < settings.command_confirm_similarity and extra >= settings.command_confirm_extra_words:
+        log.info("command %r not confirmed: without the prompt it is %r (similarity %.2f, %d more words); "
+                 "kept as text", command_text, check.text, similarity, extra)
+        return False, check.decode_s
+    return True, check.decode_s
 
 
 def text_similarity(a: str, b: str) -> float:
@@ -280,3 +327,7 @@ def text_similarity(a: str, b: str) -> float:
 
     return SequenceMatcher(None, squash(a), squash(b)).ratio()
 
+
+
+__all__ = ["FRAME_MS", "Final", "Partial", "StreamingTranscriber", "confirm_command", "decode_final",
+           "text_similarity"]

@@ -51,11 +51,20 @@ class DictationSettings:
     # with continuous dictation), the waiting ones are decoded by the live model instead: the
     # text stays within seconds of the speech. 0 turns this off.
     final_backlog: int = 2
+    # Where the final text of an utterance is decoded: "local" (this process, on the worker
+    # thread above) or "queue" (a ``dictation_final`` job on the ``asr`` queue, decoded by
+    # ``readingroom worker --queues asr``; the web node keeps the VAD and the partials). With
+    # "queue", an utterance that no worker has answered within queue_timeout_s is decoded here,
+    # with a warning: nothing dictated is lost. The web node looks for the answer every
+    # queue_poll_ms.
+    final_decode: str = "local"
+    queue_timeout_s: float = 10.0
+    queue_poll_ms: int = 20
     # Commands: an utterance of at most this many seconds is first decoded with a prompt of
     # command phrases; it is kept only if the whole text is a command, else decoded as text.
     command_max_s: float = 3.0
     use_command_prompt: bool = True
-    # ...and confirmed by a decode without the prompt (see StreamingTranscriber._confirm_command).
+    # ...and confirmed by a decode without the prompt (see dictation.stream.confirm_command).
     command_confirm: bool = True
     command_confirm_similarity: float = 0.6
     command_confirm_extra_words: int = 3
@@ -108,6 +117,12 @@ class DictationSettings:
             raise ConfigError("dictation.beam_size and dictation.final_beam_size must be >= 1.")
         if not 0 <= settings.command_confirm_similarity <= 1:
             raise ConfigError("dictation.command_confirm_similarity must be between 0 and 1 (0.6 is the tested value).")
+        if settings.final_decode not in ("local", "queue"):
+            raise ConfigError(f"dictation.final_decode is {settings.final_decode!r}; valid values are local or "
+                              "queue (queue needs `readingroom worker --queues asr`, docs/dictation.md).")
+        if settings.queue_timeout_s <= 0 or settings.queue_poll_ms < 1:
+            raise ConfigError("dictation.queue_timeout_s must be > 0 (10 is the tested value) and "
+                              "dictation.queue_poll_ms >= 1 (20 is the tested value).")
         return settings
 
     def with_(self, **changes: Any) -> "DictationSettings":
@@ -155,6 +170,9 @@ class DicomSettings(_Section):
     association_timeout_s: float = Field(5, gt=0)
     max_associations_per_address: int = Field(4, ge=1, le=1000)
     verify_pixel_data: bool = True
+    # Listener processes on the one port (SO_REUSEPORT, triage/listener_group.py); the limits
+    # above are per process.
+    processes: int = Field(1, ge=1, le=64)
     # DICOM TLS (PS3.15 B.1): our PEM certificate (chain) and key; with tls_ca_file, client
     # certificates are required and verified against it. Off loopback, TLS is required unless
     # allow_insecure_remote is true (readingroom.tls.listen_problem).
@@ -183,7 +201,8 @@ class IntakeSettings(_Section):
 
 
 # Job kind -> Celery queue (jobs.queues). The kinds are the feature packages' job names.
-DEFAULT_JOB_QUEUES = {"triage_study": "triage", "order_hl7_out": "delivery", "report_delivery": "delivery"}
+DEFAULT_JOB_QUEUES = {"triage_study": "triage", "order_hl7_out": "delivery", "report_delivery": "delivery",
+                      "dictation_final": "asr"}
 
 
 class JobSettings(_Section):

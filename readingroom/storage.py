@@ -16,7 +16,9 @@ import logging
 import os
 import re
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 from readingroom.errors import StorageError
 
@@ -56,38 +58,92 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _storage_error(path: Path, exc: OSError) -> StorageError:
+    reason = "the disk is full" if exc.errno == errno.ENOSPC else exc.strerror or str(exc)
+    return StorageError(f"cannot write {path}: {reason}")
+
+
+@dataclass
+class PendingFile:
+    """A file written and fsynced under a temporary name beside its final ``path``
+    (``write_pending``); ``install`` renames it into place, ``discard`` removes it."""
+    path: Path
+    tmp: Path
+    new_folders: list[Path]       # the folders write_pending made, outermost first
+    durable: bool = True
+
+    @property
+    def folders(self) -> list[Path]:
+        """The folders to fsync once it is renamed: its own, and the one above each new folder."""
+        return list(dict.fromkeys([self.path.parent, *(new.parent for new in self.new_folders)]))
+
+    def install(self, sync_folders: bool = True) -> None:
+        """Rename over the final name, then (``sync_folders``) fsync ``folders``. Without, the
+        caller must ``fsync_folders`` before it relies on the new name: one fsync of a series
+        folder makes every rename into it durable (the intake's group commit)."""
+        try:
+            os.replace(self.tmp, self.path)
+        except OSError as exc:
+            self.discard()
+            raise _storage_error(self.path, exc) from exc
+        if self.durable and sync_folders:
+            fsync_folders(self.folders)
+
+    def take_back(self) -> None:
+        """Undo ``install``: back to the temporary name (so that it can be installed again), or
+        removed when that fails."""
+        try:
+            os.replace(self.path, self.tmp)
+        except OSError:
+            self.path.unlink(missing_ok=True)
+
+    def discard(self) -> None:
+        try:
+            self.tmp.unlink()
+        except OSError:
+            pass
+
+
+def fsync_folders(folders: Iterable[Path]) -> None:
+    """fsync each folder once (the renames into it are durable after)."""
+    for folder in dict.fromkeys(folders):
+        try:
+            _fsync_dir(folder)
+        except OSError as exc:
+            raise _storage_error(folder, exc) from exc
+
+
+def write_pending(path: Path, data: bytes, *, durable: bool = True) -> PendingFile:
+    """Write ``data`` beside ``path`` under a temporary name, flushed and fsynced (the slow part,
+    which needs no lock: several writers at once overlap their fsyncs); ``install()`` puts it in
+    place. Raises StorageError (with ``errno`` of the cause) when the disk is full or unwritable."""
+    folder = path.parent
+    tmp = folder / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}{TEMP_SUFFIX}"
+    missing: list[Path] = []
+    try:
+        missing = [p for p in [folder, *folder.parents] if not p.exists()]
+        for new in reversed(missing):
+            new.mkdir(mode=PRIVATE_DIR, exist_ok=True)
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE), "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            if durable:
+                os.fdatasync(handle.fileno())   # the data and what reads it back (its size): a new file's all
+    except OSError as exc:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise _storage_error(path, exc) from exc
+    return PendingFile(path, tmp, list(reversed(missing)), durable)
+
+
 def atomic_write(path: Path, data: bytes, *, durable: bool = True) -> None:
     """Write ``data`` to ``path`` so that ``path`` never holds a partial file.
 
     Raises StorageError (with ``errno`` of the cause) when the disk is full or unwritable.
     """
-    created: list[Path] = []
-    try:
-        folder = path.parent
-        missing = [p for p in [folder, *folder.parents] if not p.exists()]
-        for new in reversed(missing):
-            new.mkdir(mode=PRIVATE_DIR, exist_ok=True)
-        tmp = folder / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}{TEMP_SUFFIX}"
-        created.append(tmp)
-        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE), "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            if durable:
-                os.fsync(handle.fileno())
-        os.replace(tmp, path)
-        created.clear()
-        if durable:
-            _fsync_dir(folder)
-            for parent in reversed(missing[1:] if missing else []):
-                _fsync_dir(parent)
-    except OSError as exc:
-        for leftover in created:
-            try:
-                leftover.unlink()
-            except OSError:
-                pass
-        reason = "the disk is full" if exc.errno == errno.ENOSPC else exc.strerror or str(exc)
-        raise StorageError(f"cannot write {path}: {reason}") from exc
+    write_pending(path, data, durable=durable).install()
 
 
 def remove_stale_temp_files(root: Path) -> int:

@@ -146,7 +146,7 @@ def test_bad_job_settings_say_what_to_do(tmp_path):
     with pytest.raises(ConfigError, match="jobs.engine"):
         load_settings(environ={}, overrides={"home": str(tmp_path), "jobs": {"engine": "ray"}})
     jobs = make_settings(tmp_path / "home").jobs
-    assert select_queues(jobs) == ["delivery", "triage"]
+    assert select_queues(jobs) == ["asr", "delivery", "triage"]
     assert select_queues(jobs, ["triage", "asr", "triage"]) == ["triage", "asr"]
     with pytest.raises(ConfigError, match="the queues are asr, delivery, triage"):
         select_queues(jobs, ["gpu"])

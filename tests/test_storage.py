@@ -21,6 +21,7 @@ def test_disk_full_raises_and_leaves_nothing(tmp_path: Path, monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(os, "fsync", full)
+    monkeypatch.setattr(os, "fdatasync", full)
     target = tmp_path / "x.dcm"
     with pytest.raises(StorageError, match="disk is full"):
         atomic_write(target, b"data")

@@ -3,7 +3,8 @@
 - ``scp``: the DICOM listener (C-STORE, C-ECHO, the modality worklist C-FIND of ``orders.mwl``);
 - ``intake``: ``Intake.store``: each instance written atomically and indexed, linked to its order;
 - ``studies``: a study is complete after a quiet period, then one triage job is queued;
-- ``service``: the listener and the study monitor together (``IntakeService``);
+- ``service``: the listener and the study monitor together (``IntakeService``); ``listener_group``:
+  several listener processes on one port (``readingroom receive --processes N``);
 - ``pipeline``: the triage job: series selection, the models (``models.inference``), findings;
 - ``priority``: the one rule for "is this finding positive" and the reading order (``decide``, ``place``);
 - ``worklist``: the open studies in reading order, claims, the AI panel;
@@ -13,5 +14,5 @@
 The submodules are imported where they are used: importing ``triage`` loads no model runtime.
 """
 
-__all__ = ["cli", "demo", "demo_site", "importer", "intake", "notify", "pipeline", "priority", "scp", "service",
-           "simulator", "studies", "worklist"]
+__all__ = ["cli", "demo", "demo_site", "importer", "intake", "listener_group", "notify", "pipeline", "priority",
+           "scp", "service", "simulator", "studies", "worklist"]

@@ -21,7 +21,14 @@ def cmd_receive(args: argparse.Namespace) -> int:
     from readingroom.jobs import open_queue
     from triage.service import IntakeService
 
-    ctx = Context(dicom_overrides(args), log_to_file=True)
+    overrides = dicom_overrides(args)
+    if args.processes is not None:
+        overrides.setdefault("dicom", {})["processes"] = args.processes
+    ctx = Context(overrides, log_to_file=True)
+    if ctx.settings.dicom.processes > 1:
+        from triage.listener_group import run_listener_group
+
+        return run_listener_group(ctx.settings, overrides, ctx.db)
     service = IntakeService(ctx.settings, ctx.db, open_queue(ctx.db, ctx.settings.jobs))
     service.start()
     print(f"DICOM listener {ctx.settings.dicom.ae_title} on {ctx.settings.dicom.host}:{service.listener.port}; "
@@ -83,6 +90,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     """Register the triage subcommands on the ``readingroom`` parser."""
     p = sub.add_parser("receive", help="run the DICOM listener alone")
     add_dicom_arguments(p)
+    p.add_argument("--processes", type=int, metavar="N",
+                   help="listener processes sharing the port, about one per core (default: dicom.processes)")
     p.set_defaults(func=cmd_receive)
 
     p = sub.add_parser("import", help="import a DICOM file or folder through the listener's code path")

@@ -13,15 +13,17 @@ instance, or moved to ``<home>/quarantine/`` with a reason file when it cannot b
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import logging
 import os
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from pydicom import Dataset, dcmread, dcmwrite
 from pydicom.dataset import FileMetaDataset
@@ -34,7 +36,8 @@ from readingroom.db import Database
 from readingroom.errors import StorageError
 from readingroom.schema import Instance, Series, Site, Study, utcnow
 from readingroom.settings import Settings
-from readingroom.storage import atomic_write, instance_relpath, is_conformant_uid, is_valid_uid, quarantine_file
+from readingroom.storage import (PendingFile, fsync_folders, instance_relpath, is_conformant_uid, is_valid_uid,
+                                quarantine_file, write_pending)
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +65,8 @@ _EXISTING = (
 
 # Indexing an instance is tried again when another process created its study or series meanwhile.
 INDEX_ATTEMPTS = 3
+# Under home: the listener processes of one SQLite database take turns to write through it.
+PROCESS_LOCK_FILE = "intake.lock"
 
 # C-STORE statuses we return (PS3.4 B.2.3). 0xA7xx: out of resources (the sender may retry
 # later); 0xC2xx: cannot understand (retrying the same data will not help).
@@ -174,6 +179,32 @@ def encode_file(ds: Dataset) -> bytes:
     return buffer.getvalue()
 
 
+@dataclass(eq=False)
+class _IndexRequest:
+    """One instance waiting for the intake's lock: what its rows need, and the outcome."""
+    ds: Dataset
+    uids: dict[str, str]
+    relpath: str
+    size: int
+    digest: str
+    calling_ae: str
+    write: bool
+    pending: PendingFile | None = None
+    installed: bool = False       # renamed into place (or about to be): undone if its rows do not commit
+    result: tuple[str, tuple] | None = None
+    error: BaseException | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.result is not None or self.error is not None
+
+    def uninstall(self) -> None:
+        """Its rows did not commit: its file goes back to the temporary name (removed at the end)."""
+        if self.installed and self.pending is not None:
+            self.pending.take_back()
+        self.installed = False
+
+
 class Intake:
     """Stores instances and tells a listener (the study monitor) about each new one."""
 
@@ -183,8 +214,16 @@ class Intake:
         self.db = db
         self.on_instance = on_instance
         self._site_ids: dict[str, int] = {}
-        # SQLite has one writer at a time anyway; serialising here avoids lock churn.
+        # SQLite has one writer at a time anyway; serialising here avoids lock churn, and the
+        # requests that wait for the lock are indexed together (group commit, ``_index``).
         self._write_lock = threading.Lock()
+        self._queue_lock = threading.Lock()
+        self._queue: list[_IndexRequest] = []
+        # SQLite, several listener processes (dicom.processes): a writer that finds the database
+        # locked sleeps 1, 2, 5, 10... ms before it tries again, which costs more than the write
+        # itself. A lock file that the kernel hands over at once (flock) queues them instead.
+        self._lock_file = settings.home / PROCESS_LOCK_FILE if db.is_sqlite else None
+        self._lock_fd: int | None = None
 
     # -- the public entry point -----------------------------------------------------------
     def store(self, ds: Dataset, encoded: bytes | None = None, calling_ae: str = "",
@@ -353,48 +392,124 @@ class Intake:
 
     def _write_and_index(self, ds: Dataset, uids: dict[str, str], path: Path, relpath: str, data: bytes,
                          calling_ae: str, write: bool = True) -> tuple[str, tuple]:
-        """In one database transaction: check for a duplicate, write the file, insert the rows.
+        """Write the file under a temporary name, then, in one database transaction: check for a
+        duplicate, rename the file into place, insert the rows.
 
         Returns ("stored", (site name, received at)), ("duplicate", ()) or ("conflict", (study, series)).
-        If the transaction fails after the file was written, the file is removed again: no row, no file.
+        If the transaction fails after the file was renamed, the file is removed again: no row, no file.
         ``write`` False (the reconcile): the file is already there; it is only indexed, and stays.
         """
-        study_uid, series_uid = uids["StudyInstanceUID"], uids["SeriesInstanceUID"]
-        digest = hashlib.sha256(data).hexdigest()
-        written = False
+        request = _IndexRequest(ds, uids, relpath, len(data), hashlib.sha256(data).hexdigest(), calling_ae, write)
+        if write:
+            # Written and fsynced under a temporary name before the lock, so that concurrent
+            # associations overlap their fsyncs; put in place only if the instance is new.
+            request.pending = write_pending(path, data)
+        try:
+            return self._index(request)
+        finally:
+            if request.pending is not None and not request.installed:
+                request.pending.discard()
+
+    def _index(self, request: "_IndexRequest") -> tuple[str, tuple]:
+        """Group commit: the thread that gets the lock indexes every request waiting for it (other
+        associations' instances) in one transaction, with one fsync of each series folder and one
+        commit; the others find theirs done."""
+        with self._queue_lock:
+            self._queue.append(request)
+        with self._write_lock:
+            if not request.finished:
+                with self._queue_lock:
+                    batch, self._queue = self._queue, []
+                with self._other_processes_wait():
+                    self._index_batch(batch)
+        if request.error is not None:
+            raise request.error
+        assert request.result is not None
+        return request.result
+
+    @contextmanager
+    def _other_processes_wait(self) -> Iterator[None]:
+        """Hold the lock file (SQLite only) while this process writes."""
+        if self._lock_file is None:
+            yield
+            return
+        if self._lock_fd is None:
+            self._lock_file.parent.mkdir(parents=True, exist_ok=True)
+            self._lock_fd = os.open(self._lock_file, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    def _index_batch(self, batch: list["_IndexRequest"]) -> None:
+        """Index ``batch`` in one transaction; when that fails (another process created one of its
+        studies meanwhile, say), undo it and index each request on its own."""
+        if len(batch) > 1:
+            try:
+                with self.db.engine.begin() as conn:
+                    results = [self._index_in(conn, request, sync_folders=False) for request in batch]
+                    fsync_folders(folder for request in batch if request.installed and request.pending
+                                  for folder in request.pending.folders)
+            except Exception as exc:  # noqa: BLE001 - each request is tried again on its own below
+                log.info("group commit of %d instances failed (%s); indexing them one by one", len(batch), exc)
+                for request in batch:
+                    request.uninstall()
+            else:
+                for request, result in zip(batch, results):
+                    request.result = result
+                return
+        for request in batch:
+            try:
+                request.result = self._index_alone(request)
+            except BaseException as exc:  # noqa: BLE001 - raised in the request's own thread
+                request.error = exc
+
+    def _index_in(self, conn: Connection, request: "_IndexRequest", sync_folders: bool = True) -> tuple[str, tuple]:
+        """One request inside the caller's transaction."""
+        study_uid, series_uid = request.uids["StudyInstanceUID"], request.uids["SeriesInstanceUID"]
+        existing = conn.execute(_EXISTING, {"sop_uid": request.uids["SOPInstanceUID"]}).first()
+        if existing is not None:
+            if tuple(existing) != (study_uid, series_uid):
+                return "conflict", tuple(existing)
+            return "duplicate", ()
+        if request.pending is not None and not request.installed:
+            request.installed = True   # from here a failure removes the file: no file without its row
+            request.pending.install(sync_folders=sync_folders)   # in place before the rows commit
+        return "stored", self._insert_rows(conn, request.ds, request.uids, request.relpath, request.size,
+                                           request.digest, request.calling_ae, assign_site=request.write)
+
+    def _index_alone(self, request: "_IndexRequest") -> tuple[str, tuple]:
+        """One request in its own transaction, tried again when another process created its study
+        or series meanwhile."""
+        study_uid, series_uid = request.uids["StudyInstanceUID"], request.uids["SeriesInstanceUID"]
         for attempt in range(1, INDEX_ATTEMPTS + 1):
             try:
-                with self._write_lock, self.db.engine.begin() as conn:
-                    existing = conn.execute(_EXISTING, {"sop_uid": uids["SOPInstanceUID"]}).first()
-                    if existing is not None:
-                        if tuple(existing) != (study_uid, series_uid):
-                            return "conflict", tuple(existing)
-                        return "duplicate", ()
-                    if write:
-                        atomic_write(path, data)
-                        written = True
-                    return "stored", self._insert_rows(conn, ds, uids, relpath, len(data), digest, calling_ae,
-                                                       assign_site=write)
+                with self.db.engine.begin() as conn:
+                    return self._index_in(conn, request)
             except IntegrityError:
                 # Another process (another listener, on PostgreSQL) inserted in between: the same
                 # instance (its row points at this very path, so the file stays), or the first
                 # rows of the same new study or series, which the next attempt joins.
-                with self.db.read_engine.connect() as conn:
-                    existing = conn.execute(_EXISTING, {"sop_uid": uids["SOPInstanceUID"]}).first()
-                if existing is not None and tuple(existing) == (study_uid, series_uid):
+                found = self._existing(request.uids["SOPInstanceUID"])
+                if found == (study_uid, series_uid):
                     return "duplicate", ()
-                if existing is None and attempt < INDEX_ATTEMPTS:
+                if found is None and attempt < INDEX_ATTEMPTS:
                     log.info("study %s or its series was created by another process meanwhile; indexing %s "
-                             "again (attempt %d)", study_uid, uids["SOPInstanceUID"], attempt + 1)
+                             "again (attempt %d)", study_uid, request.uids["SOPInstanceUID"], attempt + 1)
                     continue
-                if written:
-                    path.unlink(missing_ok=True)
+                request.uninstall()
                 raise
             except BaseException:
-                if written:
-                    path.unlink(missing_ok=True)  # the transaction did not commit: no row points at it
+                request.uninstall()  # the transaction did not commit: no row points at the file
                 raise
         raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _existing(self, sop_uid: str) -> tuple[str, str] | None:
+        """(study UID, series UID) of a stored instance, or None."""
+        with self.db.read_engine.connect() as conn:
+            row = conn.execute(_EXISTING, {"sop_uid": sop_uid}).first()
+        return None if row is None else (row[0], row[1])
 
     def _insert_rows(self, conn: Connection, ds: Dataset, uids: dict[str, str], relpath: str, size: int,
                      digest: str, calling_ae: str, assign_site: bool = True) -> tuple[str | None, datetime]:

@@ -33,6 +33,7 @@ loopback the listener does not start without TLS unless ``dicom.allow_insecure_r
 
 from __future__ import annotations
 
+import copy
 import logging
 import socket
 import socketserver
@@ -44,6 +45,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, AllStoragePresentationContexts, evt, register_uid
+from pynetdicom.dsutils import encode_file_meta
 from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 from pynetdicom.sop_class import ModalityWorklistInformationFind, Verification  # type: ignore[attr-defined]
@@ -60,6 +62,7 @@ ASSOCIATE_RQ_MIN_BYTES = 68           # its fixed part: version, AE titles, rese
 PDU_MARGIN_BYTES = 1024               # over our announced maximum PDU length, for lax senders
 KNOWN_AE_RESERVE = 1                  # associations kept for a site's AE title that holds none
 PDU_HEADER = struct.Struct(">BBL")    # PDU type, reserved, length
+RECV_CHUNK_BYTES = 256 * 1024       # the most one recv_into of a PDU body asks for
 REJECT_WAIT_S = 0.5                   # a refused connection's request is awaited this long
 
 # Retired image storage classes that old modalities and archives still send (PS3.6 Annex A).
@@ -84,8 +87,8 @@ def handle_store(event: Any, intake: Intake) -> int:
     calling_ae = event.assoc.requestor.ae_title
     try:
         dataset = event.dataset
-        dataset.file_meta = event.file_meta
-        encoded = event.encoded_dataset()
+        dataset.file_meta = meta = event.file_meta      # built once (encoded_dataset() would build it again)
+        encoded = b"".join((b"\x00" * 128, b"DICM", encode_file_meta(meta), event.request.DataSet.getvalue()))
     except Exception as exc:  # noqa: BLE001 - malformed data stream
         log.warning("rejected a C-STORE from %s, status 0x%04X: cannot decode the dataset: %s",
                     calling_ae, CANNOT_UNDERSTAND, exc)
@@ -324,6 +327,17 @@ class PDULimit:
         inner = getattr(self._sock, "pending", None)
         return len(self._prefix) + (inner() if inner is not None else 0)
 
+    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
+        """``recv`` into ``buffer``: a PDU's body goes straight in, headers pass through ``recv``."""
+        nbytes = nbytes or len(buffer)
+        if self._left and not self._prefix and not self._closed:
+            read = self._sock.recv_into(buffer, min(nbytes, self._left), flags)
+            self._left -= read
+            return read
+        data = self.recv(nbytes, flags)
+        buffer[:len(data)] = data
+        return len(data)
+
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
         if self._closed:
             return b""
@@ -351,7 +365,22 @@ class PDULimit:
 class _BufferedAssociationSocket(AssociationSocket):
     """pynetdicom's socket of an association, also ready to read when ``PDULimit`` holds bytes that
     select() cannot see: the A-ASSOCIATE-RQ read during admission, and what TLS has decrypted
-    (pynetdicom checks ``pending()`` only on an ssl.SSLSocket itself, which PDULimit is not)."""
+    (pynetdicom checks ``pending()`` only on an ssl.SSLSocket itself, which PDULimit is not).
+    It reads a PDU's body straight into one buffer, up to RECV_CHUNK_BYTES per call, where
+    pynetdicom's own ``recv`` reads 4 KiB per call and appends (a 512 KiB image: 128 calls)."""
+
+    def recv(self, nr_bytes: int) -> bytearray:
+        assert self.socket is not None
+        buffer = bytearray(nr_bytes)
+        got = 0
+        with memoryview(buffer) as view:
+            while got < nr_bytes:
+                read = self.socket.recv_into(view[got:], min(nr_bytes - got, RECV_CHUNK_BYTES))
+                if not read:       # the connection closed: what came, as pynetdicom returns it
+                    break
+                got += read
+        del buffer[got:]
+        return buffer
 
     @property
     def ready(self) -> bool:
@@ -461,6 +490,22 @@ class _GuardedRequestHandler(RequestHandler):
         assoc.join()
 
 
+class _Contexts(list):
+    """The supported presentation contexts, copied cheaply for each association.
+
+    pynetdicom deep-copies them per association: with every storage class and transfer syntax
+    that is about 0.1 s of CPU (each UID is validated again as it is copied), per association.
+    A context holds immutable UIDs and one list; copying the context and its list is the same copy."""
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> list[Any]:
+        copies = []
+        for context in self:
+            twin = copy.copy(context)
+            twin._transfer_syntax = list(context._transfer_syntax)
+            copies.append(twin)
+        return copies
+
+
 class GuardedServer(ThreadedAssociationServer):
     """pynetdicom's threaded server with the admission rules (``ae.make_server(server_class=...)``)."""
 
@@ -479,7 +524,16 @@ class GuardedServer(ThreadedAssociationServer):
         # thread, where one silent peer would stop every other connection (module docstring).
         self.tls_context = (server_context(dicom.tls_certfile, dicom.tls_keyfile, dicom.tls_ca_file, "dicom")
                             if dicom.tls else None)
+        # Several listener processes on one port (dicom.processes, triage/listener_group.py): the
+        # kernel spreads the incoming connections over their sockets.
+        self.reuse_port = dicom.processes > 1
         super().__init__(*args, request_handler=_GuardedRequestHandler, **kwargs)
+        self.contexts = _Contexts(self.contexts)
+
+    def server_bind(self) -> None:
+        if self.reuse_port:
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
 
     def shutdown(self) -> None:
         """Stop accepting and close every connection (the AE does not list this server)."""

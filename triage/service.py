@@ -36,9 +36,11 @@ class IntakeService:
 
             self.orders = OrderListener(settings, db)
 
-    def start(self) -> None:
-        remove_stale_temp_files(self.settings.dicom_dir)
-        self.reconcile()
+    def start(self, reconcile: bool = True) -> None:
+        """``reconcile`` False: another process did the start-up clean-up and reconcile (one of
+        several listener processes on a port, triage/listener_group.py)."""
+        if reconcile:
+            self.clean_up()
         self.monitor.start()
         self.listener.start()
         if self.orders is not None:
@@ -48,6 +50,12 @@ class IntakeService:
                 self.listener.stop()
                 self.monitor.stop()
                 raise
+
+    def clean_up(self) -> ReconcileSummary | None:
+        """What a listener does before it listens: remove the temporary files of interrupted
+        writes, then the reconcile."""
+        remove_stale_temp_files(self.settings.dicom_dir)
+        return self.reconcile()
 
     def reconcile(self) -> ReconcileSummary | None:
         """The start-up reconcile (``Intake.reconcile``), logged: INFO when every file on disk
