@@ -138,7 +138,7 @@ def _model_banner(models: list[ModelLine]) -> list[str]:
     return lines
 
 
-ADMIN_PASSWORD_ENV = "READINGROOM_ADMIN_PASSWORD"
+ADMIN_PASSWORD_ENV = "READINGROOM_ADMIN_PASSWORD"   # in readingroom.settings.NOT_SETTINGS
 
 
 def demo_hosts_problem(settings: Settings) -> str | None:
@@ -195,7 +195,7 @@ def initial_logins(settings: Settings, db: Database, demo: bool, environ: dict[s
             "`readingroom users passwd admin --password-stdin`")
 
 
-def startup_banner(settings: Settings, models: list[ModelLine], *, dicom_port: int,
+def startup_banner(settings: Settings, models: list[ModelLine], *, dicom_port: int | None,
                    hl7_port: int | None = None, logins: str = "") -> str:
     """What ``readingroom run`` prints once it listens: where to go, how to log in, the ports,
     the data folder and every model it uses (a missing one loudly, with what to do)."""
@@ -206,7 +206,8 @@ def startup_banner(settings: Settings, models: list[ModelLine], *, dicom_port: i
         f"  Web page:       {url}",
         f"  Logins:         {logins or 'the accounts in the database (readingroom users list)'}",
         f"  DICOM listener: AE {settings.dicom.ae_title} on {settings.dicom.host}:{dicom_port}"
-        " (C-STORE, C-ECHO, modality worklist C-FIND)",
+        " (C-STORE, C-ECHO, modality worklist C-FIND)" if dicom_port is not None else
+        "  Web node only:  no DICOM or HL7 listener, no job workers (`readingroom receive`, `readingroom worker`)",
     ]
     if hl7_port is not None:
         lines.append(f"  HL7 orders:     MLLP on {settings.hl7.host}:{hl7_port}")
@@ -218,13 +219,14 @@ def startup_banner(settings: Settings, models: list[ModelLine], *, dicom_port: i
 
 def announce(settings: Settings, intake: Any, logins: str = "") -> list[ModelLine]:
     """Check the models (quickly: sizes), log each missing one, and print the banner for the
-    started intake service (its listener's and order listener's ports)."""
+    started intake service (its listener's and order listener's ports; None: a web node only)."""
     models = model_lines(settings)
     for line in models:
         if not line.ok:
             log.warning("%s model %r is missing: %s", line.role, line.name, line.problem)
-    print(startup_banner(settings, models, dicom_port=intake.listener.port,
-                         hl7_port=intake.orders.port if intake.orders else None, logins=logins), flush=True)
+    print(startup_banner(settings, models, dicom_port=intake.listener.port if intake else None,
+                         hl7_port=intake.orders.port if intake and intake.orders else None, logins=logins),
+          flush=True)
     return models
 
 
@@ -250,7 +252,9 @@ def build_workers(db: Database, settings: Settings, queue: JobQueue) -> WorkerPo
     return workers
 
 
-def serve(settings: Settings, db: Database, demo: bool = False) -> int:
+def serve(settings: Settings, db: Database, demo: bool = False, web_only: bool = False) -> int:
+    """The workstation: the web page, and (unless ``web_only``: a web node of a larger
+    deployment, docs/deploy.md) the DICOM and HL7 listeners and the job workers."""
     import os
 
     import uvicorn
@@ -262,23 +266,30 @@ def serve(settings: Settings, db: Database, demo: bool = False) -> int:
     for problem in (demo_hosts_problem(settings) if demo else None, web_host_problem(settings)):
         if problem:
             raise ReadingRoomError(problem)
+    if demo and web_only:
+        raise ReadingRoomError("--demo seeds the worklist through this node's own DICOM listener, which "
+                               "--web-only does not start: use one of them")
     if demo:  # the demo hospitals' RIS (a daemon thread) and folders, for the sites without destinations
         from triage.demo_site import start_demo_site
 
         start_demo_site(settings)
     queue = open_queue(db, settings.jobs)
     workers = build_workers(db, settings, queue)
-    intake = IntakeService(settings, db, queue, on_complete=lambda _uids: workers.wake())
+    intake = None if web_only else IntakeService(settings, db, queue, on_complete=lambda _uids: workers.wake())
     logins = initial_logins(settings, db, demo, dict(os.environ))
 
-    intake.start()
-    if settings.jobs.engine == "database":
+    if intake is not None:
+        intake.start()
+    if web_only:
+        log.info("web node only: the jobs it queues (report delivery, dictation finals) are run by "
+                 "`readingroom worker` processes")
+    elif settings.jobs.engine == "database":
         workers.start()
     else:   # Celery workers (`readingroom worker`) run the jobs
         log.info("jobs go to Celery at %s; start `readingroom worker` to run them", getattr(queue, "broker", ""))
     threading.Thread(target=_warm_up_dictation, args=(settings,), name="dictation-warm-up", daemon=True).start()
     seeder = None
-    if demo and settings.demo.seed:
+    if demo and settings.demo.seed and intake is not None:
         seeder = threading.Thread(target=_seed_demo_once, args=(settings, db, intake.listener.port),
                                   name="demo-seed", daemon=True)
         seeder.start()
@@ -295,7 +306,8 @@ def serve(settings: Settings, db: Database, demo: bool = False) -> int:
             pass
     finally:
         log.info("shutting down")
-        intake.stop()
+        if intake is not None:
+            intake.stop()
         workers.stop()
         db.dispose()
     print("ReadingRoom stopped.", flush=True)
@@ -309,7 +321,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.web_port is not None:
         overrides["web"] = {"port": args.web_port}
     ctx = Context(overrides, log_to_file=True)
-    return serve(ctx.settings, ctx.db, demo=args.demo)
+    return serve(ctx.settings, ctx.db, demo=args.demo, web_only=args.web_only)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -369,6 +381,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--demo", action="store_true", help="seed the demo worklist on first start")
     add_dicom_arguments(p)
     p.add_argument("--web-port", type=int, help="web page port (default: web.port)")
+    p.add_argument("--web-only", action="store_true",
+                   help="the web page alone: no DICOM or HL7 listener, no job workers (a web node, docs/deploy.md)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("worker", help="run the job workers alone (triage, dictation finals, delivery); a Celery worker "

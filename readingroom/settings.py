@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "default.yaml"
 ENV_PREFIX = "READINGROOM_"
+# READINGROOM_* variables that are not settings: the settings file, and the first admin's password
+# (read once by app.initial_logins, never kept in the settings).
+NOT_SETTINGS = (ENV_PREFIX + "CONFIG", ENV_PREFIX + "ADMIN_PASSWORD")
 CONFIG_DIR = PROJECT_ROOT / "configs"
 
 
@@ -508,7 +511,7 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     """READINGROOM_DICOM__PORT=11113 -> {"dicom": {"port": 11113}} (values parsed as YAML)."""
     tree: dict[str, Any] = {}
     for key, raw in environ.items():
-        if not key.startswith(ENV_PREFIX) or key in (ENV_PREFIX + "CONFIG",):
+        if not key.startswith(ENV_PREFIX) or key in NOT_SETTINGS:
             continue
         path = key[len(ENV_PREFIX):].lower().split("__")
         try:

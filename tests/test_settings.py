@@ -59,3 +59,13 @@ def test_sites_decide_which_callers_are_allowed(settings):
     assert "OTHER_PACS" in settings.allowed_calling_ae_titles
     assert settings.quiet_period_for("Test Hospital") == 0.5
     assert settings.quiet_period_for("Other Hospital") == settings.intake.quiet_period_s
+
+
+def test_the_first_admins_password_variable_is_not_a_setting():
+    """docs/deploy.md sets $READINGROOM_ADMIN_PASSWORD for a node's first start: settings must load."""
+    from readingroom.settings import load_settings
+
+    settings = load_settings(environ={"READINGROOM_ADMIN_PASSWORD": "a-long-Secret-1",
+                                      "READINGROOM_DICOM__PORT": "11999"})
+    assert settings.dicom.port == 11999
+    assert "a-long-Secret-1" not in settings.model_dump_json()

@@ -27,6 +27,7 @@ import threading
 import time
 from typing import Any
 
+from readingroom.db import Database
 from readingroom.errors import ReadingRoomError
 from readingroom.settings import Settings
 
@@ -138,7 +139,7 @@ class ListenerGroup:
                 proc.join(5)
 
 
-def run_listener_group(settings: Settings, overrides: dict[str, Any], db: Any) -> int:
+def run_listener_group(settings: Settings, overrides: dict[str, Any], db: Database) -> int:
     """``readingroom receive`` with ``dicom.processes`` above one: the clean-up and reconcile once,
     then the processes, supervised until SIGTERM or Ctrl-C."""
     from readingroom.jobs import open_queue

@@ -102,3 +102,37 @@ def test_run_demo_serves_the_worklist_behind_a_login_and_stops_on_ctrl_c(tmp_pat
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(30)
+
+
+def test_run_web_only_serves_the_page_without_listeners_or_workers(tmp_path):
+    """A web node of a larger deployment (docs/deploy.md): the page, and nothing on the DICOM or HL7 ports."""
+    import socket
+
+    home, dicom_port, hl7_port, web_port = tmp_path / "home", free_port(), free_port(), free_port()
+    url = f"http://127.0.0.1:{web_port}"
+    log = tmp_path / "run.log"
+    proc = start("run", "--web-only", "--port", str(dicom_port), "--web-port", str(web_port), home=home, log=log,
+                 READINGROOM_HL7__PORT=str(hl7_port), READINGROOM_ADMIN_PASSWORD="web-only-admin-Pw1")
+    try:
+        deadline = time.monotonic() + 120
+        while "Web node only" not in log.read_text(errors="replace"):
+            assert proc.poll() is None, log.read_text(errors="replace")[-2000:]
+            assert time.monotonic() < deadline, "no banner"
+            time.sleep(0.2)
+        assert _get_json(url + "/healthz") == {"status": "ok"}
+        for port in (dicom_port, hl7_port):
+            with pytest.raises(ConnectionRefusedError):
+                socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        text = log.read_text(errors="replace")
+        assert "web node only: the jobs it queues" in text and "job worker(s) for" not in text
+        assert "DICOM listener" not in text
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(30)
+    assert proc.returncode == 0
+
+
+def test_run_demo_and_web_only_together_are_refused(tmp_path):
+    done = readingroom("run", "--demo", "--web-only", "--web-port", str(free_port()), home=tmp_path / "home")
+    assert done.returncode != 0
+    assert "--web-only does not start" in done.stderr + done.stdout
