@@ -12,6 +12,8 @@ import socket
 import threading
 import time
 
+from datetime import datetime, timezone
+
 import pytest
 
 from readingroom.hl7 import build_ack, read_ack
@@ -22,7 +24,8 @@ from tests.conftest import make_settings
 IDLE_S = 1.0             # hl7.idle_timeout_s of the idle test
 FLOOD_IDLE_S = 10.0      # ... and of the flood test, where the real sender must not wait for it
 SLACK_S = 2.0
-MSG = "MSH|^~\\&|RIS|HOSP|READINGROOM|READINGROOM|20260101120000||ORM^O01|CTRL123|P|2.5.1\rPID|1||123"
+MSG = (f"MSH|^~\\&|RIS|HOSP|READINGROOM|READINGROOM|{datetime.now(timezone.utc):%Y%m%d%H%M%S}||ORM^O01|CTRL123|P|"
+       "2.5.1\rPID|1||123")   # sent now: no test depends on the date
 
 
 @pytest.fixture

@@ -3,9 +3,12 @@ by ``readingroom audit verify``; a changed entry, a removed one and a dropped tr
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from sqlalchemy import text
 
 from readingroom import audit
+from readingroom.schema import utcnow
 
 
 def _write(db, n: int) -> None:
@@ -62,10 +65,11 @@ def test_entries_written_before_the_chain_are_chained_by_the_migration(tmp_path)
     database = Database(make_settings(tmp_path / "home"))
     config = alembic_config(database.engine)
     command.upgrade(config, "0006")
+    days_ago = [(utcnow() - timedelta(days=3 - k)).strftime("%Y-%m-%d %H:%M:%S.%f") for k in range(3)]
     with database.engine.begin() as conn:
         for k in range(3):
             conn.execute(text("""INSERT INTO audit_log (at, "user", action, study_uid, detail) VALUES """
-                              f"""('2026-01-0{k + 1} 10:00:00.000000', 'old', 'view', '1.2', '{{"k": {k}}}')"""))
+                              f"""('{days_ago[k]}', 'old', 'view', '1.2', '{{"k": {k}}}')"""))
     command.upgrade(config, "head")
     check = audit.verify(database)
     database.dispose()

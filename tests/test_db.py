@@ -1,10 +1,12 @@
+from datetime import timedelta
+
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, text
 
 from readingroom.db import alembic_config, upgrade
-from readingroom.schema import Base
+from readingroom.schema import Base, utcnow
 
 
 def test_migrations_build_exactly_the_models(db):
@@ -29,15 +31,15 @@ def test_upgrade_is_idempotent_and_reaches_head(db):
 def test_upgrade_keeps_the_data_of_an_older_installation(tmp_path):
     engine = create_engine(f"sqlite:///{tmp_path / 'old.db'}")
     upgrade(engine, "0001")
+    yesterday = utcnow() - timedelta(days=1)
     with engine.begin() as conn:
         conn.execute(text("INSERT INTO studies (study_uid, calling_ae, patient_id, patient_name, "
                           "patient_birth_date, patient_sex, accession, study_date, study_time, description, "
                           "referring_physician, status, received_at, last_received_at, ai_status, priority_label, "
                           "priority_score, priority_reason) VALUES ('1.2.3', 'X', 'P1', 'DOE^J', '', '', 'A1', '', "
-                          "'', 'CT HEAD', '', 'new', '2026-11-29 01:00:00', '2026-11-29 01:00:00', 'pending', "
-                          "'routine', 0, '')"))
+                          "'', 'CT HEAD', '', 'new', :at, :at, 'pending', 'routine', 0, '')"), {"at": yesterday})
         conn.execute(text("INSERT INTO users (username, password_hash, role, created_at) "
-                          "VALUES ('old', 'x', 'radiologist', '2026-11-29 01:00:00')"))
+                          "VALUES ('old', 'x', 'radiologist', :at)"), {"at": yesterday})
     upgrade(engine)
     with engine.connect() as conn:
         assert conn.execute(text("SELECT accession, order_priority FROM studies")).one() == ("A1", "")

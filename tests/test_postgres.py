@@ -103,7 +103,7 @@ def test_the_audit_chain_migration_fills_in_the_hashes_of_older_entries(postgres
                 for n, action in enumerate(("create", "sign")):
                     conn.execute(text('INSERT INTO audit_log (at, "user", action, study_uid, report_id, detail) '
                                       "VALUES (:at, 'dr_old', :action, '1.2.3', 1, :detail)"),
-                                 {"at": f"2026-11-29 01:0{n}:00.123456", "action": action,
+                                 {"at": utcnow() - timedelta(minutes=2 - n, microseconds=123), "action": action,
                                   "detail": '{"version": 1, "z": "\u00e9", "a": [1, 2]}'})
             upgrade(engine)
         finally:

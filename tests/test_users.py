@@ -19,11 +19,11 @@ from readingroom import auth
 from readingroom.auth import (AccountError, LoginThrottle, UnknownUser, UserExists, add_user, authenticate,
                               create_session, end_session, ensure_user, list_users, revoke_sessions, session_user,
                               set_disabled, set_password, set_sites, user_role)
-from readingroom.schema import User, WebSession
+from readingroom.schema import User, WebSession, utcnow
 from tests.conftest import TEST_SITES
 
 PASSWORD = "correct horse"
-T0 = datetime(2001, 2, 3, 4, 5, 6)   # any naive UTC time: the sessions are given `now`
+T0 = utcnow().replace(microsecond=0)   # naive UTC, today: the sessions are given `now`
 IDLE_S = 30 * 60
 
 
