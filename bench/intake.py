@@ -46,7 +46,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from sqlalchemy import Engine, create_engine, func, select
 from sqlalchemy.orm import Session
@@ -432,23 +432,32 @@ def benchmark(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def run_in_workdir(args: argparse.Namespace, run: Callable[[argparse.Namespace, Path], dict[str, Any]],
+                   prefix: str) -> dict[str, Any] | None:
+    """Logging set up, ``run(args, workdir)`` in a fresh folder under var/bench/ (removed unless
+    ``args.keep``); None (logged) when the benchmark itself failed (BenchError)."""
     logging.basicConfig(level=logging.WARNING if args.json else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     BENCH_ROOT.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix=f"intake-{time.strftime('%Y%m%d-%H%M%S')}-", dir=BENCH_ROOT))
+    workdir = Path(tempfile.mkdtemp(prefix=f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}-", dir=BENCH_ROOT))
     try:
-        report = benchmark(args, workdir)
+        return run(args, workdir)
     except BenchError as exc:
         log.error("%s", exc)
-        return 2
+        return None
     finally:
         if args.keep:
             log.info("kept %s", workdir)
         else:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    report = run_in_workdir(args, benchmark, "intake")
+    if report is None:
+        return 2
     if args.json:
         print(json.dumps(report))
     else:

@@ -48,10 +48,8 @@ import json
 import logging
 import os
 import resource
-import shutil
 import signal
 import subprocess
-import tempfile
 import threading
 import time
 import urllib.error
@@ -60,9 +58,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from bench.intake import (
-    BENCH_ROOT, CALLED_AE, CALLING_AE, HOST, PROJECT_ROOT, STORESCU, BenchError, BenchSeries,
+    CALLED_AE, CALLING_AE, HOST, PROJECT_ROOT, STORESCU, BenchError, BenchSeries,
     cpu_cores, durability, free_port, listener_env, make_series, read_only_engine, readingroom_command,
-    stop_listener, study_counts, tail, wait_until_ready,
+    run_in_workdir, stop_listener, study_counts, tail, wait_until_ready,
 )
 from readingroom.errors import ConfigError
 from readingroom.settings import load_settings
@@ -489,21 +487,9 @@ def benchmark(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.json else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
-    BENCH_ROOT.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix=f"intake-vs-orthanc-{time.strftime('%Y%m%d-%H%M%S')}-", dir=BENCH_ROOT))
-    try:
-        report = benchmark(args, workdir)
-    except BenchError as exc:
-        log.error("%s", exc)
+    report = run_in_workdir(args, benchmark, "intake-vs-orthanc")
+    if report is None:
         return 2
-    finally:
-        if args.keep:
-            log.info("kept %s", workdir)
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
     if args.json:
         print(json.dumps(report))
     else:

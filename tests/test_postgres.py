@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import threading
 import time
-from contextlib import contextmanager
 from datetime import timedelta
 
 import pytest
@@ -31,49 +30,13 @@ from triage.intake import Intake
 from triage.worklist import ClaimError, claim
 from models.phantoms import ct_series, head_phantom
 from tests.conftest import make_settings
+from tests.races import blocked_behind, join_all, run_all
 from tests.postgres import fresh_database
 from tests.report_helpers import add_study
 from tests.test_reports import draft
 from tests.test_worklist import _store_studies
 
 APPEND_ONLY = ("report_versions", "audit_log")
-
-
-def _waiting_on_locks(db: Database) -> int:
-    with db.engine.connect() as conn:
-        return conn.scalar(text("SELECT count(*) FROM pg_stat_activity "
-                                "WHERE datname = current_database() AND wait_event_type = 'Lock'"))
-
-
-@contextmanager
-def _blocked_behind(db: Database, lock_sql: str, params: dict, racers: int):
-    """Hold the row lock ``lock_sql`` takes while the body starts the racers; on leaving, wait until
-    ``racers`` sessions wait for a lock (all of them are past their reads), then let go."""
-    conn = db.engine.connect()
-    tx = conn.begin()
-    try:
-        assert conn.execute(text(lock_sql), params).first() is not None, "the row to lock is missing"
-        yield
-        deadline = time.monotonic() + 20
-        while _waiting_on_locks(db) < racers:
-            assert time.monotonic() < deadline, f"only {_waiting_on_locks(db)} of {racers} racers got to the lock"
-            time.sleep(0.02)
-    finally:
-        tx.rollback()
-        conn.close()
-
-
-def _run_all(target, args: list) -> list[threading.Thread]:
-    threads = [threading.Thread(target=target, args=(a,), daemon=True) for a in args]
-    for t in threads:
-        t.start()
-    return threads
-
-
-def _join(threads: list[threading.Thread]) -> None:
-    for t in threads:
-        t.join(30)
-    assert not any(t.is_alive() for t in threads), "a racer hung"
 
 
 # --- migrations ------------------------------------------------------------------------------------
@@ -184,7 +147,7 @@ def test_concurrent_audit_writers_extend_one_unbroken_chain(pg_db):
         except Exception as exc:  # noqa: BLE001 - reported by the assertion below
             errors.append(exc)
 
-    _join(_run_all(write, list(range(writers))))
+    join_all(run_all(write, list(range(writers))))
     assert errors == []
     check = audit.verify(pg_db)
     assert check.ok, check.problems[:5]
@@ -205,7 +168,7 @@ def test_concurrent_workers_never_claim_the_same_job_twice(pg_db, pg_queue):
             if job is not None:
                 claimed.append((job.id, f"w{w}"))
 
-    _join(_run_all(work, list(range(workers))))
+    join_all(run_all(work, list(range(workers))))
     assert sorted(i for i, _ in claimed) == sorted(ids)
     with pg_db.reader() as s:
         rows = {j.id: (j.status, j.attempts, j.locked_by) for j in s.scalars(select(Job))}
@@ -215,10 +178,10 @@ def test_concurrent_workers_never_claim_the_same_job_twice(pg_db, pg_queue):
 def test_concurrent_enqueues_with_one_dedupe_key_queue_one_job(pg_db, pg_queue):
     racers, ids = 6, []
     hold = "SELECT 1 FROM (SELECT pg_advisory_xact_lock(hashtext(:k))) AS held"   # the enqueuers' lock
-    with _blocked_behind(pg_db, hold, {"k": "study:1.2"}, racers):
-        threads = _run_all(lambda n: ids.append(pg_queue.enqueue("triage", {"n": n}, dedupe_key="study:1.2")),
+    with blocked_behind(pg_db, hold, {"k": "study:1.2"}, racers):
+        threads = run_all(lambda n: ids.append(pg_queue.enqueue("triage", {"n": n}, dedupe_key="study:1.2")),
                            list(range(racers)))
-    _join(threads)
+    join_all(threads)
     with pg_db.reader() as s:
         assert s.scalar(select(func.count()).select_from(Job)) == 1
     assert len(ids) == racers and len(set(ids)) == 1
@@ -233,10 +196,10 @@ def test_an_expired_lease_hands_the_job_to_exactly_one_other_worker(pg_db, pg_qu
         s.execute(update(Job).where(Job.id == job_id).values(locked_until=utcnow() - timedelta(seconds=1)))
 
     racers, got = 6, []
-    with _blocked_behind(pg_db, "SELECT id FROM jobs WHERE id = :id FOR UPDATE", {"id": job_id}, racers):
-        threads = _run_all(lambda w: got.append((w, pg_queue.claim(w, ["triage"]))),
+    with blocked_behind(pg_db, "SELECT id FROM jobs WHERE id = :id FOR UPDATE", {"id": job_id}, racers):
+        threads = run_all(lambda w: got.append((w, pg_queue.claim(w, ["triage"]))),
                            [f"w{n}" for n in range(racers)])
-    _join(threads)
+    join_all(threads)
     winners = [(w, job) for w, job in got if job is not None]
     assert len(got) == racers and len(winners) == 1
     winner, job = winners[0]
@@ -263,9 +226,9 @@ def test_concurrent_signing_makes_one_version_and_tells_the_others(pg_db, pg_set
         except ReportError as exc:
             refused.append(str(exc))
 
-    with _blocked_behind(pg_db, "SELECT id FROM reports WHERE id = :id FOR UPDATE", {"id": view.id}, racers):
-        threads = _run_all(sign, [f"dr_{n}" for n in range(racers)])
-    _join(threads)
+    with blocked_behind(pg_db, "SELECT id FROM reports WHERE id = :id FOR UPDATE", {"id": view.id}, racers):
+        threads = run_all(sign, [f"dr_{n}" for n in range(racers)])
+    join_all(threads)
     assert len(signed) == 1 and len(refused) == racers - 1
     assert all(f"report {view.id} is already final" in msg for msg in refused)
     with pg_db.reader() as s:
@@ -287,9 +250,9 @@ def test_concurrent_create_makes_one_report_per_study(pg_db, pg_settings, pg_que
             errors.append(exc)
 
     # The new report's foreign key waits for the study row: every racer has looked for a report by then.
-    with _blocked_behind(pg_db, "SELECT id FROM studies WHERE study_uid = :uid FOR UPDATE", {"uid": uid}, racers):
-        threads = _run_all(create, [f"dr_{n}" for n in range(racers)])
-    _join(threads)
+    with blocked_behind(pg_db, "SELECT id FROM studies WHERE study_uid = :uid FOR UPDATE", {"uid": uid}, racers):
+        threads = run_all(create, [f"dr_{n}" for n in range(racers)])
+    join_all(threads)
     assert errors == []
     with pg_db.reader() as s:
         assert s.scalar(select(func.count()).select_from(ReportRecord)) == 1
@@ -311,10 +274,10 @@ def test_radiologists_racing_for_one_study_never_both_get_it(pg_db, pg_settings)
         except ClaimError as exc:
             lost.append(str(exc))
 
-    with _blocked_behind(pg_db, "SELECT id FROM studies WHERE study_uid = :uid FOR UPDATE", {"uid": uid},
+    with blocked_behind(pg_db, "SELECT id FROM studies WHERE study_uid = :uid FOR UPDATE", {"uid": uid},
                          len(users)):
-        threads = _run_all(race, users)
-    _join(threads)
+        threads = run_all(race, users)
+    join_all(threads)
     assert len(won) == 1 and len(lost) == len(users) - 1
     assert all(f"is being read by {won[0]}" in msg for msg in lost)
     with pg_db.reader() as s:
@@ -325,9 +288,9 @@ def _race_two_intakes(pg_db, pg_settings, datasets):
     """Two processes' intakes store ``datasets`` (one each) at once; returns their results."""
     results = []
     intakes = [Intake(pg_settings, pg_db), Intake(pg_settings, pg_db)]
-    with _blocked_behind(pg_db, "SELECT id FROM sites WHERE name = 'Test Hospital' FOR UPDATE", {}, 2):
-        threads = _run_all(lambda k: results.append(intakes[k].store(datasets[k], calling_ae="TEST_SCU")), [0, 1])
-    _join(threads)
+    with blocked_behind(pg_db, "SELECT id FROM sites WHERE name = 'Test Hospital' FOR UPDATE", {}, 2):
+        threads = run_all(lambda k: results.append(intakes[k].store(datasets[k], calling_ae="TEST_SCU")), [0, 1])
+    join_all(threads)
     return results
 
 

@@ -26,12 +26,11 @@ import socket
 import threading
 import time
 from collections import Counter
-from contextlib import contextmanager
 from datetime import timedelta
 
 import pytest
 from pydicom import dcmread
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 
 from readingroom import dicom_net as scu
 from readingroom.db import Database
@@ -42,6 +41,7 @@ from models.phantoms import ct_series, head_phantom
 from tests.conftest import free_port
 from tests.integration.helpers import readingroom, start, stop, wait_for_echo
 from tests.postgres import fresh_database
+from tests.races import blocked_behind, join_all, run_all
 from tests.report_helpers import add_study
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -56,32 +56,6 @@ CALLING_AE = "SCALE_SCU"
 
 
 # --- the races, made certain -------------------------------------------------------------------------------
-def _waiting_on_locks(db: Database) -> int:
-    with db.engine.connect() as conn:
-        return conn.scalar(text("SELECT count(*) FROM pg_stat_activity "
-                                "WHERE datname = current_database() AND wait_event_type = 'Lock'"))
-
-
-@contextmanager
-def _study_row_locked(db: Database, statement: str, params: dict, racers: int):
-    """Hold the study's row lock (``statement`` takes it and returns the row) while the body starts the
-    racers; on leaving, wait until ``racers`` sessions wait for a lock (past their reads), then commit."""
-    conn = db.engine.connect()
-    tx = conn.begin()
-    try:
-        assert conn.execute(text(statement), params).first() is not None, "the study row is missing"
-        yield
-        deadline = time.monotonic() + 20
-        while _waiting_on_locks(db) < racers:
-            assert time.monotonic() < deadline, f"only {_waiting_on_locks(db)} of {racers} racers got to the lock"
-            time.sleep(0.02)
-        tx.commit()
-    finally:
-        if tx.is_active:
-            tx.rollback()
-        conn.close()
-
-
 def _open_study(db: Database, received_ago_s: float) -> str:
     """A study still receiving, its last instance ``received_ago_s`` ago."""
     uid = add_study(db, uid="1.2.826.0.1.3680043.8.498.77")
@@ -92,26 +66,13 @@ def _open_study(db: Database, received_ago_s: float) -> str:
     return uid
 
 
-def _race(target, count: int) -> list[threading.Thread]:
-    threads = [threading.Thread(target=target, daemon=True) for _ in range(count)]
-    for t in threads:
-        t.start()
-    return threads
-
-
-def _join(threads: list[threading.Thread]) -> None:
-    for t in threads:
-        t.join(30)
-    assert not any(t.is_alive() for t in threads), "a racer hung"
-
-
 def test_two_monitors_completing_one_study_at_once_complete_it_once(pg_db, pg_settings, pg_queue):
     """Each listener runs a study monitor; both find the study due at the same moment."""
     uid = _open_study(pg_db, received_ago_s=60)
     results: list[list[str]] = []
-    with _study_row_locked(pg_db, "SELECT id FROM studies WHERE study_uid = :uid FOR UPDATE", {"uid": uid}, 2):
-        threads = _race(lambda: results.append(complete_due_studies(pg_db, pg_queue, pg_settings)), 2)
-    _join(threads)
+    with blocked_behind(pg_db, "SELECT id FROM studies WHERE study_uid = :uid FOR UPDATE", {"uid": uid}, 2):
+        threads = run_all(lambda _n: results.append(complete_due_studies(pg_db, pg_queue, pg_settings)), [1, 2])
+    join_all(threads)
     assert sorted(results) == [[], [uid]], "both monitors completed the study"
     with pg_db.reader() as s:
         assert s.scalar(select(func.count()).select_from(Job).where(Job.kind == TRIAGE_JOB)) == 1
@@ -127,10 +88,10 @@ def test_an_instance_stored_at_another_listener_during_completion_keeps_the_stud
     results: list[list[str]] = []
     touch = ("UPDATE studies SET last_received_at = :now, completed_at = NULL WHERE study_uid = :uid "
              "RETURNING id")
-    with _study_row_locked(pg_db, touch, {"now": arrived, "uid": uid}, 1):
-        threads = _race(lambda: results.append(complete_due_studies(pg_db, pg_queue, pg_settings,
-                                                                    now=arrived + timedelta(seconds=0.1))), 1)
-    _join(threads)
+    with blocked_behind(pg_db, touch, {"now": arrived, "uid": uid}, 1, commit=True):
+        threads = run_all(lambda _n: results.append(complete_due_studies(pg_db, pg_queue, pg_settings,
+                                                                       now=arrived + timedelta(seconds=0.1))), [1])
+    join_all(threads)
     assert results == [[]], "the study was completed 0.1 s after an instance arrived"
     with pg_db.reader() as s:
         study = s.scalar(select(Study))
